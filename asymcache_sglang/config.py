@@ -1,0 +1,42 @@
+"""AsymCache settings, decoupled from SGLang's ServerArgs so the core can be built in tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from asymcache_sglang.cost import ReuseEstimator, StaticCostModel
+
+# Attention backends that have a multi-segment (sub-request) plan; others fall back to contiguous.
+MSA_BACKENDS = ("torch_native",)
+
+
+@dataclass(frozen=True)
+class AsymCacheConfig:
+    max_holes: int = 8
+    min_retained_tokens: int = 16
+    cost_a: float = 1.0
+    cost_b: float = 1.0 / 1024
+    reuse_horizon_s: float = 60.0
+    share_boost: float = 1.0
+    msa_enabled: bool = True
+
+    @classmethod
+    def from_server_args(cls, server_args: Any) -> AsymCacheConfig:
+        """Read the ``asymcache_*`` fields; holes need an attention backend with an MSA plan."""
+        backend = server_args.prefill_attention_backend or server_args.attention_backend
+        return cls(
+            max_holes=server_args.asymcache_max_holes,
+            min_retained_tokens=server_args.asymcache_min_retained_tokens,
+            cost_a=server_args.asymcache_cost_a,
+            cost_b=server_args.asymcache_cost_b,
+            reuse_horizon_s=server_args.asymcache_reuse_horizon_s,
+            share_boost=server_args.asymcache_share_boost,
+            msa_enabled=backend in MSA_BACKENDS and server_args.asymcache_max_holes > 0,
+        )
+
+    def cost_model(self) -> StaticCostModel:
+        return StaticCostModel(self.cost_a, self.cost_b)
+
+    def reuse_estimator(self) -> ReuseEstimator:
+        return ReuseEstimator(self.reuse_horizon_s, self.share_boost)

@@ -1,0 +1,67 @@
+"""Multi-segment extend plan: one request's recompute segments become causal sub-requests.
+
+Segment [s, e) of request r attends to KV positions [0, e) of r, which the forward has already
+written (retained slots, hole slots of this forward, earlier segments), so a kernel that supports
+"queries of a sub-request attend causally to the end of its KV" computes it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+Segment = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SubRequestPlan:
+    """Flattened sub-requests, in the order their query tokens appear in the extend batch."""
+
+    req_index: torch.Tensor  # int64 [n_sub]: which batch request each sub-request belongs to
+    prefix_lens: torch.Tensor  # int64 [n_sub]: segment start s
+    seq_lens: torch.Tensor  # int64 [n_sub]: segment end e (the sub-request's KV length)
+    extend_lens: torch.Tensor  # int64 [n_sub]: e - s
+
+    @property
+    def num_sub_requests(self) -> int:
+        return int(self.req_index.numel())
+
+
+def check_segments(segments: Sequence[Sequence[Segment]], seq_lens: Sequence[int]) -> None:
+    """Each request's segments are non-empty, ordered, disjoint, and end with its tail."""
+    if len(segments) != len(seq_lens):
+        raise ValueError(f"{len(segments)} segment lists for {len(seq_lens)} requests")
+    for i, (segs, seq_len) in enumerate(zip(segments, seq_lens)):
+        if not segs:
+            raise ValueError(f"request {i} has no segments")
+        prev_end = 0
+        for s, e in segs:
+            if not prev_end <= s < e:
+                raise ValueError(f"request {i}: bad segment [{s}, {e}) after {prev_end}")
+            prev_end = e
+        if prev_end != seq_len:
+            raise ValueError(f"request {i}: last segment ends at {prev_end}, not {seq_len}")
+
+
+def segment_positions(segments: Sequence[Sequence[Segment]]) -> torch.Tensor:
+    """Absolute positions (for RoPE) of every extend token, request by request."""
+    parts = [torch.arange(s, e, dtype=torch.int64) for segs in segments for s, e in segs]
+    if not parts:
+        return torch.empty(0, dtype=torch.int64)
+    return torch.cat(parts)
+
+
+def plan_sub_requests(segments: Sequence[Sequence[Segment]]) -> SubRequestPlan:
+    """Expand per-request segments into sub-requests (CPU tensors)."""
+    req_index = [i for i, segs in enumerate(segments) for _ in segs]
+    starts = [s for segs in segments for s, _ in segs]
+    ends = [e for segs in segments for _, e in segs]
+    as_t = lambda xs: torch.tensor(xs, dtype=torch.int64)  # noqa: E731
+    return SubRequestPlan(
+        req_index=as_t(req_index),
+        prefix_lens=as_t(starts),
+        seq_lens=as_t(ends),
+        extend_lens=as_t([e - s for s, e in zip(starts, ends)]),
+    )

@@ -1,0 +1,250 @@
+"""``HoleAwareRadixCache``: SGLang's RadixCache interface over the hole-aware core tree.
+
+This is the edge where the core meets SGLang 0.5.16: requests, the KV allocator and
+``req_to_token``. Request state it keeps on ``Req``:
+
+- ``asymcache_plan``: the last match's ``SegmentPlan`` when it has holes (not yet admitted);
+- ``asymcache_admitted_plan``: the plan PrefillAdder admitted for this round's extend;
+- ``asymcache_retained``: ranges of the request's ``req_to_token`` row whose slots belong to the
+  tree; every other slot up to the committed length belongs to the request.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from typing import Any
+
+import torch
+from sglang.srt.mem_cache.base_prefix_cache import (
+    DecLockRefParams,
+    DecLockRefResult,
+    EvictParams,
+    EvictResult,
+    IncLockRefResult,
+    InsertParams,
+    InsertResult,
+    MatchPrefixParams,
+    MatchResult,
+)
+from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+from sglang.srt.mem_cache.radix_cache import RadixCache
+
+from asymcache_sglang.config import AsymCacheConfig
+from asymcache_sglang.tree import CacheNode, HoleAwareTree, Range, SegmentPlan
+
+
+class HoleAwareRadixCache(RadixCache):
+    """Radix prefix cache that evicts cheap heads first and recomputes holes on return."""
+
+    def __init__(self, params: CacheInitParams, config: AsymCacheConfig) -> None:
+        if params.page_size != 1:
+            raise ValueError(f"AsymCache needs page_size 1, got {params.page_size}")
+        self.config = config
+        self.counters = {"plans": 0, "planned_hole_tokens": 0, "retained_tokens": 0}
+        super().__init__(params)
+
+    # ----- lifecycle -----
+
+    def reset(self) -> None:
+        self.tree = HoleAwareTree(
+            self.config.cost_model(),
+            self.config.reuse_estimator(),
+            max_holes=self.config.max_holes,
+            min_retained_tokens=self.config.min_retained_tokens,
+        )
+        self.root_node = self.tree.root
+        self.evictable_leaves.clear()
+        self._empty_match_result = MatchResult(
+            device_indices=torch.empty((0,), dtype=torch.int64, device=self.device),
+            last_device_node=self.root_node,
+            last_host_node=self.root_node,
+            best_match_node=self.root_node,
+        )
+
+    # ----- matching -----
+
+    def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
+        key = params.key
+        req = params.req
+        if req is not None:
+            req.asymcache_plan = None
+        if self.disable or len(key) == 0:
+            return self._empty_match_result
+        path = self.tree.match(key.raw_token_ids(), key.extra_key)
+        self.tree.maybe_rekey()
+        plan = self.tree.plan(path)
+        prefix = self._empty_match_result.device_indices
+        if plan.contiguous_len:
+            prefix = torch.cat(plan.retained_values[0])
+        if req is not None and plan.has_holes and self._msa_allowed(req):
+            req.asymcache_plan = plan
+        node = plan.contiguous_node
+        return MatchResult(
+            device_indices=prefix,
+            last_device_node=node,
+            last_host_node=node,
+            best_match_node=node,
+        )
+
+    def _msa_allowed(self, req: Any) -> bool:
+        """Holes need plain token input and a backend with an MSA plan.
+
+        Input logprobs are fine: the match stops at ``logprob_start_len``, so holes never need them.
+        """
+        return (
+            self.config.msa_enabled
+            and req.multimodal_inputs is None
+            and req.input_embeds is None
+            and req.positional_embed_overrides is None
+        )
+
+    def composite_prefix(self, plan: SegmentPlan) -> torch.Tensor:
+        """Prefix of length M with retained slots in place and -1 where holes will get slots."""
+        out = torch.full((plan.prefix_len,), -1, dtype=torch.int64, device=self.device)
+        for (s, e), values in zip(plan.retained, plan.retained_values):
+            out[s:e] = torch.cat(values)
+        return out
+
+    # ----- insertion and release -----
+
+    @staticmethod
+    def retained_ranges(req: Any) -> list[Range]:
+        retained = getattr(req, "asymcache_retained", None)
+        if retained is not None:
+            return retained
+        return [(0, req.cache_protected_len)] if req.cache_protected_len else []
+
+    def insert(self, params: InsertParams) -> InsertResult:
+        raise NotImplementedError(
+            "HoleAwareRadixCache inserts through cache_finished_req/cache_unfinished_req, "
+            "which know which slots the request owns"
+        )
+
+    def _free(self, values: list[Any]) -> None:
+        if values:
+            self.token_to_kv_pool_allocator.free(torch.cat(values))
+
+    def _free_owned(self, kv_indices: torch.Tensor, retained: list[Range]) -> None:
+        owned_end = len(kv_indices)
+        cur = 0
+        parts = []
+        for s, e in retained:
+            if s > cur:
+                parts.append(kv_indices[cur:s])
+            cur = max(cur, e)
+        if cur < owned_end:
+            parts.append(kv_indices[cur:owned_end])
+        self._free(parts)
+
+    def cache_finished_req(
+        self, req: Any, is_insert: bool = True, *, kv_len_to_handle: int
+    ) -> None:
+        if self.disable:
+            super().cache_finished_req(req, is_insert, kv_len_to_handle=kv_len_to_handle)
+            return
+        if self.disable_finished_insert:
+            is_insert = False
+        token_ids = (req.origin_input_ids + req.output_ids)[:kv_len_to_handle]
+        kv_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : len(token_ids)]
+        kv_indices = kv_indices.to(dtype=torch.int64, copy=True)
+        retained = self.retained_ranges(req)
+        if is_insert:
+            outcome = self.tree.insert(token_ids, kv_indices, retained, req.extra_key)
+            self._free(outcome.duplicates)
+        else:
+            self._free_owned(kv_indices, retained)
+        if req.last_node is not None:
+            self.dec_lock_ref(req.last_node)
+        req.asymcache_retained = None
+
+    def cache_unfinished_req(self, req: Any, chunked: bool = False) -> None:
+        if self.disable:
+            return
+        token_ids = req.get_fill_ids()
+        if not isinstance(token_ids, array):
+            token_ids = array("q", token_ids)
+        kv_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : len(token_ids)]
+        kv_indices = kv_indices.to(dtype=torch.int64, copy=True)
+        outcome = self.tree.insert(
+            token_ids, kv_indices, self.retained_ranges(req), req.extra_key, count_hit=not chunked
+        )
+        self._free(outcome.duplicates)
+        new_indices = torch.cat(outcome.path_values) if outcome.path_values else kv_indices[:0]
+        assert len(new_indices) == len(token_ids), f"{len(new_indices)=} {len(token_ids)=}"
+        # Point the request at the tree's slots wherever they replaced its duplicates.
+        self.req_to_token_pool.write((req.req_pool_idx, slice(0, len(new_indices))), new_indices)
+        self.inc_lock_ref(outcome.last_node)
+        if req.last_node is not None:
+            self.dec_lock_ref(req.last_node)
+        req.last_node = outcome.last_node
+        req.prefix_indices = new_indices
+        req.cache_protected_len = len(new_indices)
+        req.asymcache_retained = [(0, len(new_indices))]
+
+    # ----- eviction and locks -----
+
+    def evict(self, params: EvictParams) -> EvictResult:
+        if self.disable:
+            return EvictResult()
+        start = time.perf_counter()
+        freed = self.tree.evict(params.num_tokens)
+        self._free(freed)
+        num = sum(len(v) for v in freed)
+        self.update_eviction_metrics(num, start)
+        return EvictResult(num_tokens_evicted=num)
+
+    def inc_lock_ref(self, node: CacheNode) -> IncLockRefResult:
+        if self.disable:
+            return IncLockRefResult(delta=0)
+        return IncLockRefResult(delta=self.tree.inc_lock(node))
+
+    def dec_lock_ref(
+        self, node: CacheNode, params: DecLockRefParams | None = None
+    ) -> DecLockRefResult:
+        if self.disable:
+            return DecLockRefResult(delta=0)
+        return DecLockRefResult(delta=self.tree.dec_lock(node))
+
+    def evictable_size(self) -> int:
+        return self.tree.evictable_size
+
+    def protected_size(self) -> int:
+        return self.tree.protected_size
+
+    def full_evictable_size(self) -> int:
+        return self.tree.evictable_size
+
+    def full_protected_size(self) -> int:
+        return self.tree.protected_size
+
+    # ----- inspection -----
+
+    def all_values_flatten(self) -> torch.Tensor:
+        values = self.tree.resident_values()
+        if not values:
+            return self._empty_match_result.device_indices
+        return torch.cat(values)
+
+    def total_size(self) -> int:
+        return self.tree.resident_tokens()
+
+    def pretty_print(self) -> None:
+        for node in self.tree.iter_nodes():
+            print(node)
+        print(f"#resident tokens: {self.tree.resident_tokens()}, #hole: {self.tree.hole_tokens()}")
+
+    def stats_snapshot(self) -> dict[str, int]:
+        """Counters for /server_info-style reporting and tests."""
+        s = self.tree.stats
+        return {
+            **self.counters,
+            "evicted_tokens": s.evicted_tokens,
+            "interior_evicted_tokens": s.interior_evicted_tokens,
+            "adopted_hole_tokens": s.adopted_hole_tokens,
+            "duplicate_recompute_tokens": s.duplicate_recompute_tokens,
+            "collected_hole_nodes": s.collected_hole_nodes,
+            "fallback_plans": s.fallback_plans,
+            "resident_tokens": self.tree.resident_tokens(),
+            "hole_tokens": self.tree.hole_tokens(),
+        }

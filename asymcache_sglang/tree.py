@@ -1,0 +1,484 @@
+"""Hole-aware radix tree: the pure-Python core of AsymCache's prefix cache.
+
+A node is *resident* (``value`` holds one KV slot per token) or a *hole* (``value is None``: the
+tokens are kept, the KV was freed). Any unlocked resident node can be evicted, interior ones
+included, so a path can read ``hole, resident, hole, resident``. Values are opaque slot sequences
+(torch tensors in the server, lists in tests); the tree only slices them and hands freed ones back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from array import array
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from asymcache_sglang.cost import ReuseEstimator, StaticCostModel, eviction_key
+
+Range = tuple[int, int]
+
+
+class CacheNode:
+    __slots__ = (
+        "children",
+        "parent",
+        "key",
+        "value",
+        "lock_ref",
+        "last_access_time",
+        "hit_count",
+        "start",
+        "version",
+        "node_id",
+        "ckey",
+    )
+
+    def __init__(self, key: array, value: Any, parent: CacheNode | None, start: int, node_id: int):
+        self.children: dict[Hashable, CacheNode] = {}
+        self.parent = parent
+        self.key = key
+        self.value = value
+        self.lock_ref = 0
+        self.last_access_time = 0.0
+        self.hit_count = 0
+        self.start = start
+        self.version = 0
+        self.node_id = node_id
+        self.ckey: Hashable = None
+
+    @property
+    def is_hole(self) -> bool:
+        return self.value is None
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.key)
+
+    def __repr__(self) -> str:
+        kind = "hole" if self.value is None else "resident"
+        return f"CacheNode(#{self.node_id}, [{self.start},{self.end}), {kind}, lock={self.lock_ref})"
+
+
+@dataclass
+class SegmentPlan:
+    """How a request reuses a matched path: retained ranges, ranges to recompute, then the tail."""
+
+    prefix_len: int
+    retained: list[Range]
+    retained_values: list[list[Any]]
+    recompute: list[Range]
+    last_node: CacheNode
+    contiguous_len: int
+    contiguous_node: CacheNode
+
+    @property
+    def recompute_tokens(self) -> int:
+        return sum(e - s for s, e in self.recompute)
+
+    @property
+    def retained_tokens(self) -> int:
+        return sum(e - s for s, e in self.retained)
+
+    @property
+    def has_holes(self) -> bool:
+        return bool(self.recompute)
+
+
+@dataclass
+class InsertOutcome:
+    """Result of inserting a request's tokens: slots the caller must free, and the path's values."""
+
+    duplicates: list[Any]
+    path_values: list[Any]
+    last_node: CacheNode
+    adopted_tokens: int
+
+
+@dataclass
+class TreeStats:
+    """Counters the server reports (tokens, not nodes)."""
+
+    evicted_tokens: int = 0
+    interior_evicted_tokens: int = 0
+    adopted_hole_tokens: int = 0
+    duplicate_recompute_tokens: int = 0
+    collected_hole_nodes: int = 0
+    fallback_plans: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _common_prefix_len(a: array, b: array, b_start: int) -> int:
+    n = min(len(a), len(b) - b_start)
+    if a[:n] == b[b_start : b_start + n]:
+        return n
+    i = 0
+    while i < n and a[i] == b[b_start + i]:
+        i += 1
+    return i
+
+
+def _owned_ranges(lo: int, hi: int, retained: Sequence[Range]) -> list[Range]:
+    """Sub-ranges of [lo, hi) not covered by the sorted, disjoint ``retained`` ranges."""
+    out: list[Range] = []
+    cur = lo
+    for s, e in retained:
+        if e <= cur:
+            continue
+        if s >= hi:
+            break
+        if s > cur:
+            out.append((cur, s))
+        cur = max(cur, e)
+        if cur >= hi:
+            break
+    if cur < hi:
+        out.append((cur, hi))
+    return out
+
+
+class HoleAwareTree:
+    """Radix tree whose resident set along a path need not be prefix-closed.
+
+    Eviction pops a lazy min-heap keyed by log(P(reuse) * cost per token): O(log n) per evicted
+    node. Entries carry the node's version; any change bumps the version and stale entries are
+    skipped on pop.
+    """
+
+    def __init__(
+        self,
+        cost: StaticCostModel,
+        reuse: ReuseEstimator,
+        *,
+        max_holes: int = 8,
+        min_retained_tokens: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_holes < 0 or min_retained_tokens < 1:
+            raise ValueError("max_holes must be >= 0 and min_retained_tokens >= 1")
+        self.cost = cost
+        self.reuse = reuse
+        self.max_holes = max_holes
+        self.min_retained_tokens = min_retained_tokens
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        self._ids = itertools.count()
+        self.root = CacheNode(array("q"), [], None, 0, next(self._ids))
+        self.root.lock_ref = 1
+        self.evictable_size = 0
+        self.protected_size = 0
+        self.num_nodes = 1
+        self.stats = TreeStats()
+        self._heap: list[tuple[float, int, int, int, CacheNode]] = []
+        self._seq = itertools.count()
+        self._key_tau = self.reuse.tau_s
+
+    # ----- keys and the eviction heap -----
+
+    @staticmethod
+    def child_key(token: int, namespace: Hashable | None) -> Hashable:
+        return token if namespace is None else (namespace, token)
+
+    def _evictable(self, node: CacheNode) -> bool:
+        return node.value is not None and node.lock_ref == 0 and node.parent is not None
+
+    def _changed(self, node: CacheNode) -> None:
+        node.version += 1
+        if self._evictable(node):
+            key = eviction_key(
+                self.cost,
+                self.reuse,
+                self._key_tau,
+                node.start,
+                node.end,
+                node.last_access_time,
+                len(node.children),
+            )
+            # Ties go to the deeper node, so uniform cost evicts exactly like leaf-first LRU.
+            heapq.heappush(self._heap, (key, -node.start, next(self._seq), node.version, node))
+            if len(self._heap) > 4 * self.num_nodes + 64:
+                self._compact_heap()
+
+    def _compact_heap(self) -> None:
+        self._heap = [
+            e for e in self._heap if e[3] == e[4].version and self._evictable(e[4])
+        ]
+        heapq.heapify(self._heap)
+
+    def maybe_rekey(self) -> bool:
+        """Rebuild heap keys when the reuse horizon drifted; amortised over many matches."""
+        tau = self.reuse.tau_s
+        if abs(tau - self._key_tau) <= 0.25 * self._key_tau:
+            return False
+        self._key_tau = tau
+        live = [e[4] for e in self._heap if e[3] == e[4].version and self._evictable(e[4])]
+        self._heap = []
+        for node in live:
+            self._changed(node)
+        return True
+
+    # ----- structure -----
+
+    def _split(self, node: CacheNode, n: int, namespace: Hashable | None) -> CacheNode:
+        """Split ``node`` after ``n`` tokens; returns the new upper node."""
+        parent = node.parent
+        assert parent is not None and 0 < n < len(node.key)
+        upper_value = None if node.value is None else node.value[:n]
+        upper = CacheNode(node.key[:n], upper_value, parent, node.start, next(self._ids))
+        upper.lock_ref = node.lock_ref
+        upper.hit_count = node.hit_count
+        upper.last_access_time = node.last_access_time
+        upper.ckey = node.ckey
+        parent.children[upper.ckey] = upper
+        node.key = node.key[n:]
+        node.value = None if node.value is None else node.value[n:]
+        node.start += n
+        node.parent = upper
+        node.ckey = self.child_key(node.key[0], namespace)
+        upper.children[node.ckey] = node
+        self.num_nodes += 1
+        self._changed(node)
+        self._changed(upper)
+        return upper
+
+    def _delete_dead_holes(self, node: CacheNode) -> None:
+        """Remove childless, unlocked holes upward: a hole with nothing resident below is dead."""
+        while (
+            node.parent is not None
+            and node.value is None
+            and not node.children
+            and node.lock_ref == 0
+        ):
+            parent = node.parent
+            removed = parent.children.pop(node.ckey, None)
+            assert removed is node, "tree corrupted: child key does not map to its node"
+            node.parent = None
+            self.num_nodes -= 1
+            self.stats.collected_hole_nodes += 1
+            self._changed(parent)
+            node = parent
+
+    # ----- public operations -----
+
+    def match(self, tokens: array, namespace: Hashable | None = None) -> list[CacheNode]:
+        """Walk ``tokens`` through resident nodes and holes alike; splits at the match end."""
+        now = self.clock()
+        node = self.root
+        pos = 0
+        path: list[CacheNode] = []
+        while pos < len(tokens):
+            child = node.children.get(self.child_key(tokens[pos], namespace))
+            if child is None:
+                break
+            n = _common_prefix_len(child.key, tokens, pos)
+            if n < len(child.key):
+                child = self._split(child, n, namespace)
+            path.append(child)
+            pos += n
+            node = child
+        if path and path[-1].value is not None and path[-1].last_access_time > 0:
+            self.reuse.observe_gap(now - path[-1].last_access_time)
+        for n_ in path:
+            n_.last_access_time = now
+            self._changed(n_)
+        return path
+
+    def plan(self, path: list[CacheNode]) -> SegmentPlan:
+        """Turn a matched path into retained / recompute ranges under the hole bounds."""
+        runs: list[list[Any]] = []  # [resident, start, end, nodes]
+        for node in path:
+            resident = node.value is not None
+            if runs and runs[-1][0] == resident:
+                runs[-1][2] = node.end
+                runs[-1][3].append(node)
+            else:
+                runs.append([resident, node.start, node.end, [node]])
+        contiguous_len, contiguous_node = 0, self.root
+        if runs and runs[0][0]:
+            contiguous_len, contiguous_node = runs[0][2], runs[0][3][-1]
+        # A short retained island after a hole is cheaper to recompute than to split the extend.
+        for i, run in enumerate(runs):
+            if i > 0 and run[0] and run[2] - run[1] < self.min_retained_tokens:
+                run[0] = False
+        while runs and not runs[-1][0]:
+            runs.pop()
+        merged: list[list[Any]] = []
+        for run in runs:
+            if merged and merged[-1][0] == run[0]:
+                merged[-1][2] = run[2]
+                merged[-1][3].extend(run[3])
+            else:
+                merged.append(run)
+        retained: list[Range] = []
+        retained_values: list[list[Any]] = []
+        recompute: list[Range] = []
+        last_node = self.root
+        bounded = False
+        for run in merged:
+            if run[0]:
+                retained.append((run[1], run[2]))
+                retained_values.append([n.value for n in run[3] if n.value is not None])
+                last_node = run[3][-1]
+            elif len(recompute) < self.max_holes:
+                recompute.append((run[1], run[2]))
+            else:
+                bounded = True
+                break
+        if bounded:
+            self.stats.fallback_plans += 1
+        # Every run kept so far is complete, so the prefix ends at the last retained range.
+        prefix_len = retained[-1][1] if retained else 0
+        return SegmentPlan(
+            prefix_len=prefix_len,
+            retained=retained,
+            retained_values=retained_values,
+            recompute=recompute,
+            last_node=last_node,
+            contiguous_len=contiguous_len,
+            contiguous_node=contiguous_node,
+        )
+
+    def insert(
+        self,
+        tokens: array,
+        values: Any,
+        retained: Sequence[Range],
+        namespace: Hashable | None = None,
+        *,
+        count_hit: bool = True,
+    ) -> InsertOutcome:
+        """Insert a request's tokens and slots.
+
+        ``retained`` lists the ranges whose slots already belong to the tree (the request's
+        locked, matched prefix); every other slot belongs to the caller. Caller slots that land
+        on resident nodes are duplicates and are returned for freeing; those that land on holes
+        are adopted; the rest form a new leaf.
+        """
+        now = self.clock()
+        node = self.root
+        pos = 0
+        duplicates: list[Any] = []
+        path_values: list[Any] = []
+        adopted = 0
+        while pos < len(tokens):
+            ck = self.child_key(tokens[pos], namespace)
+            child = node.children.get(ck)
+            if child is None:
+                assert not _overlaps(pos, len(tokens), retained), "retained range not in tree"
+                child = CacheNode(tokens[pos:], values[pos:], node, pos, next(self._ids))
+                child.ckey = ck
+                child.last_access_time = now
+                child.hit_count = int(count_hit)
+                node.children[ck] = child
+                self.num_nodes += 1
+                self.evictable_size += len(child.key)
+                self._changed(node)
+                self._changed(child)
+                path_values.append(child.value)
+                node = child
+                break
+            n = _common_prefix_len(child.key, tokens, pos)
+            if n < len(child.key):
+                child = self._split(child, n, namespace)
+            if child.value is None:
+                assert not _overlaps(pos, pos + n, retained), "retained range maps onto a hole"
+                child.value = values[pos : pos + n]
+                if child.lock_ref > 0:
+                    self.protected_size += n
+                else:
+                    self.evictable_size += n
+                adopted += n
+            else:
+                for s, e in _owned_ranges(pos, pos + n, retained):
+                    duplicates.append(values[s:e])
+                    self.stats.duplicate_recompute_tokens += e - s
+            child.last_access_time = now
+            child.hit_count += int(count_hit)
+            self._changed(child)
+            path_values.append(child.value)
+            node = child
+            pos += n
+        self.stats.adopted_hole_tokens += adopted
+        return InsertOutcome(duplicates, path_values, node, adopted)
+
+    def evict(self, num_tokens: int) -> list[Any]:
+        """Free at least ``num_tokens`` (if possible), cheapest key first; returns freed values."""
+        freed: list[Any] = []
+        count = 0
+        while count < num_tokens and self._heap:
+            _, _, _, version, node = heapq.heappop(self._heap)
+            if version != node.version or not self._evictable(node):
+                continue
+            freed.append(node.value)
+            n = len(node.key)
+            count += n
+            self.evictable_size -= n
+            self.stats.evicted_tokens += n
+            if node.children:
+                self.stats.interior_evicted_tokens += n
+            node.value = None
+            node.version += 1
+            if not node.children:
+                self._delete_dead_holes(node)
+        return freed
+
+    def inc_lock(self, node: CacheNode) -> int:
+        """Lock ``node`` and its ancestors; returns the change in evictable tokens."""
+        delta = 0
+        while node is not self.root:
+            if node.lock_ref == 0 and node.value is not None:
+                self.evictable_size -= len(node.key)
+                self.protected_size += len(node.key)
+                delta -= len(node.key)
+            node.lock_ref += 1
+            node.version += 1
+            node = node.parent
+            assert node is not None, "locked node is detached from the tree"
+        return delta
+
+    def dec_lock(self, node: CacheNode) -> int:
+        """Unlock ``node`` and its ancestors; returns the change in evictable tokens."""
+        delta = 0
+        while node is not self.root:
+            parent = node.parent
+            assert parent is not None, "unlocked node is detached from the tree"
+            assert node.lock_ref > 0, f"lock underflow on {node}"
+            if node.lock_ref == 1 and node.value is not None:
+                self.evictable_size += len(node.key)
+                self.protected_size -= len(node.key)
+                delta += len(node.key)
+            node.lock_ref -= 1
+            if node.lock_ref == 0 and node.value is None and not node.children:
+                self._delete_dead_holes(node)
+            else:
+                self._changed(node)
+            node = parent
+        return delta
+
+    # ----- inspection -----
+
+    def iter_nodes(self) -> list[CacheNode]:
+        out: list[CacheNode] = []
+        stack = list(self.root.children.values())
+        while stack:
+            node = stack.pop()
+            out.append(node)
+            stack.extend(node.children.values())
+        return out
+
+    def resident_values(self) -> list[Any]:
+        return [n.value for n in self.iter_nodes() if n.value is not None]
+
+    def resident_tokens(self) -> int:
+        return sum(len(n.key) for n in self.iter_nodes() if n.value is not None)
+
+    def hole_tokens(self) -> int:
+        return sum(len(n.key) for n in self.iter_nodes() if n.value is None)
+
+
+def _overlaps(lo: int, hi: int, ranges: Sequence[Range]) -> bool:
+    return any(s < hi and lo < e for s, e in ranges)

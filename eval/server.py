@@ -1,0 +1,180 @@
+"""Launch an SGLang HTTP server in a subprocess for tests, the demo and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VLLM_STUB_DIR = REPO_ROOT / "scripts" / "vllm_stub"
+
+
+def cpu_server_args() -> list[str]:
+    """Flags that make stock SGLang 0.5.16 serve a float32 model on a CPU-only host."""
+    return [
+        "--device", "cpu",
+        "--attention-backend", "torch_native",
+        # --disable-cuda-graph is deprecated in 0.5.16; these are its per-phase replacements.
+        "--disable-prefill-cuda-graph",
+        "--disable-decode-cuda-graph",
+        "--grammar-backend", "none",
+        # Keeps the idle scheduler loop from spinning on one of the few cores.
+        "--sleep-on-idle",
+        "--dtype", "float32",
+    ]  # fmt: skip
+
+
+def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a CPU server: the `vllm` stub on PYTHONPATH, generic (non-AMX) CPU path."""
+    env = dict(os.environ if base is None else base)
+    parts = [str(VLLM_STUB_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    # The CPU engine path needs sgl_kernel's CPU ops, which this setup does not install.
+    env.pop("SGLANG_USE_CPU_ENGINE", None)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def generate(url: str, payload: dict, timeout: float = 300.0) -> dict:
+    """POST `payload` to the server's native /generate endpoint and return the JSON reply."""
+    resp = requests.post(f"{url}/generate", json=payload, timeout=timeout)
+    resp.raise_for_status()
+    return resp.json()
+
+
+class SGLangServer:
+    """`python -m sglang.launch_server` in its own process group; a context manager."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+        timeout_s: float = 300,
+    ) -> None:
+        self.model_path = str(model_path)
+        self.port = port if port is not None else free_port()
+        self.extra_args = list(extra_args)
+        self.log_path = Path(log_path) if log_path is not None else self._temp_log_path()
+        self.env = env
+        self.timeout_s = timeout_s
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def _temp_log_path() -> Path:
+        fd, name = tempfile.mkstemp(prefix="sglang-server-", suffix=".log")
+        os.close(fd)
+        return Path(name)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "sglang.launch_server",
+            "--model-path", self.model_path,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self) -> SGLangServer:
+        """Launch the server and block until it answers /health_generate."""
+        if self.proc is not None:
+            raise RuntimeError("server already started")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            # Own session: stop() can kill the scheduler and detokenizer children with the group.
+            self.proc = subprocess.Popen(
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def log_tail(self, num_lines: int = 60) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-num_lines:])
+
+    def wait_healthy(self) -> None:
+        """Poll /health_generate until it answers 200; raise if the server dies or times out."""
+        if self.proc is None:
+            raise RuntimeError("server not started")
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"sglang server exited with code {self.proc.returncode} during startup; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                if requests.get(f"{self.url}/health_generate", timeout=30).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass  # Not listening yet.
+            time.sleep(0.5)
+        raise RuntimeError(
+            f"sglang server not healthy after {self.timeout_s:.0f} s; "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL it if it outlives `grace_s`."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid  # start_new_session made the child its group leader.
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+            self.proc.wait(timeout=grace_s)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        # Children can outlive the leader, so kill what is left of the group either way.
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> SGLangServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Triton kernels for AsymCache (the multi-segment attention kernel lands with the GPU issue)."""

@@ -1,0 +1,60 @@
+"""AROUND ``sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req`` (SGLang 0.5.16).
+
+Budgets a request with holes as holes plus tail. The request is shown to SGLang with a composite
+prefix of length M (the end of its last retained segment) while the hole tokens are charged to
+the same budgets. A plan that would need chunking falls back to the contiguous prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sglang.srt.plugins.hook_registry import HookType
+
+from asymcache_sglang.radix_cache import HoleAwareRadixCache
+
+TARGET = "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req"
+HOOK_TYPE = HookType.AROUND
+
+
+def _charge(adder: Any, tokens: int) -> None:
+    adder.rem_total_token_offset += tokens
+    adder.cur_rem_token_offset += tokens
+    adder.rem_input_tokens -= tokens
+    if adder.rem_chunk_tokens is not None:
+        adder.rem_chunk_tokens -= tokens
+
+
+def hook(original: Callable[..., Any], adder: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
+    cache = adder.tree_cache
+    plan = getattr(req, "asymcache_plan", None)
+    if not isinstance(cache, HoleAwareRadixCache) or plan is None:
+        return original(adder, req, *args, **kwargs)
+    req.asymcache_plan = None
+    stale = req.last_node is not plan.contiguous_node or len(req.prefix_indices) != (
+        plan.contiguous_len
+    )
+    hole_tokens = plan.recompute_tokens
+    new_tokens = hole_tokens + len(req.full_untruncated_fill_ids) - plan.prefix_len
+    needs_chunking = adder.rem_chunk_tokens is not None and new_tokens > adder.rem_chunk_tokens
+    if stale or needs_chunking:
+        cache.counters["chunk_fallbacks"] = cache.counters.get("chunk_fallbacks", 0) + 1
+        return original(adder, req, *args, **kwargs)
+
+    contiguous = (req.prefix_indices, req.last_node)
+    req.prefix_indices = cache.composite_prefix(plan)
+    req.last_node = plan.last_node
+    _charge(adder, hole_tokens)
+    admitted_before = len(adder.can_run_list)
+    result = original(adder, req, *args, **kwargs)
+    admitted = len(adder.can_run_list) > admitted_before and adder.can_run_list[-1] is req
+    assert adder.new_chunked_req is not req, "a hole plan was chunked; budget check is wrong"
+    if admitted:
+        # SGLang counted M as hits; only the retained part of it is.
+        adder.log_hit_tokens -= hole_tokens
+        adder.log_input_tokens += hole_tokens
+        req.asymcache_admitted_plan = plan
+    else:
+        _charge(adder, -hole_tokens)
+        req.prefix_indices, req.last_node = contiguous
+    return result

@@ -1,0 +1,32 @@
+"""AROUND ``sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend
+.forward_extend`` (SGLang 0.5.16).
+
+Runs attention over the sub-request view planned in ``init_forward_metadata``. SGLang's
+``forward_extend`` writes the new KV before attention, which is what makes segments exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sglang.srt.plugins.hook_registry import HookType
+
+TARGET = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend"
+HOOK_TYPE = HookType.AROUND
+
+
+def hook(
+    original: Callable[..., Any],
+    backend: Any,
+    q: Any,
+    k: Any,
+    v: Any,
+    layer: Any,
+    forward_batch: Any,
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    sub_batch = getattr(backend, "asymcache_sub_batch", None)
+    if sub_batch is not None and getattr(forward_batch, "asymcache_segments", None) is not None:
+        forward_batch = sub_batch
+    return original(backend, q, k, v, layer, forward_batch, *args, **kwargs)
