@@ -41,7 +41,13 @@ class HoleAwareRadixCache(RadixCache):
         if params.page_size != 1:
             raise ValueError(f"AsymCache needs page_size 1, got {params.page_size}")
         self.config = config
-        self.counters = {"plans": 0, "planned_hole_tokens": 0, "retained_tokens": 0}
+        self.counters = {
+            "plans": 0,
+            "planned_hole_tokens": 0,
+            "retained_tokens": 0,
+            "cached_tokens": 0,
+            "chunk_fallbacks": 0,
+        }
         super().__init__(params)
 
     # ----- lifecycle -----

@@ -44,6 +44,14 @@ def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def stock_cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Like ``cpu_env`` but with no SGLang plugin loaded: the unmodified 0.5.16 baseline."""
+    env = cpu_env(base)
+    # SGLANG_PLUGINS is a whitelist of plugin names; a name that matches none loads none.
+    env["SGLANG_PLUGINS"] = "none"
+    return env
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

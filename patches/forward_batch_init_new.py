@@ -1,7 +1,9 @@
 """AFTER ``sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new`` (SGLang 0.5.16).
 
-A batch with hole plans gets each token's absolute position (RoPE) from its segment, and carries
-the segments to the attention backend. SGLang's own positions assume one contiguous extend.
+A batch with hole plans gets each token's absolute position (RoPE) from its segment, and hands
+its segments to the attention backend. SGLang's own positions assume one contiguous extend.
+The eager runner copies the ForwardBatch into static buffers without extra attributes, so the
+segments travel on the backend, which plans the very next ``init_forward_metadata`` with them.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ TARGET = "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new"
 HOOK_TYPE = HookType.AFTER
 
 
-def hook(forward_batch: Any, cls: Any, batch: Any, *args: Any, **kwargs: Any) -> None:
+def hook(forward_batch: Any, cls: Any, batch: Any, model_runner: Any, *a: Any, **kw: Any) -> None:
     segments = getattr(batch, "asymcache_segments", None)
+    backend = model_runner.attn_backend
     if segments is None or not forward_batch.forward_mode.is_extend():
-        forward_batch.asymcache_segments = None
+        if getattr(backend, "asymcache_pending_segments", None) is not None:
+            backend.asymcache_pending_segments = None
         return
     # The ScheduleBatch lives on as the running batch; its plan is for this forward only.
     batch.asymcache_segments = None
     positions = batch.asymcache_positions
     batch.asymcache_positions = None
     forward_batch.positions = positions.to(forward_batch.positions.device, non_blocking=True)
-    forward_batch.asymcache_segments = segments
+    backend.asymcache_pending_segments = segments

@@ -7,7 +7,8 @@ the same budgets. A plan that would need chunking falls back to the contiguous p
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
 
@@ -38,7 +39,7 @@ def hook(original: Callable[..., Any], adder: Any, req: Any, *args: Any, **kwarg
     new_tokens = hole_tokens + len(req.full_untruncated_fill_ids) - plan.prefix_len
     needs_chunking = adder.rem_chunk_tokens is not None and new_tokens > adder.rem_chunk_tokens
     if stale or needs_chunking:
-        cache.counters["chunk_fallbacks"] = cache.counters.get("chunk_fallbacks", 0) + 1
+        cache.counters["chunk_fallbacks"] += 1
         return original(adder, req, *args, **kwargs)
 
     contiguous = (req.prefix_indices, req.last_node)

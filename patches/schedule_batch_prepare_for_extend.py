@@ -8,7 +8,8 @@ splice hole tokens and slots in front of each request's tail, fix the lengths an
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from sglang.srt.managers.schedule_batch import compute_extend_logprob_start_len
@@ -53,6 +54,10 @@ def hook(original: Callable[..., Any], batch: Any, *args: Any, **kwargs: Any) ->
         req.asymcache_admitted_plan = None
         if plan is not None:
             planned.append((req, plan))
+        if not req.retracted_stain:
+            # What meta_info.cached_tokens must add for this round: retained tokens only.
+            hit = plan.retained_tokens if plan is not None else len(req.prefix_indices)
+            cache.counters["cached_tokens"] += hit - req.already_computed
     if not planned:
         return original(batch, *args, **kwargs)
 

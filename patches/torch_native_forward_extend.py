@@ -7,7 +7,8 @@ Runs attention over the sub-request view planned in ``init_forward_metadata``. S
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
 
@@ -27,6 +28,6 @@ def hook(
     **kwargs: Any,
 ) -> Any:
     sub_batch = getattr(backend, "asymcache_sub_batch", None)
-    if sub_batch is not None and getattr(forward_batch, "asymcache_segments", None) is not None:
+    if sub_batch is not None:
         forward_batch = sub_batch
     return original(backend, q, k, v, layer, forward_batch, *args, **kwargs)

@@ -9,7 +9,8 @@ are the sub-requests (segment [s, e) attends causally to KV [0, e) of its reques
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
 
@@ -21,9 +22,11 @@ TARGET = (
 HOOK_TYPE = HookType.AROUND
 
 
-def sub_request_batch(forward_batch: Any) -> Any:
+def sub_request_batch(forward_batch: Any, segments: list) -> Any:
     """The ForwardBatch seen by the attention kernel: one row per segment."""
-    plan = plan_sub_requests(forward_batch.asymcache_segments)
+    plan = plan_sub_requests(segments)
+    if int(plan.extend_lens.sum()) != forward_batch.extend_num_tokens:
+        raise RuntimeError("AsymCache segment plan does not match the extend batch it was made for")
     device = forward_batch.seq_lens.device
     sub = copy.copy(forward_batch)
     sub.req_pool_indices = forward_batch.req_pool_indices[plan.req_index.to(device)]
@@ -35,7 +38,8 @@ def sub_request_batch(forward_batch: Any) -> Any:
 
 def hook(original: Callable[..., Any], backend: Any, forward_batch: Any) -> Any:
     result = original(backend, forward_batch)
-    segments = getattr(forward_batch, "asymcache_segments", None)
+    segments = getattr(backend, "asymcache_pending_segments", None)
+    backend.asymcache_pending_segments = None
     has_plan = segments is not None and forward_batch.forward_mode.is_extend()
-    backend.asymcache_sub_batch = sub_request_batch(forward_batch) if has_plan else None
+    backend.asymcache_sub_batch = sub_request_batch(forward_batch, segments) if has_plan else None
     return result

@@ -1,0 +1,120 @@
+"""Multi-turn workloads replayed against an SGLang server's native /generate endpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import requests
+
+
+@dataclass(frozen=True)
+class MultiTurnWorkload:
+    """Sessions that come back turn after turn; each turn adds the answer and a new user message.
+
+    Turns are sent round-robin across sessions, so under a bounded KV pool a session's cached
+    path is partly evicted by the time it returns.
+    """
+
+    num_sessions: int = 8
+    turns: int = 4
+    first_prompt_tokens: int = 120
+    user_tokens_per_turn: int = 40
+    max_new_tokens: int = 8
+    vocab_low: int = 10
+    vocab_high: int = 500
+    seed: int = 0
+
+
+@dataclass
+class TurnResult:
+    session: int
+    turn: int
+    input_ids: list[int]
+    output_ids: list[int]
+    output_logprobs: list[float]
+    cached_tokens: int
+    ttft_s: float
+    latency_s: float
+    meta: dict = field(default_factory=dict)
+
+
+def _sampling(max_new_tokens: int) -> dict:
+    return {"max_new_tokens": max_new_tokens, "temperature": 0.0, "ignore_eos": True}
+
+
+def generate_streaming(url: str, input_ids: list[int], max_new_tokens: int) -> TurnResult:
+    """One greedy request; TTFT is the arrival of the first streamed chunk."""
+    payload = {
+        "input_ids": input_ids,
+        "sampling_params": _sampling(max_new_tokens),
+        "return_logprob": True,
+        "stream": True,
+    }
+    start = time.perf_counter()
+    ttft = None
+    last = None
+    with requests.post(f"{url}/generate", json=payload, stream=True, timeout=600) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if not line or not line.startswith(b"data:"):
+                continue
+            body = line[len(b"data:") :].strip()
+            if body == b"[DONE]":
+                break
+            if ttft is None:
+                ttft = time.perf_counter() - start
+            last = json.loads(body)
+    if last is None or "meta_info" not in last:
+        raise RuntimeError(f"no result streamed back for a {len(input_ids)}-token request")
+    latency = time.perf_counter() - start
+    meta = last["meta_info"]
+    return TurnResult(
+        session=-1,
+        turn=-1,
+        input_ids=list(input_ids),
+        output_ids=list(last["output_ids"]),
+        output_logprobs=[lp[0] for lp in meta["output_token_logprobs"]],
+        cached_tokens=int(meta["cached_tokens"]),
+        ttft_s=ttft if ttft is not None else latency,
+        latency_s=latency,
+        meta={"prompt_tokens": meta["prompt_tokens"]},
+    )
+
+
+def run_multi_turn(url: str, workload: MultiTurnWorkload) -> list[TurnResult]:
+    """Replay ``workload``; each next turn appends this server's own answer."""
+    rng = random.Random(workload.seed)
+    lo, hi = workload.vocab_low, workload.vocab_high
+    histories = [
+        [rng.randrange(lo, hi) for _ in range(workload.first_prompt_tokens)]
+        for _ in range(workload.num_sessions)
+    ]
+    results = []
+    for turn in range(workload.turns):
+        for session, history in enumerate(histories):
+            res = generate_streaming(url, history, workload.max_new_tokens)
+            res.session, res.turn = session, turn
+            results.append(res)
+            history.extend(res.output_ids)
+            history.extend(rng.randrange(lo, hi) for _ in range(workload.user_tokens_per_turn))
+    return results
+
+
+def replay_inputs(url: str, reference: Sequence[TurnResult], max_new_tokens: int) -> list[TurnResult]:
+    """Send exactly the inputs of an earlier run, in the same order."""
+    out = []
+    for ref in reference:
+        res = generate_streaming(url, ref.input_ids, max_new_tokens)
+        res.session, res.turn = ref.session, ref.turn
+        out.append(res)
+    return out
+
+
+def asymcache_counters(url: str) -> dict:
+    """AsymCache's counters from /get_server_info (empty for a server without AsymCache)."""
+    info = requests.get(f"{url}/get_server_info", timeout=60).json()
+    return info["internal_states"][0].get("asymcache", {})

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny random-weight Llama and real SGLang 0.5.16 CPU servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_cpu_env
+from eval.tiny_model import make_tiny_llama
+
+# Small enough that 8 sessions of 120-420 tokens evict interior nodes between their turns.
+E2E_POOL_TOKENS = 1200
+ASYMCACHE_ARGS = [
+    "--enable-asymcache",
+    "--asymcache-min-retained-tokens", "8",
+    "--max-total-tokens", str(E2E_POOL_TOKENS),
+]  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    path = Path(os.environ.get("ASYMCACHE_TEST_ARTIFACTS", "/tmp/asymcache-test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(artifacts_dir: Path) -> Path:
+    return make_tiny_llama(artifacts_dir / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def asymcache_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangServer]:
+    server = SGLangServer(
+        tiny_model,
+        extra_args=cpu_server_args() + ASYMCACHE_ARGS,
+        env=cpu_env(),
+        log_path=artifacts_dir / "asymcache-server.log",
+        timeout_s=420,
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def no_cache_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangServer]:
+    server = SGLangServer(
+        tiny_model,
+        extra_args=cpu_server_args()
+        + ["--disable-radix-cache", "--max-total-tokens", str(E2E_POOL_TOKENS)],
+        env=stock_cpu_env(),
+        log_path=artifacts_dir / "no-cache-server.log",
+        timeout_s=420,
+    )
+    with server:
+        yield server

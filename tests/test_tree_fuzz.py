@@ -1,0 +1,470 @@
+"""Stateful fuzz of HoleAwareTree with requests in flight, a slot allocator and a reference model.
+
+Each request mirrors the server's life cycle: match -> plan -> lock -> allocate slots for the
+recompute ranges and the tail (evicting the shortfall first) -> insert with the plan's retained
+ranges, free the duplicates, unlock; or abort. Several requests are in flight at once, so two of
+them can recompute the same hole. Every slot records which token prefix its KV belongs to, so a
+slot in the wrong place (or owned twice, or lost) fails an invariant.
+
+Scale with ASYMCACHE_FUZZ_EXAMPLES (and ASYMCACHE_FUZZ_STEPS); the default is about 2,000 steps.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from array import array
+from dataclasses import dataclass, field
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from asymcache_sglang.cost import ReuseEstimator, StaticCostModel, eviction_key
+from asymcache_sglang.tree import CacheNode, HoleAwareTree, SegmentPlan
+
+EXAMPLES = int(os.environ.get("ASYMCACHE_FUZZ_EXAMPLES", "50"))
+STEPS = int(os.environ.get("ASYMCACHE_FUZZ_STEPS", "40"))
+MAX_IN_FLIGHT = 5
+MAX_SEQ_LEN = 32
+
+# Coverage counters over the whole run (read by a local driver; the test asserts some of them).
+COVERAGE: dict[str, int] = {
+    "steps": 0,
+    "finished": 0,
+    "aborted": 0,
+    "starved": 0,
+    "planned_holes": 0,
+    "adopted_tokens": 0,
+    "duplicate_tokens": 0,
+    "hole_duplicate_tokens": 0,
+    "interior_evicted_tokens": 0,
+    "collected_holes": 0,
+    "fallback_plans": 0,
+}
+
+
+class SlotError(AssertionError):
+    pass
+
+
+class SlotPool:
+    """N slot ids; free() raises on a double free or a slot that was never allocated."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free_set = set(range(size))
+
+    def available(self) -> int:
+        return len(self.free_set)
+
+    def alloc(self, k: int) -> list[int]:
+        if k > len(self.free_set):
+            raise SlotError(f"pool exhausted: need {k}, have {len(self.free_set)}")
+        return [self.free_set.pop() for _ in range(k)]
+
+    def free(self, slots) -> None:
+        for s in slots:
+            if not 0 <= s < self.size:
+                raise SlotError(f"free of unknown slot {s}")
+            if s in self.free_set:
+                raise SlotError(f"double free of slot {s}")
+            self.free_set.add(s)
+
+
+@dataclass
+class Request:
+    rid: int
+    ns: str | None
+    tokens: array
+    plan: SegmentPlan
+    row: list[int]
+    owned: set[int] = field(default_factory=set)
+
+    @property
+    def locked(self) -> CacheNode:
+        return self.plan.last_node
+
+
+def flat(values) -> list[int]:
+    return [s for v in values for s in v]
+
+
+def reference_plan(flags: list[bool], max_holes: int, min_retained: int):
+    """Token-level restatement of the plan rules: (retained, recompute, prefix_len)."""
+    runs: list[list] = []
+    for p, res in enumerate(flags):
+        if runs and runs[-1][0] == res:
+            runs[-1][2] = p + 1
+        else:
+            runs.append([res, p, p + 1])
+    for i, run in enumerate(runs):
+        if i > 0 and run[0] and run[2] - run[1] < min_retained:
+            run[0] = False
+    merged: list[list] = []
+    for run in runs:
+        if merged and merged[-1][0] == run[0]:
+            merged[-1][2] = run[2]
+        else:
+            merged.append(list(run))
+    while merged and not merged[-1][0]:
+        merged.pop()
+    retained, recompute = [], []
+    for res, s, e in merged:
+        if res:
+            retained.append((s, e))
+        elif len(recompute) < max_holes:
+            recompute.append((s, e))
+        else:
+            break
+    return retained, recompute, (retained[-1][1] if retained else 0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class TreeMachine(RuleBasedStateMachine):
+    @initialize(
+        cost_b=st.sampled_from([1.0, 0.05, 0.0]),
+        tau=st.sampled_from([1000.0, 50.0, 0.5]),
+        share_boost=st.sampled_from([0.0, 1.0]),
+        max_holes=st.sampled_from([2, 1, 3, 0]),
+        min_retained=st.integers(1, 4),
+        pool_size=st.integers(48, 160),
+        sessions=st.lists(
+            st.lists(st.integers(0, 3), min_size=4, max_size=12), min_size=1, max_size=4
+        ),
+    )
+    def setup(self, cost_b, tau, share_boost, max_holes, min_retained, pool_size, sessions):
+        self.clock = FakeClock()
+        self.tree = HoleAwareTree(
+            StaticCostModel(1.0, cost_b),
+            ReuseEstimator(tau, share_boost),
+            max_holes=max_holes,
+            min_retained_tokens=min_retained,
+            clock=self.clock,
+        )
+        self.pool = SlotPool(pool_size)
+        self.sessions = sessions
+        self.history = [list(x) for x in sessions]
+        self.inflight: list[Request] = []
+        self.next_rid = 0
+        # Reference model: every inserted sequence (all its prefixes) per namespace, and what
+        # each slot's KV encodes: the (namespace, token prefix) it was computed for.
+        self.inserted_prefixes: set[tuple] = set()
+        self.content: dict[int, tuple] = {}
+
+    # ----- helpers -----
+
+    def _sequence(self, session, ext, copy_of, *, advance=True):
+        """A session's next turn (its last turn plus ``ext``), or a copy of an in-flight request."""
+        if copy_of is not None and self.inflight:
+            base = self.inflight[copy_of % len(self.inflight)]
+            return base.ns, array("q", list(base.tokens) + ext)
+        idx = session % len(self.sessions)
+        tokens = self.history[idx] + ext
+        if len(tokens) > MAX_SEQ_LEN:
+            tokens = self.sessions[idx] + ext  # the session starts over from its system prompt
+        if advance:
+            self.history[idx] = tokens
+        return ("ns" if session % 5 == 4 else None), array("q", tokens)
+
+    def _free(self, slots) -> None:
+        self.pool.free(slots)
+        for s in slots:
+            del self.content[s]
+
+    def _evict(self, n: int) -> int:
+        before = self.tree.evictable_size
+        freed = flat(self.tree.evict(n))
+        self._free(freed)
+        # Eviction frees whole nodes: at least n tokens unless the evictable set ran out.
+        assert len(freed) <= before
+        assert len(freed) >= min(n, before)
+        if len(freed) < n:
+            assert self.tree.evictable_size == 0
+        return len(freed)
+
+    def _check_plan(self, tokens, path, plan):
+        pos = 0
+        for node in path:
+            assert node.start == pos and node.key == tokens[node.start : node.end]
+            pos = node.end
+        flags = [node.value is not None for node in path for _ in range(len(node.key))]
+        retained, recompute, prefix_len = reference_plan(
+            flags, self.tree.max_holes, self.tree.min_retained_tokens
+        )
+        assert (plan.retained, plan.recompute, plan.prefix_len) == (
+            retained,
+            recompute,
+            prefix_len,
+        )
+        assert len(plan.recompute) <= self.tree.max_holes
+        assert all(s == 0 or e - s >= self.tree.min_retained_tokens for s, e in plan.retained)
+        if plan.retained:
+            assert plan.last_node.end == plan.prefix_len and plan.last_node.value is not None
+        else:
+            assert plan.last_node is self.tree.root
+        if plan.contiguous_len:
+            assert plan.retained[0] == (0, plan.contiguous_len)
+            assert plan.contiguous_node.end == plan.contiguous_len
+        else:
+            assert not plan.retained or plan.retained[0][0] > 0
+
+    # ----- rules -----
+
+    @precondition(lambda self: len(self.inflight) < MAX_IN_FLIGHT)
+    @rule(
+        session=st.integers(0, 4),
+        ext=st.lists(st.integers(0, 3), max_size=8),
+        copy_of=st.none() | st.integers(0, MAX_IN_FLIGHT),
+    )
+    def start(self, session, ext, copy_of):
+        COVERAGE["steps"] += 1
+        self._start(*self._sequence(session, ext, copy_of))
+
+    @rule(session=st.integers(0, 4), ext=st.lists(st.integers(0, 3), max_size=8))
+    def turn(self, session, ext):
+        """A request that runs to completion before anything else happens."""
+        COVERAGE["steps"] += 1
+        if self._start(*self._sequence(session, ext, None)):
+            self._finish(len(self.inflight) - 1)
+
+    def _start(self, ns, tokens) -> bool:
+        path = self.tree.match(tokens, ns)
+        fallbacks = self.tree.stats.fallback_plans
+        plan = self.tree.plan(path)
+        COVERAGE["fallback_plans"] += self.tree.stats.fallback_plans - fallbacks
+        self._check_plan(tokens, path, plan)
+        self.tree.inc_lock(plan.last_node)
+
+        need = plan.recompute_tokens + len(tokens) - plan.prefix_len
+        shortfall = need - self.pool.available()
+        if shortfall > 0:
+            self._evict(shortfall)
+        if need > self.pool.available():
+            COVERAGE["starved"] += 1
+            self.tree.dec_lock(plan.last_node)
+            return False
+
+        row: list[int | None] = [None] * len(tokens)
+        for (s, e), values in zip(plan.retained, plan.retained_values, strict=True):
+            slots = flat(values)
+            assert len(slots) == e - s
+            for p, slot in zip(range(s, e), slots, strict=True):
+                assert self.content[slot] == (ns, tuple(tokens[: p + 1]))
+                row[p] = slot
+        missing = [p for p in range(len(tokens)) if row[p] is None]
+        assert len(missing) == need
+        assert {p for s, e in plan.recompute for p in range(s, e)} == {
+            p for p in missing if p < plan.prefix_len
+        }
+        new = self.pool.alloc(need)
+        for p, slot in zip(missing, new, strict=True):
+            row[p] = slot
+            self.content[slot] = (ns, tuple(tokens[: p + 1]))  # the request computes this KV
+        COVERAGE["planned_holes"] += len(plan.recompute)
+        self.inflight.append(Request(self.next_rid, ns, tokens, plan, row, set(new)))
+        self.next_rid += 1
+        return True
+
+    @precondition(lambda self: self.inflight)
+    @rule(which=st.integers(0, MAX_IN_FLIGHT))
+    def finish(self, which):
+        COVERAGE["steps"] += 1
+        self._finish(which)
+
+    def _finish(self, which):
+        req = self.inflight.pop(which % len(self.inflight))
+        out = self.tree.insert(req.tokens, req.row, req.plan.retained, req.ns)
+        dups = flat(out.duplicates)
+        assert len(dups) == len(set(dups)) and set(dups) <= req.owned
+        self._free(dups)
+        path_slots = flat(out.path_values)
+        assert len(path_slots) == len(req.tokens)
+        for p, slot in enumerate(path_slots):
+            assert self.content[slot] == (req.ns, tuple(req.tokens[: p + 1]))
+        assert out.last_node.end == len(req.tokens)
+        self.tree.dec_lock(req.locked)
+        for k in range(1, len(req.tokens) + 1):
+            self.inserted_prefixes.add((req.ns, tuple(req.tokens[:k])))
+        COVERAGE["finished"] += 1
+        COVERAGE["adopted_tokens"] += out.adopted_tokens
+        COVERAGE["duplicate_tokens"] += len(dups)
+        # A hole this request recomputed was filled by another request first.
+        dup_set = set(dups)
+        COVERAGE["hole_duplicate_tokens"] += sum(
+            req.row[p] in dup_set for s, e in req.plan.recompute for p in range(s, e)
+        )
+
+    @precondition(lambda self: self.inflight)
+    @rule(which=st.integers(0, MAX_IN_FLIGHT))
+    def abort(self, which):
+        COVERAGE["steps"] += 1
+        req = self.inflight.pop(which % len(self.inflight))
+        self._free(sorted(req.owned))
+        self.tree.dec_lock(req.locked)
+        COVERAGE["aborted"] += 1
+
+    @rule(n=st.integers(1, 8))
+    def evict(self, n):
+        COVERAGE["steps"] += 1
+        interior = self.tree.stats.interior_evicted_tokens
+        collected = self.tree.stats.collected_hole_nodes
+        self._evict(n)
+        COVERAGE["interior_evicted_tokens"] += self.tree.stats.interior_evicted_tokens - interior
+        COVERAGE["collected_holes"] += self.tree.stats.collected_hole_nodes - collected
+
+    @rule(session=st.integers(0, 4), ext=st.lists(st.integers(0, 3), max_size=8))
+    def probe(self, session, ext):
+        """A match without admission: touches and splits, like a request that waits."""
+        COVERAGE["steps"] += 1
+        ns, tokens = self._sequence(session, ext, None, advance=False)
+        path = self.tree.match(tokens, ns)
+        self._check_plan(tokens, path, self.tree.plan(path))
+
+    @rule(dt=st.sampled_from([0.5, 1.0, 3.0, 50.0]))
+    def tick(self, dt):
+        COVERAGE["steps"] += 1
+        self.clock.t += dt
+        self.tree.maybe_rekey()  # the server calls it after each match
+
+    # ----- invariants -----
+
+    @invariant()
+    def tree_is_consistent(self):
+        tree = self.tree
+        nodes = tree.iter_nodes()
+        assert tree.num_nodes == len(nodes) + 1
+        assert tree.root.lock_ref == 1 and tree.root.value == []
+
+        expected_locks: dict[int, int] = {}
+        for req in self.inflight:
+            node = req.locked
+            while node is not tree.root:
+                expected_locks[id(node)] = expected_locks.get(id(node), 0) + 1
+                assert node.parent is not None, f"locked node {node} detached"
+                node = node.parent
+
+        live = {}
+        for entry in tree._heap:
+            if entry[3] == entry[4].version:
+                assert id(entry[4]) not in live, "two live heap entries for one node"
+                live[id(entry[4])] = entry
+
+        evictable = protected = 0
+        tree_slots: list[int] = []
+        prefix_of: dict[int, tuple] = {id(tree.root): ()}
+        ns_of: dict[int, str | None] = {id(tree.root): None}
+        stack = [tree.root]
+        while stack:
+            parent = stack.pop()
+            for ck, node in parent.children.items():
+                assert node.parent is parent and node.ckey == ck
+                assert len(node.key) >= 1 and node.start == parent.end
+                ns = ns_of[id(parent)]
+                if parent is tree.root:
+                    ns = ck[0] if isinstance(ck, tuple) else None
+                ns_of[id(node)] = ns
+                assert ck == tree.child_key(node.key[0], ns)
+                path = prefix_of[id(parent)] + tuple(node.key)
+                prefix_of[id(node)] = path
+                assert (ns, path) in self.inserted_prefixes, "tree holds tokens never inserted"
+                assert node.lock_ref == expected_locks.get(id(node), 0)
+                if node.value is None:
+                    assert node.children, f"childless hole {node}"
+                else:
+                    assert len(node.value) == len(node.key)
+                    for i, slot in enumerate(node.value):
+                        assert self.content[slot] == (ns, path[: node.start + i + 1])
+                    tree_slots.extend(node.value)
+                    if node.lock_ref:
+                        protected += len(node.key)
+                    else:
+                        evictable += len(node.key)
+                        entry = live.get(id(node))
+                        assert entry is not None, f"evictable {node} missing from the heap"
+                        key = eviction_key(
+                            tree.cost, tree.reuse, tree._key_tau, node.start, node.end,
+                            node.last_access_time, len(node.children),
+                        )  # fmt: skip
+                        assert entry[0] == key and entry[1] == -node.start
+                stack.append(node)
+        assert (tree.evictable_size, tree.protected_size) == (evictable, protected)
+        assert evictable + protected == tree.resident_tokens()
+
+        # Every slot has exactly one owner: the pool, the tree, or one in-flight request.
+        owners = [self.pool.free_set, set(tree_slots)] + [r.owned for r in self.inflight]
+        assert len(tree_slots) == len(owners[1])
+        assert sum(len(o) for o in owners) == self.pool.size
+        assert set().union(*owners) == set(range(self.pool.size))
+        assert set(self.content) == set(range(self.pool.size)) - self.pool.free_set
+
+    def teardown(self):
+        # Drain: abort or finish what is in flight, then everything must be evictable.
+        if not hasattr(self, "tree"):
+            return
+        while self.inflight:
+            self._finish(0)
+        self.tree_is_consistent()
+        self._evict(10**9)
+        assert self.tree.num_nodes == 1 and self.tree.resident_tokens() == 0
+        assert self.pool.available() == self.pool.size
+
+
+TreeMachine.TestCase.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestTreeMachine = TreeMachine.TestCase
+
+
+def test_seeded_random_walk_reaches_holes():
+    """The same machine driven by a seeded random walk: deterministic coverage of hole paths."""
+    rng = random.Random(20240611)
+    before = dict(COVERAGE)
+    for _ in range(60):
+        m = TreeMachine()
+        m.setup(
+            cost_b=rng.choice([1.0, 0.05, 0.0]),
+            tau=rng.choice([1000.0, 50.0, 0.5]),
+            share_boost=rng.choice([0.0, 1.0]),
+            max_holes=rng.randint(0, 3),
+            min_retained=rng.randint(1, 4),
+            pool_size=rng.randint(48, 160),
+            sessions=[
+                [rng.randrange(4) for _ in range(rng.randint(4, 12))]
+                for _ in range(rng.randint(1, 4))
+            ],
+        )
+        for _ in range(40):
+            ext = [rng.randrange(4) for _ in range(rng.randint(0, 8))]
+            which = rng.randrange(MAX_IN_FLIGHT + 1)
+            action = rng.choice(["start", "turn", "finish", "abort", "evict", "probe", "tick"])
+            if action == "start" and len(m.inflight) < MAX_IN_FLIGHT:
+                m.start(rng.randrange(5), ext, rng.choice([None, which]))
+            elif action == "turn":
+                m.turn(rng.randrange(5), ext)
+            elif action in ("finish", "abort") and m.inflight:
+                getattr(m, action)(which)
+            elif action == "evict":
+                m.evict(rng.randint(1, 8))
+            elif action == "probe":
+                m.probe(rng.randrange(5), ext)
+            elif action == "tick":
+                m.tick(rng.choice([0.5, 1.0, 3.0, 50.0]))
+            m.tree_is_consistent()
+        m.teardown()
+    gained = {k: COVERAGE[k] - before[k] for k in COVERAGE}
+    for key in ("planned_holes", "adopted_tokens", "duplicate_tokens", "hole_duplicate_tokens",
+                "interior_evicted_tokens", "collected_holes", "fallback_plans", "aborted",
+                "starved"):
+        assert gained[key] > 0, (key, gained)
