@@ -64,7 +64,7 @@ def eviction_key(
     last_access: float,
     num_children: int,
 ) -> float:
-    """log(P(reuse) * dT / tokens) up to a constant shared by all nodes; smaller is evicted first."""
+    """log(P(reuse) * dT / tokens), up to a constant shared by all nodes; smallest goes first."""
     return (
         math.log(cost.cost_per_token(start, end))
         + reuse.log_boost(num_children)

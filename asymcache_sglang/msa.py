@@ -58,10 +58,13 @@ def plan_sub_requests(segments: Sequence[Sequence[Segment]]) -> SubRequestPlan:
     req_index = [i for i, segs in enumerate(segments) for _ in segs]
     starts = [s for segs in segments for s, _ in segs]
     ends = [e for segs in segments for _, e in segs]
-    as_t = lambda xs: torch.tensor(xs, dtype=torch.int64)  # noqa: E731
     return SubRequestPlan(
-        req_index=as_t(req_index),
-        prefix_lens=as_t(starts),
-        seq_lens=as_t(ends),
-        extend_lens=as_t([e - s for s, e in zip(starts, ends)]),
+        req_index=_int64(req_index),
+        prefix_lens=_int64(starts),
+        seq_lens=_int64(ends),
+        extend_lens=_int64([e - s for s, e in zip(starts, ends)]),
     )
+
+
+def _int64(values: list[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64)

@@ -47,7 +47,9 @@ def register() -> None:
 
     from asymcache_sglang.server_args import AsymCacheServerArgs
 
-    HookRegistry.register("sglang.srt.server_args.ServerArgs", AsymCacheServerArgs, HookType.REPLACE)
+    HookRegistry.register(
+        "sglang.srt.server_args.ServerArgs", AsymCacheServerArgs, HookType.REPLACE
+    )
     if get_radix_cache_factory("asymcache") is None:
         register_radix_cache_backend("asymcache", make_asymcache_tree)
     for name in PATCH_MODULES:

@@ -59,7 +59,8 @@ class CacheNode:
 
     def __repr__(self) -> str:
         kind = "hole" if self.value is None else "resident"
-        return f"CacheNode(#{self.node_id}, [{self.start},{self.end}), {kind}, lock={self.lock_ref})"
+        span = f"[{self.start},{self.end})"
+        return f"CacheNode(#{self.node_id}, {span}, {kind}, lock={self.lock_ref})"
 
 
 @dataclass

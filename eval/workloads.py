@@ -104,7 +104,9 @@ def run_multi_turn(url: str, workload: MultiTurnWorkload) -> list[TurnResult]:
     return results
 
 
-def replay_inputs(url: str, reference: Sequence[TurnResult], max_new_tokens: int) -> list[TurnResult]:
+def replay_inputs(
+    url: str, reference: Sequence[TurnResult], max_new_tokens: int
+) -> list[TurnResult]:
     """Send exactly the inputs of an earlier run, in the same order."""
     out = []
     for ref in reference:
