@@ -115,7 +115,8 @@ def test_interior_eviction_creates_hole_and_plan_ranges():
     assert [(n.start, n.end) for n in path] == [(0, 10), (10, 20), (20, 30)]
     plan = tree.plan(path)
     assert plan.retained == [(10, 30)]
-    assert plan.retained_values == [[list(range(10, 20)), list(range(20, 30))]]  # per range, per node
+    # One list per retained range, one value per node in it.
+    assert plan.retained_values == [[list(range(10, 20)), list(range(20, 30))]]
     assert plan.recompute == [(0, 10)]
     assert plan.prefix_len == 30 and plan.last_node is path[-1]
     assert plan.has_holes and plan.recompute_tokens == 10 and plan.retained_tokens == 20
@@ -510,7 +511,8 @@ def test_share_boost_keeps_shared_prefixes(share_boost):
     tree.insert(toks([1, 1, 3, 3]), [0, 1, 4, 5], [(0, 2)])  # [0,2) now has two children
     tree.insert(toks([5, 5]), [6, 7], [])  # same span and time as the shared [0,2)
     shared = walk(tree, [1, 1])[0][0]
-    boosted = eviction_key(tree.cost, tree.reuse, tree.reuse.tau_s, 0, 2, shared.last_access_time, 2)
+    at = shared.last_access_time
+    boosted = eviction_key(tree.cost, tree.reuse, tree.reuse.tau_s, 0, 2, at, 2)
     plain = eviction_key(tree.cost, tree.reuse, tree.reuse.tau_s, 0, 2, shared.last_access_time, 1)
     assert boosted == pytest.approx(plain + math.log1p(share_boost))
     # Without the boost the keys tie and the older heap entry (the shared node) goes first.
