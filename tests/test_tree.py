@@ -31,8 +31,9 @@ def toks(xs) -> array:
     return array("q", xs)
 
 
-def make_tree(*, a=1.0, b=0.0, tau=1000.0, share_boost=0.0, max_holes=8, min_retained=1,
-              clock=None):
+def make_tree(
+    *, a=1.0, b=0.0, tau=1000.0, share_boost=0.0, max_holes=8, min_retained=1, clock=None
+):
     clock = clock or FakeClock()
     tree = HoleAwareTree(
         StaticCostModel(a, b),
@@ -481,7 +482,9 @@ def test_split_of_a_locked_node_keeps_the_lock_on_the_lower_part():
 def test_position_aware_cost_evicts_heads_first():
     tree, _ = three_nodes_equal_time(b=0.5)
     assert [tree.evict(1) for _ in range(3)] == [
-        [list(range(10))], [list(range(10, 20))], [list(range(20, 30))]
+        [list(range(10))],
+        [list(range(10, 20))],
+        [list(range(20, 30))],
     ]
     assert tree.stats.interior_evicted_tokens == 20
     # Across sequences, equal times: A=[0,10) (interior), B=[10,20) below it, C=[0,30) alone.
@@ -499,7 +502,9 @@ def test_position_aware_cost_evicts_heads_first():
 def test_uniform_cost_evicts_tails_first():
     tree, _ = three_nodes_equal_time(b=0.0)
     assert [tree.evict(1) for _ in range(3)] == [
-        [list(range(20, 30))], [list(range(10, 20))], [list(range(10))]
+        [list(range(20, 30))],
+        [list(range(10, 20))],
+        [list(range(10))],
     ]
     assert tree.stats.interior_evicted_tokens == 0
 
@@ -720,9 +725,12 @@ def test_uniform_cost_reduces_to_lru(stock, monkeypatch, seed):
         if op < 0.35:
             values = list(range(next_slot, next_slot + len(seq)))
             next_slot += len(seq)
-            _touch_only_accessed(cache, lambda s=seq, v=values: cache.insert(
-                InsertParams(key=rc.RadixKey(toks(s)), value=torch.tensor(v))
-            ))
+            _touch_only_accessed(
+                cache,
+                lambda s=seq, v=values: cache.insert(
+                    InsertParams(key=rc.RadixKey(toks(s)), value=torch.tensor(v))
+                ),
+            )
             tree.insert(toks(seq), values, [])
             inserted.append(seq)
         elif op < 0.65:

@@ -464,7 +464,15 @@ def test_seeded_random_walk_reaches_holes():
             m.tree_is_consistent()
         m.teardown()
     gained = {k: COVERAGE[k] - before[k] for k in COVERAGE}
-    for key in ("planned_holes", "adopted_tokens", "duplicate_tokens", "hole_duplicate_tokens",
-                "interior_evicted_tokens", "collected_holes", "fallback_plans", "aborted",
-                "starved"):
+    for key in (
+        "planned_holes",
+        "adopted_tokens",
+        "duplicate_tokens",
+        "hole_duplicate_tokens",
+        "interior_evicted_tokens",
+        "collected_holes",
+        "fallback_plans",
+        "aborted",
+        "starved",
+    ):
         assert gained[key] > 0, (key, gained)
