@@ -25,10 +25,6 @@ class StaticCostModel:
         """Mean per-token cost of recomputing positions [start, end)."""
         return self.a + self.b * (start + end - 1) / 2.0
 
-    def segment_cost(self, start: int, end: int) -> float:
-        """Total cost of recomputing positions [start, end)."""
-        return (end - start) * self.cost_per_token(start, end)
-
 
 class ReuseEstimator:
     """Online estimate of the reuse horizon tau from observed gaps between hits of a node."""

@@ -24,10 +24,6 @@ class SubRequestPlan:
     seq_lens: torch.Tensor  # int64 [n_sub]: segment end e (the sub-request's KV length)
     extend_lens: torch.Tensor  # int64 [n_sub]: e - s
 
-    @property
-    def num_sub_requests(self) -> int:
-        return int(self.req_index.numel())
-
 
 def check_segments(segments: Sequence[Sequence[Segment]], seq_lens: Sequence[int]) -> None:
     """Each request's segments are non-empty, ordered, disjoint, and end with its tail."""

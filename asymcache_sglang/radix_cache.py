@@ -12,7 +12,6 @@ This is the edge where the core meets SGLang 0.5.16: requests, the KV allocator 
 from __future__ import annotations
 
 import time
-from array import array
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixCache
 
 from asymcache_sglang.config import AsymCacheConfig
-from asymcache_sglang.tree import CacheNode, HoleAwareTree, Range, SegmentPlan
+from asymcache_sglang.tree import CacheNode, HoleAwareTree, Range, SegmentPlan, owned_ranges
 
 
 class HoleAwareRadixCache(RadixCache):
@@ -97,12 +96,10 @@ class HoleAwareRadixCache(RadixCache):
         """Holes need plain token input and a backend with an MSA plan.
 
         Input logprobs are fine: the match stops at ``logprob_start_len``, so holes never need them.
+        Requests with positional embedding overrides never match, so they never get here.
         """
         return (
-            self.config.msa_enabled
-            and req.multimodal_inputs is None
-            and req.input_embeds is None
-            and req.positional_embed_overrides is None
+            self.config.msa_enabled and req.multimodal_inputs is None and req.input_embeds is None
         )
 
     def composite_prefix(self, plan: SegmentPlan) -> torch.Tensor:
@@ -131,18 +128,6 @@ class HoleAwareRadixCache(RadixCache):
         if values:
             self.token_to_kv_pool_allocator.free(torch.cat(values))
 
-    def _free_owned(self, kv_indices: torch.Tensor, retained: list[Range]) -> None:
-        owned_end = len(kv_indices)
-        cur = 0
-        parts = []
-        for s, e in retained:
-            if s > cur:
-                parts.append(kv_indices[cur:s])
-            cur = max(cur, e)
-        if cur < owned_end:
-            parts.append(kv_indices[cur:owned_end])
-        self._free(parts)
-
     def cache_finished_req(
         self, req: Any, is_insert: bool = True, *, kv_len_to_handle: int
     ) -> None:
@@ -159,7 +144,7 @@ class HoleAwareRadixCache(RadixCache):
             outcome = self.tree.insert(token_ids, kv_indices, retained, req.extra_key)
             self._free(outcome.duplicates)
         else:
-            self._free_owned(kv_indices, retained)
+            self._free([kv_indices[s:e] for s, e in owned_ranges(0, len(kv_indices), retained)])
         if req.last_node is not None:
             self.dec_lock_ref(req.last_node)
         req.asymcache_retained = None
@@ -168,18 +153,20 @@ class HoleAwareRadixCache(RadixCache):
         if self.disable:
             return
         token_ids = req.get_fill_ids()
-        if not isinstance(token_ids, array):
-            token_ids = array("q", token_ids)
         kv_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : len(token_ids)]
         kv_indices = kv_indices.to(dtype=torch.int64, copy=True)
+        retained = self.retained_ranges(req)
         outcome = self.tree.insert(
-            token_ids, kv_indices, self.retained_ranges(req), req.extra_key, count_hit=not chunked
+            token_ids, kv_indices, retained, req.extra_key, count_hit=not chunked
         )
         self._free(outcome.duplicates)
         new_indices = torch.cat(outcome.path_values) if outcome.path_values else kv_indices[:0]
         assert len(new_indices) == len(token_ids), f"{len(new_indices)=} {len(token_ids)=}"
-        # Point the request at the tree's slots wherever they replaced its duplicates.
-        self.req_to_token_pool.write((req.req_pool_idx, slice(0, len(new_indices))), new_indices)
+        # The leading retained range already holds the tree's slots; rewrite only from its end.
+        start = retained[0][1] if retained and retained[0][0] == 0 else 0
+        self.req_to_token_pool.write(
+            (req.req_pool_idx, slice(start, len(new_indices))), new_indices[start:]
+        )
         self.inc_lock_ref(outcome.last_node)
         if req.last_node is not None:
             self.dec_lock_ref(req.last_node)
@@ -233,7 +220,7 @@ class HoleAwareRadixCache(RadixCache):
         return torch.cat(values)
 
     def total_size(self) -> int:
-        return self.tree.resident_tokens()
+        return self.tree.evictable_size + self.tree.protected_size
 
     def pretty_print(self) -> None:
         for node in self.tree.iter_nodes():
@@ -251,6 +238,6 @@ class HoleAwareRadixCache(RadixCache):
             "duplicate_recompute_tokens": s.duplicate_recompute_tokens,
             "collected_hole_nodes": s.collected_hole_nodes,
             "fallback_plans": s.fallback_plans,
-            "resident_tokens": self.tree.resident_tokens(),
+            "resident_tokens": self.tree.evictable_size + self.tree.protected_size,
             "hole_tokens": self.tree.hole_tokens(),
         }

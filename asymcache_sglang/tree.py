@@ -12,8 +12,8 @@ import heapq
 import itertools
 import time
 from array import array
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from asymcache_sglang.cost import ReuseEstimator, StaticCostModel, eviction_key
@@ -48,10 +48,6 @@ class CacheNode:
         self.version = 0
         self.node_id = node_id
         self.ckey: Hashable = None
-
-    @property
-    def is_hole(self) -> bool:
-        return self.value is None
 
     @property
     def end(self) -> int:
@@ -108,7 +104,6 @@ class TreeStats:
     duplicate_recompute_tokens: int = 0
     collected_hole_nodes: int = 0
     fallback_plans: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 def _common_prefix_len(a: array, b: array, b_start: int) -> int:
@@ -121,7 +116,19 @@ def _common_prefix_len(a: array, b: array, b_start: int) -> int:
     return i
 
 
-def _owned_ranges(lo: int, hi: int, retained: Sequence[Range]) -> list[Range]:
+def _runs(spans: Iterable[tuple[bool, int, int, list[CacheNode]]]) -> list[list[Any]]:
+    """Merge adjacent spans of the same kind into runs ``[kind, start, end, nodes]``."""
+    runs: list[list[Any]] = []
+    for kind, start, end, nodes in spans:
+        if runs and runs[-1][0] == kind:
+            runs[-1][2] = end
+            runs[-1][3].extend(nodes)
+        else:
+            runs.append([kind, start, end, list(nodes)])
+    return runs
+
+
+def owned_ranges(lo: int, hi: int, retained: Sequence[Range]) -> list[Range]:
     """Sub-ranges of [lo, hi) not covered by the sorted, disjoint ``retained`` ranges."""
     out: list[Range] = []
     cur = lo
@@ -205,9 +212,7 @@ class HoleAwareTree:
                 self._compact_heap()
 
     def _compact_heap(self) -> None:
-        self._heap = [
-            e for e in self._heap if e[3] == e[4].version and self._evictable(e[4])
-        ]
+        self._heap = [e for e in self._heap if e[3] == e[4].version and self._evictable(e[4])]
         heapq.heapify(self._heap)
 
     def maybe_rekey(self) -> bool:
@@ -290,39 +295,26 @@ class HoleAwareTree:
 
     def plan(self, path: list[CacheNode]) -> SegmentPlan:
         """Turn a matched path into retained / recompute ranges under the hole bounds."""
-        runs: list[list[Any]] = []  # [resident, start, end, nodes]
-        for node in path:
-            resident = node.value is not None
-            if runs and runs[-1][0] == resident:
-                runs[-1][2] = node.end
-                runs[-1][3].append(node)
-            else:
-                runs.append([resident, node.start, node.end, [node]])
+        runs = _runs((node.value is not None, node.start, node.end, [node]) for node in path)
         contiguous_len, contiguous_node = 0, self.root
         if runs and runs[0][0]:
             contiguous_len, contiguous_node = runs[0][2], runs[0][3][-1]
         # A short retained island after a hole is cheaper to recompute than to split the extend.
-        for i, run in enumerate(runs):
-            if i > 0 and run[0] and run[2] - run[1] < self.min_retained_tokens:
-                run[0] = False
+        runs = _runs(
+            (keep and (i == 0 or end - start >= self.min_retained_tokens), start, end, nodes)
+            for i, (keep, start, end, nodes) in enumerate(runs)
+        )
         while runs and not runs[-1][0]:
             runs.pop()
-        merged: list[list[Any]] = []
-        for run in runs:
-            if merged and merged[-1][0] == run[0]:
-                merged[-1][2] = run[2]
-                merged[-1][3].extend(run[3])
-            else:
-                merged.append(run)
         retained: list[Range] = []
         retained_values: list[list[Any]] = []
         recompute: list[Range] = []
         last_node = self.root
         bounded = False
-        for run in merged:
+        for run in runs:
             if run[0]:
                 retained.append((run[1], run[2]))
-                retained_values.append([n.value for n in run[3] if n.value is not None])
+                retained_values.append([n.value for n in run[3]])
                 last_node = run[3][-1]
             elif len(recompute) < self.max_holes:
                 recompute.append((run[1], run[2]))
@@ -394,7 +386,7 @@ class HoleAwareTree:
                     self.evictable_size += n
                 adopted += n
             else:
-                for s, e in _owned_ranges(pos, pos + n, retained):
+                for s, e in owned_ranges(pos, pos + n, retained):
                     duplicates.append(values[s:e])
                     self.stats.duplicate_recompute_tokens += e - s
             child.last_access_time = now

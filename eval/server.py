@@ -59,13 +59,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def generate(url: str, payload: dict, timeout: float = 300.0) -> dict:
-    """POST `payload` to the server's native /generate endpoint and return the JSON reply."""
-    resp = requests.post(f"{url}/generate", json=payload, timeout=timeout)
-    resp.raise_for_status()
-    return resp.json()
-
-
 class SGLangServer:
     """`python -m sglang.launch_server` in its own process group; a context manager."""
 

@@ -12,16 +12,19 @@ from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
 
+from asymcache_sglang.radix_cache import HoleAwareRadixCache
+
 TARGET = "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new"
 HOOK_TYPE = HookType.AFTER
 
 
 def hook(forward_batch: Any, cls: Any, batch: Any, model_runner: Any, *a: Any, **kw: Any) -> None:
+    if not isinstance(getattr(batch, "tree_cache", None), HoleAwareRadixCache):
+        return
     segments = getattr(batch, "asymcache_segments", None)
     backend = model_runner.attn_backend
     if segments is None or not forward_batch.forward_mode.is_extend():
-        if getattr(backend, "asymcache_pending_segments", None) is not None:
-            backend.asymcache_pending_segments = None
+        backend.asymcache_pending_segments = None
         return
     # The ScheduleBatch lives on as the running batch; its plan is for this forward only.
     batch.asymcache_segments = None

@@ -24,24 +24,21 @@ TARGET = "sglang.srt.managers.schedule_batch.ScheduleBatch.prepare_for_extend"
 HOOK_TYPE = HookType.AROUND
 
 
-def _fill_holes(cache: HoleAwareRadixCache, planned: list[tuple[Any, Any]]) -> list[Any]:
-    """Allocate one slot per hole token; the plans' paths are locked, so eviction spares them."""
+def _fill_holes(cache: HoleAwareRadixCache, planned: list[tuple[Any, Any]]) -> None:
+    """Put one fresh slot per hole token into each composite prefix.
+
+    The plans' paths are locked, so the eviction this allocation may trigger spares them.
+    """
     total = sum(plan.recompute_tokens for _, plan in planned)
     slots = alloc_token_slots(cache, total)
-    per_req = []
     offset = 0
     for req, plan in planned:
-        parts = []
         for s, e in plan.recompute:
-            part = slots[offset : offset + e - s]
-            req.prefix_indices[s:e] = part
-            parts.append(part)
+            req.prefix_indices[s:e] = slots[offset : offset + e - s]
             offset += e - s
-        per_req.append(parts)
     cache.counters["plans"] += len(planned)
     cache.counters["planned_hole_tokens"] += total
     cache.counters["retained_tokens"] += sum(plan.retained_tokens for _, plan in planned)
-    return per_req
 
 
 def hook(original: Callable[..., Any], batch: Any, *args: Any, **kwargs: Any) -> Any:
@@ -61,7 +58,7 @@ def hook(original: Callable[..., Any], batch: Any, *args: Any, **kwargs: Any) ->
     if not planned:
         return original(batch, *args, **kwargs)
 
-    hole_slots = dict(zip((id(r) for r, _ in planned), _fill_holes(cache, planned)))
+    _fill_holes(cache, planned)
     plans = {id(r): p for r, p in planned}
     result = original(batch, *args, **kwargs)
     old_extend_lens = list(batch.extend_lens)
@@ -85,7 +82,7 @@ def hook(original: Callable[..., Any], batch: Any, *args: Any, **kwargs: Any) ->
         for s, e in plan.recompute:
             fill_tokens.append(fill_ids[s:e])
         fill_tokens.append(fill_ids[plan.prefix_len : seq_len])
-        slots.extend(hole_slots[id(req)])
+        slots.extend(req.prefix_indices[s:e] for s, e in plan.recompute)
         slots.append(tail_slots)
         segments.append([*plan.recompute, (plan.prefix_len, seq_len)])
         batch.prefix_lens[i] = plan.prefix_len - holes

@@ -38,8 +38,12 @@ def sub_request_batch(forward_batch: Any, segments: list) -> Any:
 
 def hook(original: Callable[..., Any], backend: Any, forward_batch: Any) -> Any:
     result = original(backend, forward_batch)
-    segments = getattr(backend, "asymcache_pending_segments", None)
-    backend.asymcache_pending_segments = None
-    has_plan = segments is not None and forward_batch.forward_mode.is_extend()
-    backend.asymcache_sub_batch = sub_request_batch(forward_batch, segments) if has_plan else None
+    # Only AsymCache's ForwardBatch.init_new hook sets this attribute.
+    if hasattr(backend, "asymcache_pending_segments"):
+        segments = backend.asymcache_pending_segments
+        backend.asymcache_pending_segments = None
+        has_plan = segments is not None and forward_batch.forward_mode.is_extend()
+        backend.asymcache_sub_batch = (
+            sub_request_batch(forward_batch, segments) if has_plan else None
+        )
     return result

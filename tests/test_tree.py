@@ -544,8 +544,8 @@ def test_cost_model_validation_and_math():
             StaticCostModel(a, b)
     m = StaticCostModel(2.0, 0.5)
     assert m.cost_per_token(0, 10) == pytest.approx(2.0 + 0.5 * 4.5)
-    assert m.segment_cost(0, 10) == pytest.approx(sum(2.0 + 0.5 * p for p in range(10)))
-    assert m.segment_cost(10, 20) > m.segment_cost(0, 10)
+    assert 10 * m.cost_per_token(0, 10) == pytest.approx(sum(2.0 + 0.5 * p for p in range(10)))
+    assert m.cost_per_token(10, 20) > m.cost_per_token(0, 10)
     assert StaticCostModel(1.0, 0.0).cost_per_token(5, 50) == 1.0
 
 
