@@ -19,20 +19,22 @@ class AsymCacheConfig:
     cost_b: float = 1.0 / 1024
     reuse_horizon_s: float = 60.0
     share_boost: float = 1.0
-    msa_enabled: bool = True
 
     @classmethod
     def from_server_args(cls, server_args: Any) -> AsymCacheConfig:
-        """Read the ``asymcache_*`` fields; holes need an attention backend with an MSA plan."""
+        """Read the ``asymcache_*`` fields.
+
+        Holes need an attention backend with an MSA plan; elsewhere max_holes is 0, which makes
+        the tree evict leaves only (cost-aware, prefix-closed, like stock SGLang).
+        """
         backend = server_args.prefill_attention_backend or server_args.attention_backend
         return cls(
-            max_holes=server_args.asymcache_max_holes,
+            max_holes=server_args.asymcache_max_holes if backend in MSA_BACKENDS else 0,
             min_retained_tokens=server_args.asymcache_min_retained_tokens,
             cost_a=server_args.asymcache_cost_a,
             cost_b=server_args.asymcache_cost_b,
             reuse_horizon_s=server_args.asymcache_reuse_horizon_s,
             share_boost=server_args.asymcache_share_boost,
-            msa_enabled=backend in MSA_BACKENDS and server_args.asymcache_max_holes > 0,
         )
 
     def cost_model(self) -> StaticCostModel:

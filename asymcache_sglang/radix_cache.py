@@ -93,14 +93,12 @@ class HoleAwareRadixCache(RadixCache):
         )
 
     def _msa_allowed(self, req: Any) -> bool:
-        """Holes need plain token input and a backend with an MSA plan.
+        """Holes need plain token input (holes only exist with a backend that has an MSA plan).
 
         Input logprobs are fine: the match stops at ``logprob_start_len``, so holes never need them.
         Requests with positional embedding overrides never match, so they never get here.
         """
-        return (
-            self.config.msa_enabled and req.multimodal_inputs is None and req.input_embeds is None
-        )
+        return req.multimodal_inputs is None and req.input_embeds is None
 
     def composite_prefix(self, plan: SegmentPlan) -> torch.Tensor:
         """Prefix of length M with retained slots in place and -1 where holes will get slots."""

@@ -192,7 +192,13 @@ class HoleAwareTree:
         return token if namespace is None else (namespace, token)
 
     def _evictable(self, node: CacheNode) -> bool:
-        return node.value is not None and node.lock_ref == 0 and node.parent is not None
+        # Without holes a hole could never be recomputed cheaply: evict leaves only.
+        return (
+            node.value is not None
+            and node.lock_ref == 0
+            and node.parent is not None
+            and (self.max_holes > 0 or not node.children)
+        )
 
     def _changed(self, node: CacheNode) -> None:
         node.version += 1

@@ -351,6 +351,20 @@ def alternating_tree(**kw):
     return tree, clock
 
 
+def test_no_holes_means_leaf_only_eviction():
+    tree, clock = make_tree(b=1.0, tau=1.0, max_holes=0)
+    tree.insert(toks(SEQ70), list(range(70)), [])
+    tree.match(toks(SEQ70[:10]))
+    clock.advance(100)
+    tree.match(toks(SEQ70[:10]))  # the head is hot, the cheap-to-drop choice would be it
+    # Position-aware cost would pick the head [0,10) if holes were allowed; here only the leaf.
+    assert tree.evict(1) == [list(range(10, 70))]
+    assert layout(tree, SEQ70[:10]) == [(0, 10, "R")]
+    assert tree.hole_tokens() == 0 and tree.stats.interior_evicted_tokens == 0
+    assert tree.evict(1) == [list(range(10))]
+    assert tree.num_nodes == 1 and tree.evictable_size == 0
+
+
 @pytest.mark.parametrize(
     ("max_holes", "retained", "recompute", "prefix_len"),
     [
@@ -362,7 +376,9 @@ def alternating_tree(**kw):
     ],
 )
 def test_max_holes_bound(max_holes, retained, recompute, prefix_len):
-    tree, _ = alternating_tree(max_holes=max_holes)
+    tree, _ = alternating_tree()
+    # Set after building: a tree created with max_holes=0 never makes holes (next test).
+    tree.max_holes = max_holes
     path = tree.match(toks(SEQ70))
     fallbacks = tree.stats.fallback_plans
     plan = tree.plan(path)

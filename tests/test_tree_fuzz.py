@@ -378,6 +378,7 @@ class TreeMachine(RuleBasedStateMachine):
                 assert node.lock_ref == expected_locks.get(id(node), 0)
                 if node.value is None:
                     assert node.children, f"childless hole {node}"
+                    assert tree.max_holes > 0, f"hole {node} in a tree that allows none"
                 else:
                     assert len(node.value) == len(node.key)
                     for i, slot in enumerate(node.value):
@@ -385,6 +386,10 @@ class TreeMachine(RuleBasedStateMachine):
                     tree_slots.extend(node.value)
                     if node.lock_ref:
                         protected += len(node.key)
+                    elif tree.max_holes == 0 and node.children:
+                        # Without holes only leaves may go: an interior node has no live entry.
+                        evictable += len(node.key)
+                        assert id(node) not in live, f"interior {node} evictable without holes"
                     else:
                         evictable += len(node.key)
                         entry = live.get(id(node))
@@ -437,7 +442,8 @@ def test_seeded_random_walk_reaches_holes():
             cost_b=rng.choice([1.0, 0.05, 0.0]),
             tau=rng.choice([1000.0, 50.0, 0.5]),
             share_boost=rng.choice([0.0, 1.0]),
-            max_holes=rng.randint(0, 3),
+            # 0: leaf-only eviction; 1 makes paths with more holes than allowed (fallbacks) common.
+            max_holes=rng.choice([0, 1, 1, 2, 3]),
             min_retained=rng.randint(1, 4),
             pool_size=rng.randint(48, 160),
             sessions=[
