@@ -58,6 +58,7 @@ def test_pressure_against_lru(llama3_8b_geometry, tmp_path, backend, holes):
         assert run["requests"] >= 200
         assert run["healthy_after_idle"] and run["leak_or_error_lines"] == 0, name
     counters = result["runs"]["asymcache"]["counters"]
+    assert counters, "the AsymCache plugin did not load in the server"
     assert counters["evicted_tokens"] > 0, "no KV pressure"
     if holes:
         assert counters["plans"] > 0 and counters["adopted_hole_tokens"] > 0
