@@ -32,7 +32,7 @@ class AsymCacheServerArgs(ServerArgs):
     asymcache_max_holes: Annotated[
         int,
         "AsymCache: most holes one request may recompute in one extend; past it the rest of the "
-        "path is recomputed contiguously. 0 turns holes off (cost-aware eviction stays on).",
+        "path is recomputed contiguously. 0 turns holes off: cost-aware, leaf-only eviction.",
     ] = _DEFAULTS.max_holes
     asymcache_min_retained_tokens: Annotated[
         int,
