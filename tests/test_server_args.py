@@ -1,0 +1,82 @@
+"""``--enable-asymcache`` through SGLang's own argument parsing, with the plugin loaded."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from sglang.srt.plugins import load_plugins
+
+from asymcache_sglang.server_args import AsymCacheArgsError, AsymCacheServerArgs
+
+KNOBS = (
+    "--enable-asymcache",
+    "--asymcache-max-holes",
+    "--asymcache-min-retained-tokens",
+    "--asymcache-cost-a",
+    "--asymcache-cost-b",
+    "--asymcache-reuse-horizon-s",
+    "--asymcache-share-boost",
+)
+
+
+@pytest.fixture(scope="module")
+def sglang_args():
+    load_plugins()
+    from sglang.srt import server_args
+
+    return server_args
+
+
+@pytest.fixture(scope="module")
+def prepare(sglang_args, tiny_model):
+    def _prepare(*argv: str):
+        base = ["--model-path", str(tiny_model), "--device", "cpu"]
+        return sglang_args.prepare_server_args([*base, *argv])
+
+    return _prepare
+
+
+def test_help_lists_every_flag(sglang_args):
+    parser = argparse.ArgumentParser()
+    sglang_args.ServerArgs.add_cli_args(parser)
+    text = parser.format_help()
+    for flag in KNOBS:
+        assert flag in text
+
+
+def test_enable_sets_the_backend_and_defaults(prepare):
+    args = prepare("--enable-asymcache", "--asymcache-max-holes", "3")
+    assert isinstance(args, AsymCacheServerArgs)
+    assert args.enable_asymcache and args.asymcache_max_holes == 3
+    assert args.radix_cache_backend == "asymcache"
+    assert args.attention_backend == "torch_native" and args.page_size == 1
+    assert args.disable_prefill_cuda_graph
+
+
+def test_off_leaves_sglang_defaults(prepare):
+    args = prepare()
+    assert not args.enable_asymcache and args.radix_cache_backend is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--disable-radix-cache"], "--disable-radix-cache"),
+        (["--enable-hierarchical-cache"], "--enable-hierarchical-cache"),
+        (["--speculative-algorithm", "EAGLE"], "--speculative-algorithm"),
+        (["--enable-dp-attention"], "--enable-dp-attention"),
+        (["--pp-size", "2"], "--pp-size"),
+        (["--page-size", "16"], "--page-size"),
+        (["--enable-mixed-chunk"], "--enable-mixed-chunk"),
+        (["--radix-cache-backend", "other"], "--radix-cache-backend"),
+        (["--attention-backend", "fa3"], "--attention-backend"),
+        (["--asymcache-max-holes", "-1"], "--asymcache-max-holes"),
+        (["--asymcache-cost-a", "0"], "--asymcache-cost-a"),
+    ],
+)
+def test_refused_combinations_name_the_flag(prepare, argv, flag):
+    with pytest.raises(AsymCacheArgsError) as err:
+        prepare("--enable-asymcache", *argv)
+    message = str(err.value)
+    assert flag in message and "\n" not in message
