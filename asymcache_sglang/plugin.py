@@ -50,6 +50,12 @@ def register() -> None:
     HookRegistry.register(
         "sglang.srt.server_args.ServerArgs", AsymCacheServerArgs, HookType.REPLACE
     )
+    # Engine binds its argument class at import, which can precede the plugin: rebind it too.
+    HookRegistry.register(
+        "sglang.srt.entrypoints.engine.Engine.server_args_class",
+        AsymCacheServerArgs,
+        HookType.REPLACE,
+    )
     if get_radix_cache_factory("asymcache") is None:
         register_radix_cache_backend("asymcache", make_asymcache_tree)
     for name in PATCH_MODULES:
