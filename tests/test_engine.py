@@ -1,42 +1,55 @@
-"""``sglang.Engine(..., enable_asymcache=True)`` in-process on the CPU."""
+"""``sglang.Engine(..., enable_asymcache=True)`` on the CPU, in a fresh Python process.
+
+A fresh process because ``Engine.shutdown`` kills every child of its process, which would take
+the session's servers down with it, and because the plugin must load inside ``Engine`` itself.
+"""
 
 from __future__ import annotations
 
-import os
+import json
+import subprocess
 import sys
 
 import pytest
 
-from eval.server import VLLM_STUB_DIR
+from eval.server import REPO_ROOT, cpu_env
 
 pytestmark = pytest.mark.e2e
 
+ENGINE_SCRIPT = """
+import json, sys
+import sglang as sgl
 
-def test_engine_kwarg_enables_asymcache(tiny_model, monkeypatch):
-    # The spawned scheduler imports the `vllm` stub on SGLang's CPU rotary path.
-    monkeypatch.syspath_prepend(str(VLLM_STUB_DIR))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(VLLM_STUB_DIR), *sys.path]))
-    monkeypatch.delenv("SGLANG_USE_CPU_ENGINE", raising=False)
-    import sglang as sgl
+engine = sgl.Engine(
+    model_path=sys.argv[1], device="cpu", dtype="float32", grammar_backend="none",
+    disable_decode_cuda_graph=True, sleep_on_idle=True, max_total_tokens=1200,
+    enable_asymcache=True,
+)
+try:
+    prompt = list(range(20, 120))
+    params = {"max_new_tokens": 4, "temperature": 0.0, "ignore_eos": True}
+    first = engine.generate(input_ids=prompt, sampling_params=params)
+    second = engine.generate(input_ids=prompt, sampling_params=params)
+    counters = engine.get_server_info()["internal_states"][0]["asymcache"]
+finally:
+    engine.shutdown()
+print("RESULT " + json.dumps({"first": first, "second": second, "counters": counters}))
+"""
 
-    engine = sgl.Engine(
-        model_path=str(tiny_model),
-        device="cpu",
-        dtype="float32",
-        grammar_backend="none",
-        disable_decode_cuda_graph=True,
-        sleep_on_idle=True,
-        max_total_tokens=1200,
-        enable_asymcache=True,
+
+def test_engine_kwarg_enables_asymcache(tiny_model):
+    proc = subprocess.run(
+        [sys.executable, "-c", ENGINE_SCRIPT, str(tiny_model)],
+        cwd=REPO_ROOT,
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    try:
-        prompt = list(range(20, 120))
-        params = {"max_new_tokens": 4, "temperature": 0.0, "ignore_eos": True}
-        first = engine.generate(input_ids=prompt, sampling_params=params)
-        second = engine.generate(input_ids=prompt, sampling_params=params)
-        counters = engine.get_server_info()["internal_states"][0]["asymcache"]
-    finally:
-        engine.shutdown()
-    assert first["output_ids"] == second["output_ids"]
-    assert second["meta_info"]["cached_tokens"] == len(prompt) - 1
-    assert counters["cached_tokens"] >= len(prompt) - 1
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    prompt_len = 100
+    assert result["first"]["output_ids"] == result["second"]["output_ids"]
+    assert result["second"]["meta_info"]["cached_tokens"] == prompt_len - 1
+    assert result["counters"]["cached_tokens"] >= prompt_len - 1
