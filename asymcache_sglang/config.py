@@ -8,7 +8,9 @@ from typing import Any
 from asymcache_sglang.cost import ReuseEstimator, StaticCostModel
 
 # Attention backends that have a multi-segment (sub-request) plan; others fall back to contiguous.
-MSA_BACKENDS = ("torch_native",)
+MSA_BACKENDS = ("torch_native", "flashinfer", "triton")
+# Kernels for multi-segment extends on the flashinfer backend (see --asymcache-msa-impl).
+MSA_IMPLS = ("flashinfer", "triton")
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,8 @@ class AsymCacheConfig:
     cost_b: float = 1.0 / 1024
     reuse_horizon_s: float = 60.0
     share_boost: float = 1.0
+    # "flashinfer" or "triton" on the flashinfer backend; None elsewhere (the backend's own).
+    msa_impl: str | None = None
 
     @classmethod
     def from_server_args(cls, server_args: Any) -> AsymCacheConfig:
@@ -35,6 +39,9 @@ class AsymCacheConfig:
             cost_b=server_args.asymcache_cost_b,
             reuse_horizon_s=server_args.asymcache_reuse_horizon_s,
             share_boost=server_args.asymcache_share_boost,
+            msa_impl=(server_args.asymcache_msa_impl or "flashinfer")
+            if backend == "flashinfer"
+            else None,
         )
 
     def cost_model(self) -> StaticCostModel:

@@ -7,8 +7,10 @@ written (retained slots, hole slots of this forward, earlier segments), so a ker
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,6 +25,10 @@ class SubRequestPlan:
     prefix_lens: torch.Tensor  # int64 [n_sub]: segment start s
     seq_lens: torch.Tensor  # int64 [n_sub]: segment end e (the sub-request's KV length)
     extend_lens: torch.Tensor  # int64 [n_sub]: e - s
+
+    def qo_indptr(self) -> torch.Tensor:
+        """int64 [n_sub + 1]: where each sub-request's query rows start in the extend batch."""
+        return torch.nn.functional.pad(torch.cumsum(self.extend_lens, 0), (1, 0))
 
 
 def check_segments(segments: Sequence[Sequence[Segment]], seq_lens: Sequence[int]) -> None:
@@ -64,3 +70,37 @@ def plan_sub_requests(segments: Sequence[Sequence[Segment]]) -> SubRequestPlan:
 
 def _int64(values: list[int]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64)
+
+
+def take_pending_segments(backend: Any, forward_batch: Any) -> list | None:
+    """The segments the ``ForwardBatch.init_new`` hook left on ``backend`` for this forward.
+
+    They are consumed here so a later forward (decode, a contiguous extend) never sees them.
+    """
+    segments = getattr(backend, "asymcache_pending_segments", None)
+    backend.asymcache_pending_segments = None
+    if segments is None or not forward_batch.forward_mode.is_extend():
+        return None
+    return segments
+
+
+def sub_request_view(forward_batch: Any, plan: SubRequestPlan) -> Any:
+    """A shallow copy of an SGLang ForwardBatch whose requests are ``plan``'s sub-requests.
+
+    Backends that plan from ``req_pool_indices``/``seq_lens``/``extend_prefix_lens`` then plan
+    segment [s, e) as a request with prefix s and length e. Query rows are already in this order.
+    """
+    if int(plan.extend_lens.sum()) != forward_batch.extend_num_tokens:
+        raise RuntimeError("AsymCache segment plan does not match the extend batch it was made for")
+    device = forward_batch.seq_lens.device
+    sub = copy.copy(forward_batch)
+    sub.batch_size = len(plan.seq_lens)
+    sub.req_pool_indices = forward_batch.req_pool_indices[plan.req_index.to(device)]
+    sub.seq_lens = plan.seq_lens.to(device)
+    sub.seq_lens_cpu = plan.seq_lens
+    sub.seq_lens_sum = int(plan.seq_lens.sum())
+    sub.extend_prefix_lens = plan.prefix_lens.to(device)
+    sub.extend_prefix_lens_cpu = plan.prefix_lens.tolist()
+    sub.extend_seq_lens = plan.extend_lens.to(device)
+    sub.extend_seq_lens_cpu = plan.extend_lens.tolist()
+    return sub

@@ -17,6 +17,9 @@ PATCH_MODULES = (
     "asymcache_sglang.patches.forward_batch_init_new",
     "asymcache_sglang.patches.torch_native_init_forward_metadata",
     "asymcache_sglang.patches.torch_native_forward_extend",
+    "asymcache_sglang.patches.flashinfer_init_forward_metadata",
+    "asymcache_sglang.patches.flashinfer_forward_extend",
+    "asymcache_sglang.patches.triton_init_forward_metadata",
     "asymcache_sglang.patches.scheduler_get_internal_state",
 )
 

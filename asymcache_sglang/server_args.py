@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated
 
+from sglang.srt.arg_groups.arg_utils import Arg
 from sglang.srt.server_args import ServerArgs
 
-from asymcache_sglang.config import AsymCacheConfig
+from asymcache_sglang.config import MSA_IMPLS, AsymCacheConfig
 
 _DEFAULTS = AsymCacheConfig()
 
@@ -58,6 +59,19 @@ class AsymCacheServerArgs(ServerArgs):
         float,
         "AsymCache: reuse-probability boost per extra branch below a shared prefix (>= 0).",
     ] = _DEFAULTS.share_boost
+    asymcache_msa_impl: Annotated[
+        str | None,
+        Arg(
+            help=(
+                "AsymCache: the kernel that runs multi-segment extends on the flashinfer attention "
+                "backend. 'flashinfer': FlashInfer paged prefill, one causal sub-request per "
+                "segment. 'triton': AsymCache's own Triton MSA kernel, one launch for all "
+                "segments. Unset: flashinfer there; the triton and torch_native backends always "
+                "plan their own kernel per sub-request."
+            ),
+            choices=list(MSA_IMPLS),
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
         if self.enable_asymcache:
@@ -94,6 +108,7 @@ class AsymCacheServerArgs(ServerArgs):
             raise AsymCacheArgsError("--asymcache-reuse-horizon-s must be > 0")
         if self.asymcache_share_boost < 0:
             raise AsymCacheArgsError("--asymcache-share-boost must be >= 0")
+        self._check_msa_impl()
         self.radix_cache_backend = "asymcache"
         if self.attention_backend is None:
             # fa3 is SGLang's Hopper default and has no multi-segment plan.
@@ -106,6 +121,34 @@ class AsymCacheServerArgs(ServerArgs):
                 raise AsymCacheArgsError(
                     f"--enable-asymcache supports {flag} in {SUPPORTED_BACKENDS}, got {backend}"
                 )
+        if self.enable_deterministic_inference and "triton" in (
+            self.attention_backend,
+            self.prefill_attention_backend,
+        ):
+            # The triton backend's deterministic path ignores the sub-request plan.
+            raise AsymCacheArgsError(
+                "--enable-asymcache cannot be combined with --enable-deterministic-inference "
+                "on the triton attention backend"
+            )
+        if self.asymcache_msa_impl is not None:
+            backend = self.prefill_attention_backend or self.attention_backend
+            if backend != "flashinfer":
+                raise AsymCacheArgsError(
+                    f"--asymcache-msa-impl chooses the kernel on the flashinfer attention "
+                    f"backend; the {backend} backend runs its own"
+                )
         self.page_size = 1
         # Prefill CUDA graphs capture contiguous extends; multi-segment batches are not.
         self.disable_prefill_cuda_graph = True
+
+    def _check_msa_impl(self) -> None:
+        # Only the kernel itself is checked here; the backend is checked once it is resolved.
+        if self.asymcache_msa_impl == "triton" and self.kv_cache_dtype not in (
+            "auto",
+            "bfloat16",
+            "bf16",
+        ):
+            raise AsymCacheArgsError(
+                "--asymcache-msa-impl triton reads an unquantised KV cache; "
+                f"--kv-cache-dtype {self.kv_cache_dtype} is not supported"
+            )

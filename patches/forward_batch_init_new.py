@@ -23,6 +23,7 @@ def hook(forward_batch: Any, cls: Any, batch: Any, model_runner: Any, *a: Any, *
         return
     segments = getattr(batch, "asymcache_segments", None)
     backend = model_runner.attn_backend
+    backend.asymcache_msa_impl = batch.tree_cache.config.msa_impl
     if segments is None or not forward_batch.forward_mode.is_extend():
         backend.asymcache_pending_segments = None
         return

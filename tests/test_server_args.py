@@ -7,6 +7,7 @@ import argparse
 import pytest
 from sglang.srt.plugins import load_plugins
 
+from asymcache_sglang.config import AsymCacheConfig
 from asymcache_sglang.server_args import AsymCacheArgsError, AsymCacheServerArgs
 
 KNOBS = (
@@ -17,6 +18,7 @@ KNOBS = (
     "--asymcache-cost-b",
     "--asymcache-reuse-horizon-s",
     "--asymcache-share-boost",
+    "--asymcache-msa-impl",
 )
 
 
@@ -54,6 +56,20 @@ def test_enable_sets_the_backend_and_defaults(prepare):
     assert args.disable_prefill_cuda_graph
 
 
+@pytest.mark.parametrize(
+    ("argv", "max_holes", "msa_impl"),
+    [
+        (["--attention-backend", "flashinfer"], 8, "flashinfer"),
+        (["--attention-backend", "flashinfer", "--asymcache-msa-impl", "triton"], 8, "triton"),
+        (["--attention-backend", "triton"], 8, None),
+        (["--asymcache-max-holes", "0"], 0, None),
+    ],
+)
+def test_msa_kernel_follows_the_backend(prepare, argv, max_holes, msa_impl):
+    config = AsymCacheConfig.from_server_args(prepare("--enable-asymcache", *argv))
+    assert (config.max_holes, config.msa_impl) == (max_holes, msa_impl)
+
+
 def test_off_leaves_sglang_defaults(prepare):
     args = prepare()
     assert not args.enable_asymcache and args.radix_cache_backend is None
@@ -73,6 +89,22 @@ def test_off_leaves_sglang_defaults(prepare):
         (["--attention-backend", "fa3"], "--attention-backend"),
         (["--asymcache-max-holes", "-1"], "--asymcache-max-holes"),
         (["--asymcache-cost-a", "0"], "--asymcache-cost-a"),
+        (["--asymcache-msa-impl", "triton"], "--asymcache-msa-impl"),
+        (
+            [
+                "--attention-backend",
+                "flashinfer",
+                "--asymcache-msa-impl",
+                "triton",
+                "--kv-cache-dtype",
+                "fp8_e4m3",
+            ],
+            "--kv-cache-dtype",
+        ),
+        (
+            ["--attention-backend", "triton", "--enable-deterministic-inference"],
+            "--enable-deterministic-inference",
+        ),
     ],
 )
 def test_refused_combinations_name_the_flag(prepare, argv, flag):
