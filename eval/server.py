@@ -41,6 +41,8 @@ def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(parts)
     # The CPU engine path needs sgl_kernel's CPU ops, which this setup does not install.
     env.pop("SGLANG_USE_CPU_ENGINE", None)
+    # Set for the kernel tests only; the server runs no Triton kernel on the CPU.
+    env.pop("TRITON_INTERPRET", None)
     return env
 
 

@@ -7,6 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Kernel tests run in Triton's interpreter; @triton.jit picks it when it decorates, so this
+    # precedes every import of the kernels (test modules and plugin alike).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_cpu_env
 from eval.tiny_model import make_tiny_llama
@@ -21,8 +27,6 @@ ASYMCACHE_ARGS = [
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    import torch
-
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
