@@ -97,43 +97,62 @@ def run_comparison(
     pool_tokens: int,
     workload: MultiTurnWorkload,
     log_dir: Path,
-    asymcache_args: list[str] | None = None,
+    variants: dict[str, list[str]],
+    baselines: dict[str, list[str]],
 ) -> dict[str, Any]:
-    """AsymCache first (its answers grow the histories), then stock LRU on exactly those inputs."""
+    """Every AsymCache variant and stock SGLang baseline on the same inputs, one server each.
+
+    The first variant runs the multi-turn workload (its answers grow the histories); every other
+    server replays exactly those inputs in the same order. Baselines run with no plugin loaded.
+    """
     import torch
 
     base = gpu_server_args(attention_backend, pool_tokens)
-    asym_flags = ["--enable-asymcache", *(asymcache_args or [])]
     stock_env = {**os.environ, "SGLANG_PLUGINS": "none"}
+    servers = [(name, ["--enable-asymcache", *flags], None) for name, flags in variants.items()]
+    servers += [(name, flags, stock_env) for name, flags in baselines.items()]
     runs: dict[str, Any] = {}
-    with SGLangServer(
-        model, extra_args=base + asym_flags, log_path=log_dir / "asymcache.log", timeout_s=600
-    ) as server:
-        ours = run_multi_turn(server.url, workload)
-        runs["asymcache"] = {
-            **summarize(ours),
-            "counters": asymcache_counters(server.url),
-            **server_health(server),
-        }
-    with SGLangServer(
-        model, extra_args=base, env=stock_env, log_path=log_dir / "lru.log", timeout_s=600
-    ) as server:
-        lru = replay_inputs(server.url, ours, workload.max_new_tokens)
-        runs["lru"] = {**summarize(lru), **server_health(server)}
-    same = sum(a.output_ids == b.output_ids for a, b in zip(ours, lru))
+    outputs: dict[str, list[TurnResult]] = {}
+    for name, flags, env in servers:
+        log_path = log_dir / f"{name}.log"
+        with SGLangServer(
+            model, extra_args=base + flags, env=env, log_path=log_path, timeout_s=600
+        ) as server:
+            if outputs:
+                first = next(iter(outputs.values()))
+                outputs[name] = replay_inputs(server.url, first, workload.max_new_tokens)
+            else:
+                outputs[name] = run_multi_turn(server.url, workload)
+            runs[name] = {
+                **summarize(outputs[name]),
+                "server_flags": flags,
+                "counters": asymcache_counters(server.url) if env is None else {},
+                **server_health(server),
+            }
+    first = next(iter(outputs.values()))
     return {
         "card": torch.cuda.get_device_name(0),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
         "model": "Llama-3-8B geometry, --load-format dummy",
         "server_args": base,
-        "asymcache_args": asym_flags,
         "workload": asdict(workload),
         "runs": runs,
-        "greedy_output_match": {"same": same, "total": len(ours)},
-        "ratios_lru_over_asymcache": {
-            k: runs["lru"][k] / runs["asymcache"][k]
-            for k in ("ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "latency_mean_s")
+        "greedy_output_match": {
+            name: {
+                "same": sum(a.output_ids == b.output_ids for a, b in zip(first, out)),
+                "total": len(first),
+            }
+            for name, out in outputs.items()
+        },
+        # baseline / variant: > 1 means the AsymCache variant is faster.
+        "ratios": {
+            f"{b}/{v}": {
+                k: runs[b][k] / runs[v][k]
+                for k in ("ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "latency_mean_s")
+            }
+            for v in variants
+            for b in baselines
         },
     }
 
@@ -148,7 +167,12 @@ def main() -> None:
     parser.add_argument("--first-prompt-tokens", type=int, default=1024)
     parser.add_argument("--user-tokens", type=int, default=256)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--asymcache-arg", action="append", default=[])
+    parser.add_argument(
+        "--msa-impl", action="append", default=[], help="AsymCache variants (default: flashinfer)"
+    )
+    parser.add_argument(
+        "--baseline-policy", action="append", default=[], help="stock policies (default: lru)"
+    )
     args = parser.parse_args()
     workload = MultiTurnWorkload(
         num_sessions=args.sessions,
@@ -163,7 +187,14 @@ def main() -> None:
         pool_tokens=args.pool_tokens,
         workload=workload,
         log_dir=args.out.parent,
-        asymcache_args=args.asymcache_arg,
+        variants={
+            f"asymcache-{impl}": ["--asymcache-msa-impl", impl]
+            for impl in args.msa_impl or ["flashinfer"]
+        },
+        baselines={
+            policy: ["--radix-eviction-policy", policy]
+            for policy in args.baseline_policy or ["lru"]
+        },
     )
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("card", "runs", "greedy_output_match")}, indent=1))

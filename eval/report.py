@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("results", nargs="*", type=Path)
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "ttft.png")
     args = parser.parse_args()
-    results = load(args.results or sorted(RESULTS_DIR.glob("*.json")))
+    results = load(args.results or sorted(RESULTS_DIR.glob("*pressure*.json")))
     print(table(results))
     plot(results, args.plot)
     print(f"plot: {args.plot}")
