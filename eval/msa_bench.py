@@ -64,7 +64,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "eval" / "results" / "msa_microbench.json"
 # Triton configs: "default" (the wrapper's own defaults) or block_m x block_n x num_warps x stages;
 # block_m counts query tokens per program (x 4 q heads of one kv head = tile rows).
-DEFAULT_TRITON_CONFIGS = "default,16x64x4x3,32x64x8x2,32x64x8x3,16x128x8x2"
+DEFAULT_TRITON_CONFIGS = "default"
 
 
 # ---------------------------------------------------------------- pure helpers (CPU-testable)
