@@ -108,10 +108,11 @@ def test_rotation_sets() -> None:
 
 
 def test_triton_configs() -> None:
-    configs = mb.parse_triton_configs(mb.DEFAULT_TRITON_CONFIGS)
-    assert configs[0] == {}
-    assert configs[1] == {"block_m": 16, "block_n": 64, "num_warps": 4, "num_stages": 3}
-    assert ",".join(map(mb.config_label, configs)) == mb.DEFAULT_TRITON_CONFIGS
+    assert mb.parse_triton_configs(mb.DEFAULT_TRITON_CONFIGS) == [{}]
+    spec = "default,16x64x4x3"
+    configs = mb.parse_triton_configs(spec)
+    assert configs == [{}, {"block_m": 16, "block_n": 64, "num_warps": 4, "num_stages": 3}]
+    assert ",".join(map(mb.config_label, configs)) == spec
     for bad in ["", "16x64x4", "16x64x4x0", "axbxcxd"]:
         with pytest.raises(ValueError):
             mb.parse_triton_configs(bad)
