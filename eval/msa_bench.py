@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from asymcache_sglang.kernels.msa_triton import TritonMSAWrapper, reference_msa
 
 NUM_QO_HEADS = 32
 NUM_KV_HEADS = 8
@@ -236,36 +237,6 @@ def check_problem(plan: HostPlan, block: int) -> CheckProblem:
             # Bottom-right causal: a block's last row sits at position s + b - 1.
             lens.append(s + b)
     return CheckProblem(tuple(rows), _cumsum0(sizes), tuple(offsets), tuple(lens))
-
-
-def reference_attention(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    qo_indptr: torch.Tensor,
-    kv_offsets: torch.Tensor,
-    kv_lens: torch.Tensor,
-    kv_indices: torch.Tensor,
-    sm_scale: float,
-) -> torch.Tensor:
-    """Float64 MSA with ``msa_triton.reference_msa``'s contract, for when that can't import."""
-    hkv, d = k_cache.shape[1], k_cache.shape[2]
-    group = q.shape[1] // hkv
-    out = torch.zeros(q.shape, dtype=torch.float64, device=q.device)
-    for j in range(kv_lens.numel()):
-        q0, q1 = int(qo_indptr[j]), int(qo_indptr[j + 1])
-        n, off = int(kv_lens[j]), int(kv_offsets[j])
-        slots = kv_indices[off : off + n].long()
-        k = k_cache[slots].double()
-        v = v_cache[slots].double()
-        qq = q[q0:q1].double().view(q1 - q0, hkv, group, d)
-        scores = torch.einsum("thgd,nhd->thgn", qq, k) * sm_scale
-        pos = torch.arange(n - (q1 - q0), n, device=q.device)
-        visible = torch.arange(n, device=q.device)[None, :] <= pos[:, None]
-        scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
-        o = torch.einsum("thgn,nhd->thgd", scores.softmax(-1), v)
-        out[q0:q1] = o.reshape(q1 - q0, hkv * group, d)
-    return out
 
 
 @dataclass
@@ -484,17 +455,6 @@ class GPUBench:
         self.wrappers: dict[str, list[Any]] = {"paged": [], "ragged": [], "prefix": []}
         self.cycles = _cycles_per_ms()
         self.l2_bytes = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
-        self.msa: Any = None
-        self.msa_import_error: str | None = None
-        try:
-            from asymcache_sglang.kernels import msa_triton
-
-            self.msa = msa_triton
-        except Exception as exc:  # still time A and C without the kernel
-            self.msa_import_error = f"{type(exc).__name__}: {exc}"
-            print(f"[msa_bench] Triton MSA import failed: {self.msa_import_error}", flush=True)
-        self.reference_name = "reference_msa" if self.msa else "local"
-        self.reference_error: str | None = None
         self.triton_configs = parse_triton_configs(args.triton_configs)
 
     def _pool(self, kind: str, n: int) -> list[Any]:
@@ -574,14 +534,7 @@ class GPUBench:
             data.slots[0].reshape(-1),
             SM_SCALE,
         )
-        if self.msa is not None and self.reference_error is None:
-            try:
-                return rows, self.msa.reference_msa(*args)
-            except Exception as exc:
-                self.reference_error = f"{type(exc).__name__}: {exc}"
-                self.reference_name = "local"
-                print(f"[msa_bench] reference_msa failed, using local: {exc}", flush=True)
-        return rows, reference_attention(*args)
+        return rows, reference_msa(*args)
 
     def _measure(
         self,
@@ -684,8 +637,6 @@ class GPUBench:
         return self._measure(plan_fns, run_fns, ref)
 
     def _impl_b(self, data: _Data, plan: HostPlan, idx: list, ref: tuple) -> ImplResult:
-        if self.msa is None:
-            return ImplResult(failure=f"import failed: {self.msa_import_error}")
         out = torch.empty_like(data.q[0])
         sweep: dict[str, ImplResult] = {}
         for config in self.triton_configs:
@@ -707,7 +658,7 @@ class GPUBench:
     ) -> ImplResult:
         qo, offsets, lens = _i32(plan.qo_indptr), _i32(plan.kv_offsets), _i32(plan.kv_lens)
         ws = [
-            self.msa.TritonMSAWrapper(NUM_QO_HEADS, NUM_KV_HEADS, HEAD_DIM, **config)
+            TritonMSAWrapper(NUM_QO_HEADS, NUM_KV_HEADS, HEAD_DIM, **config)
             for _ in range(data.sets)
         ]
         plan_fns = [
@@ -871,15 +822,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sm_scale": SM_SCALE,
         },
         "tolerance": TOLERANCE,
-        "triton_import_error": bench.msa_import_error,
         "rows": [],
     }
     rows: list[dict[str, Any]] = report["rows"]
 
     def save() -> None:
         report.update(
-            reference=bench.reference_name,
-            reference_error=bench.reference_error,
+            reference="asymcache_sglang.kernels.msa_triton.reference_msa (float64)",
             backends=bench.resolved_backends(),
             summary=summarize(rows, args.impls),
             elapsed_s=round(time.perf_counter() - t_start, 1),
