@@ -335,11 +335,11 @@ def per_request_rows(
 # ----- servers -----
 
 
-def exactness_server_args(pool_tokens: int) -> list[str]:
-    """Flags shared by all four servers: bf16, FlashInfer, real weights, bounded KV pool."""
+def exactness_server_args(pool_tokens: int, attention_backend: str = "flashinfer") -> list[str]:
+    """Flags shared by all servers of one comparison: bf16, real weights, bounded KV pool."""
     return [
         "--dtype", "bfloat16",
-        "--attention-backend", "flashinfer",
+        "--attention-backend", attention_backend,
         "--skip-tokenizer-init",
         "--grammar-backend", "none",
         # AsymCache needs prefill CUDA graphs off; stock gets the same so kernels match.
@@ -545,22 +545,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="result JSON (one --msa-impl only)")
     parser.add_argument("--out-dir", type=Path, help="writes exactness_<impl>.json per impl")
     parser.add_argument("--pool-tokens", type=int, default=POOL_TOKENS)
+    parser.add_argument(
+        "--attention-backend", default="flashinfer", choices=("flashinfer", "triton"),
+        help="for every server; --msa-impl applies to flashinfer only",
+    )  # fmt: skip
     args = parser.parse_args()
-    impls = args.msa_impl or ["flashinfer"]
+    flashinfer = args.attention_backend == "flashinfer"
+    if args.msa_impl and not flashinfer:
+        parser.error("--msa-impl chooses the kernel on the flashinfer backend only")
+    impls = (args.msa_impl or ["flashinfer"]) if flashinfer else [None]
     if (args.out is None) == (args.out_dir is None) or (args.out and len(impls) > 1):
         parser.error("give --out with one --msa-impl, or --out-dir")
     out_dir = args.out_dir if args.out_dir is not None else args.out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="asymcache-exactness-") as tmp:
         model = args.model or make_tiny_llama(Path(tmp) / "tiny-llama-hd128", **MODEL_KWARGS)
-        base = exactness_server_args(args.pool_tokens)
+        base = exactness_server_args(args.pool_tokens, args.attention_backend)
         reference = run_reference(model, out_dir, base_args=base)
         for impl in impls:
             result = run_exactness(
                 model, impl, out_dir, pool_tokens=args.pool_tokens, reference=reference,
                 base_args=base,
             )  # fmt: skip
-            out = args.out if args.out is not None else out_dir / f"exactness_{impl}.json"
+            label = impl or f"{args.attention_backend}_backend"
+            out = args.out if args.out is not None else out_dir / f"exactness_{label}.json"
             out.write_text(json.dumps(result, indent=1))
             print(json.dumps(headline(result), indent=1))
 

@@ -233,8 +233,11 @@ def test_workload_is_big_enough():
     assert WORKLOAD.vocab_high <= MODEL_KWARGS["vocab_size"]
 
 
-@pytest.mark.parametrize("msa_impl", MSA_IMPLS)
-def test_gpu_flags_parse_in_sglang(tiny_model, msa_impl):
+@pytest.mark.parametrize(
+    ("backend", "msa_impl"),
+    [("flashinfer", impl) for impl in MSA_IMPLS] + [("triton", None)],
+)
+def test_gpu_flags_parse_in_sglang(tiny_model, backend, msa_impl):
     """The exact GPU flags go through SGLang 0.5.16's parser with AsymCache's checks."""
     from sglang.srt.plugins import load_plugins
 
@@ -242,14 +245,13 @@ def test_gpu_flags_parse_in_sglang(tiny_model, msa_impl):
     from sglang.srt.server_args import prepare_server_args
 
     base = ["--model-path", str(tiny_model), "--device", "cpu"]
-    args = prepare_server_args([*base, *exactness_server_args(POOL_TOKENS),
-                                *asymcache_flags(msa_impl)])  # fmt: skip
+    gpu_args = exactness_server_args(POOL_TOKENS, backend)
+    args = prepare_server_args([*base, *gpu_args, *asymcache_flags(msa_impl)])
     assert args.enable_asymcache and args.asymcache_msa_impl == msa_impl
-    assert args.attention_backend == "flashinfer" and args.dtype == "bfloat16"
+    assert args.attention_backend == backend and args.dtype == "bfloat16"
     assert args.max_total_tokens == POOL_TOKENS and args.skip_tokenizer_init
-    assert "--load-format" not in exactness_server_args(POOL_TOKENS)
-    stock = prepare_server_args([*base, *exactness_server_args(POOL_TOKENS),
-                                 "--disable-radix-cache"])  # fmt: skip
+    assert "--load-format" not in gpu_args
+    stock = prepare_server_args([*base, *gpu_args, "--disable-radix-cache"])
     assert stock.disable_radix_cache and not stock.enable_asymcache
 
 
@@ -275,11 +277,8 @@ def reference(hd128_model: Path, results_dir: Path) -> ReferenceRuns:
     return run_reference(hd128_model, results_dir / "logs")
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("msa_impl", MSA_IMPLS)
-def test_exactness_within_stock_spread(hd128_model, reference, results_dir, msa_impl):
-    result = run_exactness(hd128_model, msa_impl, results_dir / "logs", reference=reference)
-    (results_dir / f"exactness_{msa_impl}.json").write_text(json.dumps(result, indent=1))
+def check_exactness(result: dict) -> None:
+    """What every GPU exactness run must show: load, holes, health and the spread verdict."""
     print(json.dumps(headline(result), indent=1))
     runs = result["runs"]
     for name, run in runs.items():
@@ -296,3 +295,22 @@ def test_exactness_within_stock_spread(hd128_model, reference, results_dir, msa_
         for subset in ("reused", "holes")
     }
     assert verdict["ours_within_stock_spread"], json.dumps(failed, indent=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("msa_impl", MSA_IMPLS)
+def test_exactness_within_stock_spread(hd128_model, reference, results_dir, msa_impl):
+    result = run_exactness(hd128_model, msa_impl, results_dir / "logs", reference=reference)
+    (results_dir / f"exactness_{msa_impl}.json").write_text(json.dumps(result, indent=1))
+    check_exactness(result)
+
+
+@pytest.mark.gpu
+def test_triton_backend_within_stock_spread(hd128_model, results_dir):
+    # Stock references on the same backend, so the spread is SGLang's Triton kernels' own.
+    base = exactness_server_args(POOL_TOKENS, "triton")
+    log_dir = results_dir / "logs-triton-backend"
+    reference = run_reference(hd128_model, log_dir, base_args=base)
+    result = run_exactness(hd128_model, None, log_dir, reference=reference, base_args=base)
+    (results_dir / "exactness_triton_backend.json").write_text(json.dumps(result, indent=1))
+    check_exactness(result)
