@@ -11,6 +11,7 @@ from asymcache_sglang.cost import ReuseEstimator, StaticCostModel
 MSA_BACKENDS = ("torch_native", "flashinfer", "triton")
 # Kernels for multi-segment extends on the flashinfer backend (see --asymcache-msa-impl).
 MSA_IMPLS = ("flashinfer", "triton")
+CHUNKING_MODES = ("adaptive", "static")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,14 @@ class AsymCacheConfig:
     share_boost: float = 1.0
     # "flashinfer" or "triton" on the flashinfer backend; None elsewhere (the backend's own).
     msa_impl: str | None = None
+    # Per-pass prefill chunk from the latency model, or SGLang's fixed --chunked-prefill-size.
+    chunking: str = "adaptive"
+    # TPOT budget for chunks that run beside decodes; None: derived from the measured decode step.
+    tpot_budget_ms: float | None = None
+    # The latency model replaces the static costs once its held-out R^2 reaches this.
+    latency_min_r2: float = 0.9
+    # Timings differ per TP rank and their decisions must agree; TP > 1 stays on static costs.
+    use_latency_model: bool = True
 
     @classmethod
     def from_server_args(cls, server_args: Any) -> AsymCacheConfig:
@@ -42,6 +51,10 @@ class AsymCacheConfig:
             msa_impl=(server_args.asymcache_msa_impl or "flashinfer")
             if backend == "flashinfer"
             else None,
+            chunking=server_args.asymcache_chunking,
+            tpot_budget_ms=server_args.asymcache_tpot_budget_ms,
+            latency_min_r2=server_args.asymcache_latency_min_r2,
+            use_latency_model=server_args.tp_size == 1,
         )
 
     def cost_model(self) -> StaticCostModel:

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class CostModel(Protocol):
+    """What eviction needs of a cost model: the per-token recompute latency of a range."""
+
+    def cost_per_token(self, start: int, end: int) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ class ReuseEstimator:
 
 
 def eviction_key(
-    cost: StaticCostModel,
+    cost: CostModel,
     reuse: ReuseEstimator,
     tau_s: float,
     start: int,

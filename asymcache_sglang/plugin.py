@@ -21,6 +21,8 @@ PATCH_MODULES = (
     "asymcache_sglang.patches.flashinfer_forward_extend",
     "asymcache_sglang.patches.triton_init_forward_metadata",
     "asymcache_sglang.patches.scheduler_get_internal_state",
+    "asymcache_sglang.patches.model_runner_forward",
+    "asymcache_sglang.patches.scheduler_get_new_batch_prefill_raw",
 )
 
 

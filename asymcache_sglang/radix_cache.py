@@ -11,6 +11,7 @@ This is the edge where the core meets SGLang 0.5.16: requests, the KV allocator 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -29,8 +30,20 @@ from sglang.srt.mem_cache.base_prefix_cache import (
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixCache
 
+from asymcache_sglang.chunk_policy import pick_chunk
 from asymcache_sglang.config import AsymCacheConfig
+from asymcache_sglang.forward_timer import ForwardTimer
+from asymcache_sglang.latency_model import (
+    BatchFeatures,
+    DecodeStepTracker,
+    LatencyCostModel,
+    OnlineLatencyModel,
+)
 from asymcache_sglang.tree import CacheNode, HoleAwareTree, Range, SegmentPlan, owned_ranges
+
+logger = logging.getLogger(__name__)
+# How often the latency model's coefficients and fit quality go to the log.
+LOG_EVERY_FORWARDS = 500
 
 
 class HoleAwareRadixCache(RadixCache):
@@ -46,14 +59,25 @@ class HoleAwareRadixCache(RadixCache):
             "retained_tokens": 0,
             "cached_tokens": 0,
             "chunk_fallbacks": 0,
+            "timed_forwards": 0,
+            "chunk_decisions": 0,
+            "chunk_below_launch_size": 0,
+            # The subset taken beside running decodes, under the TPOT budget.
+            "budget_chunk_decisions": 0,
+            "budget_chunk_below_launch_size": 0,
         }
+        self.last_chunk: int | None = None
+        # Outlives reset(): it models the kernels, not what is cached.
+        self.latency_model = OnlineLatencyModel(min_r2=config.latency_min_r2)
+        self.decode_steps = DecodeStepTracker()
         super().__init__(params)
 
     # ----- lifecycle -----
 
     def reset(self) -> None:
+        cost = self.config.cost_model()
         self.tree = HoleAwareTree(
-            self.config.cost_model(),
+            LatencyCostModel(self.latency_model, cost) if self.config.use_latency_model else cost,
             self.config.reuse_estimator(),
             max_holes=self.config.max_holes,
             min_retained_tokens=self.config.min_retained_tokens,
@@ -224,6 +248,56 @@ class HoleAwareRadixCache(RadixCache):
         for node in self.tree.iter_nodes():
             print(node)
         print(f"#resident tokens: {self.tree.resident_tokens()}, #hole: {self.tree.hole_tokens()}")
+
+    # ----- latency model and adaptive chunking -----
+
+    def forward_timer(self, device: str) -> ForwardTimer:
+        """The timer the ModelRunner.forward hook brackets every forward with."""
+        return ForwardTimer(self.observe_forward, use_cuda=str(device).startswith("cuda"))
+
+    def observe_forward(self, features: BatchFeatures, seconds: float) -> None:
+        """One timed forward: refit the latency model; decode-only steps set the TPOT default."""
+        if not seconds > 0:
+            return
+        self.counters["timed_forwards"] += 1
+        self.latency_model.update(features, seconds)
+        if features.new_tokens == 0 and features.decode_reqs > 0:
+            self.decode_steps.observe(seconds)
+        if self.counters["timed_forwards"] % LOG_EVERY_FORWARDS == 0:
+            logger.info("AsymCache latency model: %s", self.latency_snapshot())
+
+    def choose_chunk(
+        self, *, prefix_len: int, decode_seq_lens: list[int], max_chunk: int, page_size: int
+    ) -> int:
+        """This pass's prefill chunk; the launch-time chunk until the model is ready."""
+        if not self.latency_model.ready:
+            return max_chunk
+        budget_ms = self.config.tpot_budget_ms
+        budget_s = self.decode_steps.budget_s() if budget_ms is None else budget_ms / 1e3
+        decision = pick_chunk(
+            self.latency_model.predict,
+            prefix_len=prefix_len,
+            decode_seq_lens=decode_seq_lens,
+            max_chunk=max_chunk,
+            page_size=page_size,
+            tpot_budget_s=budget_s,
+        )
+        below = decision.chunk < max_chunk
+        self.counters["chunk_decisions"] += 1
+        self.counters["chunk_below_launch_size"] += below
+        if decode_seq_lens and budget_s is not None:
+            self.counters["budget_chunk_decisions"] += 1
+            self.counters["budget_chunk_below_launch_size"] += below
+        self.last_chunk = decision.chunk
+        return decision.chunk
+
+    def latency_snapshot(self) -> dict[str, Any]:
+        """The latency model's fit and the last chunk decision, for /get_server_info and logs."""
+        return {
+            **self.latency_model.state(),
+            "tpot_budget_s": self.decode_steps.budget_s(),
+            "last_chunk": self.last_chunk,
+        }
 
     def stats_snapshot(self) -> dict[str, int]:
         """Counters for /server_info-style reporting and tests."""

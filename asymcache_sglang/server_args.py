@@ -12,7 +12,7 @@ from typing import Annotated
 from sglang.srt.arg_groups.arg_utils import Arg
 from sglang.srt.server_args import ServerArgs
 
-from asymcache_sglang.config import MSA_IMPLS, AsymCacheConfig
+from asymcache_sglang.config import CHUNKING_MODES, MSA_IMPLS, AsymCacheConfig
 
 _DEFAULTS = AsymCacheConfig()
 
@@ -72,6 +72,30 @@ class AsymCacheServerArgs(ServerArgs):
             choices=list(MSA_IMPLS),
         ),
     ] = None
+    asymcache_chunking: Annotated[
+        str | None,
+        Arg(
+            help=(
+                "AsymCache: 'adaptive' sets each pass's prefill chunk from an online "
+                "kernel-latency model (the largest chunk within the TPOT budget while decodes "
+                "run, else the throughput knee; never above --chunked-prefill-size). 'static' "
+                "keeps SGLang's "
+                "fixed chunk. Default: adaptive with --tp-size 1, else static (TP ranks would "
+                "time their own forwards, and their decisions must agree)."
+            ),
+            choices=list(CHUNKING_MODES),
+        ),
+    ] = None
+    asymcache_tpot_budget_ms: Annotated[
+        float | None,
+        "AsymCache adaptive chunking: the step time a prefill chunk may take while decodes run "
+        "(ms). Default: 2x the measured decode step.",
+    ] = _DEFAULTS.tpot_budget_ms
+    asymcache_latency_min_r2: Annotated[
+        float,
+        "AsymCache: held-out R^2 the online latency model must reach before it replaces the "
+        "static costs and drives chunking (0..1).",
+    ] = _DEFAULTS.latency_min_r2
 
     def __post_init__(self) -> None:
         if self.enable_asymcache:
@@ -108,6 +132,16 @@ class AsymCacheServerArgs(ServerArgs):
             raise AsymCacheArgsError("--asymcache-reuse-horizon-s must be > 0")
         if self.asymcache_share_boost < 0:
             raise AsymCacheArgsError("--asymcache-share-boost must be >= 0")
+        if self.asymcache_tpot_budget_ms is not None and not self.asymcache_tpot_budget_ms > 0:
+            raise AsymCacheArgsError("--asymcache-tpot-budget-ms must be > 0")
+        if not 0.0 <= self.asymcache_latency_min_r2 <= 1.0:
+            raise AsymCacheArgsError("--asymcache-latency-min-r2 must be in [0, 1]")
+        if self.asymcache_chunking is None:
+            self.asymcache_chunking = "adaptive" if self.tp_size == 1 else "static"
+        elif self.asymcache_chunking == "adaptive" and self.tp_size > 1:
+            raise AsymCacheArgsError(
+                "--asymcache-chunking adaptive needs --tp-size 1; use --asymcache-chunking static"
+            )
         self._check_msa_impl()
         self.radix_cache_backend = "asymcache"
         if self.attention_backend is None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from asymcache_sglang.cost import ReuseEstimator, StaticCostModel, eviction_key
+from asymcache_sglang.cost import CostModel, ReuseEstimator, eviction_key
 
 Range = tuple[int, int]
 
@@ -157,7 +157,7 @@ class HoleAwareTree:
 
     def __init__(
         self,
-        cost: StaticCostModel,
+        cost: CostModel,
         reuse: ReuseEstimator,
         *,
         max_holes: int = 8,

@@ -21,6 +21,9 @@ HOOK_TYPE = HookType.AFTER
 def hook(forward_batch: Any, cls: Any, batch: Any, model_runner: Any, *a: Any, **kw: Any) -> None:
     if not isinstance(getattr(batch, "tree_cache", None), HoleAwareRadixCache):
         return
+    if getattr(model_runner, "asymcache_timer", None) is None:
+        # The ModelRunner.forward hook times forwards with it for the cache's latency model.
+        model_runner.asymcache_timer = batch.tree_cache.forward_timer(model_runner.device)
     segments = getattr(batch, "asymcache_segments", None)
     backend = model_runner.attn_backend
     backend.asymcache_msa_impl = batch.tree_cache.config.msa_impl

@@ -1,7 +1,8 @@
 """AFTER ``sglang.srt.managers.scheduler.Scheduler.get_internal_state`` (SGLang 0.5.16).
 
 Adds AsymCache's own counters (holes planned, recomputed and adopted, interior evictions) to
-``/get_server_info`` under ``internal_states[i]["asymcache"]``.
+``/get_server_info`` under ``internal_states[i]["asymcache"]``, and the latency model's fit and
+chunk decisions under ``["asymcache_latency"]``.
 """
 
 from __future__ import annotations
@@ -20,3 +21,4 @@ def hook(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> None:
     cache = scheduler.tree_cache
     if isinstance(cache, HoleAwareRadixCache):
         result.internal_state["asymcache"] = cache.stats_snapshot()
+        result.internal_state["asymcache_latency"] = cache.latency_snapshot()

@@ -19,6 +19,9 @@ KNOBS = (
     "--asymcache-reuse-horizon-s",
     "--asymcache-share-boost",
     "--asymcache-msa-impl",
+    "--asymcache-chunking",
+    "--asymcache-tpot-budget-ms",
+    "--asymcache-latency-min-r2",
 )
 
 
@@ -70,6 +73,15 @@ def test_msa_kernel_follows_the_backend(prepare, argv, max_holes, msa_impl):
     assert (config.max_holes, config.msa_impl) == (max_holes, msa_impl)
 
 
+@pytest.mark.parametrize(
+    ("argv", "chunking"),
+    [([], "adaptive"), (["--asymcache-chunking", "static"], "static")],
+)
+def test_chunking_mode(prepare, argv, chunking):
+    config = AsymCacheConfig.from_server_args(prepare("--enable-asymcache", *argv))
+    assert config.chunking == chunking and config.use_latency_model
+
+
 def test_off_leaves_sglang_defaults(prepare):
     args = prepare()
     assert not args.enable_asymcache and args.radix_cache_backend is None
@@ -105,6 +117,9 @@ def test_off_leaves_sglang_defaults(prepare):
             ["--attention-backend", "triton", "--enable-deterministic-inference"],
             "--enable-deterministic-inference",
         ),
+        (["--asymcache-tpot-budget-ms", "0"], "--asymcache-tpot-budget-ms"),
+        (["--asymcache-latency-min-r2", "1.5"], "--asymcache-latency-min-r2"),
+        (["--asymcache-chunking", "adaptive", "--tp-size", "2"], "--asymcache-chunking"),
     ],
 )
 def test_refused_combinations_name_the_flag(prepare, argv, flag):

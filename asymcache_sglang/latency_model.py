@@ -1,0 +1,317 @@
+"""Online model of forward-step latency, fitted from the scheduler's own step timings.
+
+A step that extends some requests (prefill segments) and decodes others takes about
+
+    t = c0 + c1 * new + c2 * sum(new_i * ctx_i) + c3 * decode_reqs + c4 * sum(decode_ctx)
+
+seconds: a fixed launch/weight-read cost, linear layers per new token, prefill attention per
+(query, key) pair, per-request decode overhead and decode attention per cached key read. All five
+coefficients are physically non-negative, which the fit enforces and the chunk policy relies on
+(predicted time is then monotone in every feature).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from asymcache_sglang.cost import StaticCostModel
+
+NUM_COEFS = 5
+# Regressors are divided by these so that each is O(1..100) on real batches and the covariance
+# stays well-conditioned: 1 | new / 1024 tokens | new_ctx / 2**20 pairs | decode_reqs / 128 |
+# decode_ctx / 2**17 keys. Powers of two make the unscaling exact, so TP ranks that adopt rank 0's
+# coefficients predict bit-for-bit what rank 0 predicts.
+REGRESSOR_SCALES = (1.0, 2.0**10, 2.0**20, 2.0**7, 2.0**17)
+# Every non-empty set of coefficients the non-negativity projection may pin to 0, smallest first.
+_ZERO_SETS = sorted(
+    (
+        np.array([mask >> i & 1 for i in range(NUM_COEFS)], dtype=bool)
+        for mask in range(1, 1 << NUM_COEFS)
+    ),
+    key=lambda zero: int(zero.sum()),
+)
+
+
+@dataclass(frozen=True)
+class BatchFeatures:
+    """The regressors of one forward step."""
+
+    new_tokens: int
+    new_ctx: float
+    decode_reqs: int
+    decode_ctx: int
+
+    def vector(self) -> tuple[float, float, float, float, float]:
+        """[1, new, new_ctx, decode_reqs, decode_ctx], the order of the coefficients."""
+        return (
+            1.0,
+            float(self.new_tokens),
+            float(self.new_ctx),
+            float(self.decode_reqs),
+            float(self.decode_ctx),
+        )
+
+    @classmethod
+    def from_segments(
+        cls, segments: Sequence[tuple[int, int]], decode_seq_lens: Sequence[int]
+    ) -> BatchFeatures:
+        """Features of a step that computes the prefill positions [start, end) of each segment.
+
+        A plain extend of a request with prefix p and length L is the segment (p, L); AsymCache
+        hole recomputes add one segment per hole. Each new token attends the context up to its
+        position, so a segment contributes (end - start) * (start + end) / 2 attention pairs.
+        """
+        new, new_ctx = 0, 0.0
+        for start, end in segments:
+            if start < 0 or end < start:
+                raise ValueError(f"prefill segment needs 0 <= start <= end, got ({start}, {end})")
+            new += end - start
+            new_ctx += (end - start) * (start + end) / 2.0
+        return cls(new, new_ctx, len(decode_seq_lens), int(sum(decode_seq_lens)))
+
+
+def _scaled(features: BatchFeatures) -> np.ndarray:
+    return np.array(features.vector()) / np.array(REGRESSOR_SCALES)
+
+
+def _project_nonneg(u: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """argmin over x >= 0 of (x - u)^T cov^-1 (x - u), for a positive definite cov.
+
+    With u the least-squares estimate and cov its covariance, this is the exact non-negative
+    least-squares fit of the same data (a plain clip is not, and fed back into the recursion it
+    diverges on correlated regressors). Pinning a set Z of coefficients to 0 gives the
+    conditional mean x = u - cov[:, Z] m with m = cov[Z, Z]^-1 u[Z]; it is the optimum when x >= 0
+    and the multipliers -m are >= 0 (KKT). Z = {u <= 0} is tried first (the usual answer: a
+    coefficient whose truth is ~0 dips below), then every Z, smallest first.
+    """
+    if (u >= 0).all():
+        return u.copy()
+    feasible = []
+    for zero in [u <= 0, *_ZERO_SETS]:
+        m = np.linalg.solve(cov[np.ix_(zero, zero)], u[zero])
+        x = u - cov[:, zero] @ m
+        x[zero] = 0.0  # exactly, not up to rounding
+        if (x < 0).any():
+            continue
+        if (m <= 0).all():
+            return x
+        feasible.append((float(u[zero] @ m), x))  # the objective at x
+    # Only rounding at a degenerate optimum gets here; the best feasible candidate is then it.
+    return min(feasible, key=lambda item: item[0])[1]
+
+
+class OnlineLatencyModel:
+    """Recursive least squares with exponential forgetting over the five step-time regressors.
+
+    The fit minimises relative error (each sample is weighted by 1 / max(actual, predicted)):
+    decode steps of a few ms then count as much as long prefills, and a glitch (a GC pause, a
+    late timer) has a weighted error |actual - predicted| / max(actual, predicted) of at most 1,
+    so one outlier cannot drag the fit far.
+
+    Wind-up guard: with forgetting factor lam < 1, a direction the data does not excite (no
+    prefill during a long decode-only stretch) has its covariance grow by 1 / lam per step. When
+    the covariance's trace exceeds ``covariance_trace_cap``, its eigenvalues are clipped to a fifth
+    of the cap (one per coefficient), which bounds those directions and leaves the excited ones
+    (and what they learned) untouched, where a trace rescale or a reset would discard the latter.
+    The slack below the cap makes the decomposition run once per ~100 unexcited steps, not every
+    step.
+
+    The recursion runs on the unconstrained estimate; the coefficients used for predictions are
+    its projection onto >= 0 in the covariance's metric, i.e. the non-negative fit of the same
+    forgetting-weighted data.
+    """
+
+    def __init__(
+        self,
+        forgetting: float = 0.99,
+        window: int = 256,
+        min_samples: int = 32,
+        min_r2: float = 0.9,
+        min_window: int = 16,
+        covariance_trace_cap: float = 5.0,
+    ) -> None:
+        if not 0.0 < forgetting <= 1.0:
+            raise ValueError(f"forgetting factor must be in (0, 1], got {forgetting}")
+        if window < min_window or min_window < 2:
+            raise ValueError(f"need window >= min_window >= 2, got {window}, {min_window}")
+        if covariance_trace_cap <= 0:
+            raise ValueError(f"covariance trace cap must be > 0, got {covariance_trace_cap}")
+        self.forgetting = forgetting
+        self.min_samples = min_samples
+        self.min_r2 = min_r2
+        self.min_window = min_window
+        self.covariance_trace_cap = covariance_trace_cap
+        self._eig_cap = covariance_trace_cap / NUM_COEFS
+        self._theta_ls = np.zeros(NUM_COEFS)
+        self._theta = np.zeros(NUM_COEFS)
+        # Starting at the eigenvalue cap: a weak prior (weighted regressors are O(10..1000)).
+        self._p = self._eig_cap * np.eye(NUM_COEFS)
+        self._window: deque[tuple[float, float]] = deque(maxlen=window)
+        self._samples = 0
+        self._pinned_ready: bool | None = None
+
+    @property
+    def coefficients(self) -> tuple[float, float, float, float, float]:
+        """(c0, c1, c2, c3, c4) in seconds per unit of each regressor."""
+        return tuple(float(t / s) for t, s in zip(self._theta, REGRESSOR_SCALES))
+
+    @property
+    def samples(self) -> int:
+        """Timings absorbed so far (updates plus warm-start samples)."""
+        return self._samples
+
+    @property
+    def ready(self) -> bool:
+        """Whether callers should trust the model over their static fallback."""
+        if self._pinned_ready is not None:
+            return self._pinned_ready
+        r2 = self.r2()
+        return self._samples >= self.min_samples and r2 is not None and r2 >= self.min_r2
+
+    def predict(self, features: BatchFeatures) -> float:
+        """Predicted step time in seconds (>= 0: coefficients and features are non-negative)."""
+        return max(0.0, float(_scaled(features) @ self._theta))
+
+    def update(self, features: BatchFeatures, seconds: float) -> None:
+        """Absorb one measured step; its prediction is scored first, so the window is held-out."""
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"step time must be finite and > 0, got {seconds}")
+        x = _scaled(features)
+        predicted = float(x @ self._theta)
+        if self._samples >= self.min_samples:
+            # Predictions of a model still warming up say nothing about the fit it converges to.
+            self._window.append((predicted, seconds))
+        weight = 1.0 / max(seconds, predicted)
+        xw = x * weight
+        px = self._p @ xw
+        gain = px / (self.forgetting + xw @ px)
+        self._theta_ls = self._theta_ls + gain * (seconds * weight - xw @ self._theta_ls)
+        self._p = (self._p - np.outer(gain, px)) / self.forgetting
+        self._bound_covariance()
+        self._theta = _project_nonneg(self._theta_ls, self._p)
+        self._samples += 1
+        self._pinned_ready = None
+
+    def warm_start(self, samples: Iterable[tuple[BatchFeatures, float]]) -> None:
+        """Replace the estimate by a non-negative relative-error least-squares fit of a profile."""
+        rows = []
+        for features, seconds in samples:
+            if not math.isfinite(seconds) or seconds <= 0:
+                raise ValueError(f"step time must be finite and > 0, got {seconds}")
+            rows.append(_scaled(features) / seconds)  # relative error: the target is then 1
+        if not rows:
+            raise ValueError("warm start needs at least one sample")
+        a = np.array(rows)
+        # The same weak prior the online fit starts from.
+        info = a.T @ a + np.eye(NUM_COEFS) / self._eig_cap
+        self._theta_ls = np.linalg.solve(info, a.sum(axis=0))
+        self._p = np.linalg.inv(info)
+        self._bound_covariance()
+        self._theta = _project_nonneg(self._theta_ls, self._p)
+        self._samples += len(rows)
+
+    def set_coefficients(self, coefs: Sequence[float], *, ready: bool = True) -> None:
+        """Adopt coefficients (seconds per unit) broadcast by another rank.
+
+        ``ready`` pins the readiness gate to the broadcaster's until the next ``update``, so every
+        TP rank picks the same model for its scheduling decisions.
+        """
+        if len(coefs) != NUM_COEFS:
+            raise ValueError(f"need {NUM_COEFS} coefficients, got {len(coefs)}")
+        if not all(math.isfinite(c) and c >= 0 for c in coefs):
+            raise ValueError(f"coefficients must be finite and >= 0, got {list(coefs)}")
+        self._theta = np.array(coefs, dtype=float) * np.array(REGRESSOR_SCALES)
+        self._theta_ls = self._theta.copy()
+        self._pinned_ready = ready
+
+    def r2(self) -> float | None:
+        """R^2 of the one-step-ahead predictions in the window; None with too few or flat data."""
+        if len(self._window) < self.min_window:
+            return None
+        predicted, actual = np.array(self._window).T
+        ss_tot = float(np.sum((actual - actual.mean()) ** 2))
+        if ss_tot <= 0:
+            return None
+        return 1.0 - float(np.sum((actual - predicted) ** 2)) / ss_tot
+
+    def mean_abs_pct_error(self) -> float | None:
+        """Mean |predicted - actual| / actual over the window, in percent; None with too few."""
+        if len(self._window) < self.min_window:
+            return None
+        predicted, actual = np.array(self._window).T
+        return 100.0 * float(np.mean(np.abs(predicted - actual) / actual))
+
+    def state(self) -> dict[str, Any]:
+        """Snapshot for logs and metrics."""
+        return {
+            "coefficients": self.coefficients,
+            "samples": self._samples,
+            "ready": self.ready,
+            "r2": self.r2(),
+            "mean_abs_pct_error": self.mean_abs_pct_error(),
+            "covariance_trace": float(np.trace(self._p)),
+        }
+
+    def _bound_covariance(self) -> None:
+        self._p = (self._p + self._p.T) / 2.0  # rounding would otherwise make it drift asymmetric
+        if np.trace(self._p) > self.covariance_trace_cap:
+            eigvals, eigvecs = np.linalg.eigh(self._p)
+            self._p = (eigvecs * np.clip(eigvals, 0.0, self._eig_cap)) @ eigvecs.T
+
+
+class LatencyCostModel:
+    """Recompute cost per token from the online model, with the same interface as StaticCostModel.
+
+    Uses the online model once it is ``ready``, else (and whenever its value is not > 0, since the
+    eviction key takes its log) the static fallback. The eviction heap keys a node when it is
+    pushed, so a key reflects the coefficients of that moment, not later refits.
+    """
+
+    def __init__(self, model: OnlineLatencyModel, fallback: StaticCostModel) -> None:
+        self.model = model
+        self.fallback = fallback
+
+    def cost_per_token(self, start: int, end: int) -> float:
+        """Marginal latency per token of recomputing positions [start, end): c1 + c2 * mean pos."""
+        if self.model.ready:
+            _, c1, c2, _, _ = self.model.coefficients
+            cost = c1 + c2 * (start + end - 1) / 2.0
+            if cost > 0 and math.isfinite(cost):
+                return cost
+        return self.fallback.cost_per_token(start, end)
+
+
+class DecodeStepTracker:
+    """EMA of decode-only step times, and the TPOT budget a mixed step may use.
+
+    The default budget is 2x the decode step: chunking a prefill in at most doubles the gap
+    between the running requests' tokens, i.e. prefill and decode split a mixed step evenly.
+    """
+
+    def __init__(self, factor: float = 2.0, ema: float = 0.1) -> None:
+        if factor < 1.0:
+            raise ValueError(f"budget factor must be >= 1 (a decode step itself), got {factor}")
+        if not 0.0 < ema <= 1.0:
+            raise ValueError(f"EMA weight must be in (0, 1], got {ema}")
+        self.factor = factor
+        self.ema = ema
+        self.step_s: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        """Record the duration of one decode-only step."""
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"step time must be finite and > 0, got {seconds}")
+        if self.step_s is None:
+            self.step_s = seconds
+        else:
+            self.step_s += self.ema * (seconds - self.step_s)
+
+    def budget_s(self) -> float | None:
+        """factor x the decode-step EMA; None until a decode step was seen."""
+        return None if self.step_s is None else self.factor * self.step_s

@@ -1,0 +1,40 @@
+"""AROUND ``sglang.srt.model_executor.model_runner.ModelRunner.forward`` (SGLang 0.5.16).
+
+Times every forward (CUDA events on the GPU, polled; wall clock on the CPU) and feeds AsymCache's
+online latency model with the batch's features. A multi-segment extend counts every segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sglang.srt.plugins.hook_registry import HookType
+
+from asymcache_sglang.latency_model import BatchFeatures
+
+TARGET = "sglang.srt.model_executor.model_runner.ModelRunner.forward"
+HOOK_TYPE = HookType.AROUND
+
+
+def forward_features(model_runner: Any, forward_batch: Any) -> BatchFeatures | None:
+    """The regressors of one forward, or None for modes the model does not cover."""
+    mode = forward_batch.forward_mode
+    if mode.is_decode():
+        return BatchFeatures(0, 0.0, forward_batch.batch_size, int(forward_batch.seq_lens_sum))
+    if not mode.is_extend() or forward_batch.extend_seq_lens_cpu is None:
+        return None
+    # Set by the ForwardBatch.init_new hook; consumed later, inside this forward.
+    segments = getattr(model_runner.attn_backend, "asymcache_pending_segments", None)
+    if segments is None:
+        lens = zip(forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu)
+        segments = [[(prefix, prefix + new)] for prefix, new in lens]
+    return BatchFeatures.from_segments([seg for segs in segments for seg in segs], [])
+
+
+def hook(original: Callable[..., Any], model_runner: Any, forward_batch: Any, *a: Any, **kw: Any):
+    timer = getattr(model_runner, "asymcache_timer", None)
+    features = None if timer is None else forward_features(model_runner, forward_batch)
+    if features is None:
+        return original(model_runner, forward_batch, *a, **kw)
+    return timer.time(features, lambda: original(model_runner, forward_batch, *a, **kw))

@@ -1,0 +1,54 @@
+"""AROUND ``sglang.srt.managers.scheduler.Scheduler._get_new_batch_prefill_raw`` (SGLang 0.5.16).
+
+With ``--asymcache-chunking adaptive`` each scheduling pass sets the prefill chunk size from the
+online latency model (within the TPOT budget while decodes run, else the throughput knee), then
+restores the launch-time ``chunked_prefill_size``, which stays the upper bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sglang.srt.plugins.hook_registry import HookType
+
+from asymcache_sglang.radix_cache import HoleAwareRadixCache
+
+TARGET = "sglang.srt.managers.scheduler.Scheduler._get_new_batch_prefill_raw"
+HOOK_TYPE = HookType.AROUND
+
+
+def next_prefix_len(scheduler: Any) -> int:
+    """Context the next chunk's tokens attend: the chunked request's progress, else the head's."""
+    if scheduler.chunked_req is not None:
+        return len(scheduler.chunked_req.prefix_indices)
+    if scheduler.waiting_queue:
+        return len(scheduler.waiting_queue[0].prefix_indices)
+    return 0
+
+
+def hook(
+    original: Callable[..., Any],
+    scheduler: Any,
+    prefill_delayer_single_pass: Any,
+    running_batch: Any,
+) -> Any:
+    cache = scheduler.tree_cache
+    launch_chunk = scheduler.chunked_prefill_size
+    if (
+        not isinstance(cache, HoleAwareRadixCache)
+        or cache.config.chunking != "adaptive"
+        or launch_chunk is None
+        or (not scheduler.waiting_queue and scheduler.chunked_req is None)
+    ):
+        return original(scheduler, prefill_delayer_single_pass, running_batch)
+    scheduler.chunked_prefill_size = cache.choose_chunk(
+        prefix_len=next_prefix_len(scheduler),
+        decode_seq_lens=[req.seqlen for req in running_batch.reqs],
+        max_chunk=launch_chunk,
+        page_size=scheduler.page_size,
+    )
+    try:
+        return original(scheduler, prefill_delayer_single_pass, running_batch)
+    finally:
+        scheduler.chunked_prefill_size = launch_chunk

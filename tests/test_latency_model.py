@@ -1,0 +1,253 @@
+"""Unit tests for the online step-latency model, its cost adapter and the decode-step tracker.
+
+Timings are synthetic: a known linear model with H100/8B-like magnitudes, times (1 + 3% noise).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from asymcache_sglang.cost import StaticCostModel
+from asymcache_sglang.latency_model import (
+    BatchFeatures,
+    DecodeStepTracker,
+    LatencyCostModel,
+    OnlineLatencyModel,
+)
+
+# c0 launch, c1 per new token, c2 per prefill (query, key) pair, c3 per decode request, c4 per
+# decode key: each term is several ms somewhere in the sampled batches.
+TRUTH = (5e-3, 6e-5, 1e-9, 2e-5, 4e-8)
+NOISE = 0.03
+
+
+def random_batch(rng: np.random.Generator, kind: str | None = None) -> BatchFeatures:
+    """Prefill-only, decode-only or mixed; each decode batch has its own context scale so the
+    per-request and per-key decode terms are not collinear."""
+    kind = kind or str(rng.choice(["prefill", "decode", "mixed"]))
+    segments, decodes = [], []
+    if kind != "decode":
+        for start, new in zip(
+            rng.integers(0, 16385, 3), rng.integers(64, 4097, rng.integers(1, 4))
+        ):
+            segments.append((int(start), int(start + new)))
+    if kind != "prefill":
+        mean_ctx = int(rng.integers(64, 8193))
+        num = int(rng.integers(1, 257))
+        decodes = rng.integers(mean_ctx // 2, mean_ctx * 3 // 2 + 1, num).tolist()
+    return BatchFeatures.from_segments(segments, decodes)
+
+
+def true_seconds(features: BatchFeatures, coefs=TRUTH) -> float:
+    return sum(c * v for c, v in zip(coefs, features.vector()))
+
+
+def measured(features: BatchFeatures, rng: np.random.Generator, coefs=TRUTH) -> float:
+    return true_seconds(features, coefs) * (1.0 + rng.normal(0.0, NOISE))
+
+
+def train(
+    model: OnlineLatencyModel, rng: np.random.Generator, n: int, coefs=TRUTH, kind=None
+) -> None:
+    for _ in range(n):
+        features = random_batch(rng, kind)
+        model.update(features, measured(features, rng, coefs))
+
+
+def held_out_fit(
+    model: OnlineLatencyModel, rng: np.random.Generator, n: int = 500
+) -> tuple[float, float]:
+    """(R^2, mean abs % error) on fresh noisy samples."""
+    batches = [random_batch(rng) for _ in range(n)]
+    actual = np.array([measured(f, rng) for f in batches])
+    predicted = np.array([model.predict(f) for f in batches])
+    r2 = 1.0 - np.sum((actual - predicted) ** 2) / np.sum((actual - actual.mean()) ** 2)
+    return float(r2), float(100.0 * np.mean(np.abs(predicted - actual) / actual))
+
+
+def rel_errors(model: OnlineLatencyModel, coefs=TRUTH) -> list[float]:
+    return [abs(c / t - 1.0) for c, t in zip(model.coefficients, coefs)]
+
+
+def test_from_segments_by_hand():
+    f = BatchFeatures.from_segments([(100, 300), (500, 510)], [7, 1000, 33])
+    # 200 * (100 + 300) / 2 + 10 * (500 + 510) / 2 attention pairs.
+    assert f == BatchFeatures(new_tokens=210, new_ctx=45050.0, decode_reqs=3, decode_ctx=1040)
+    assert f.vector() == (1.0, 210.0, 45050.0, 3.0, 1040.0)
+    assert BatchFeatures.from_segments([], []).vector() == (1.0, 0.0, 0.0, 0.0, 0.0)
+    assert BatchFeatures.from_segments([(0, 3)], []).new_ctx == 4.5
+    for bad in ([(-1, 4)], [(5, 4)]):
+        with pytest.raises(ValueError, match="segment"):
+            BatchFeatures.from_segments(bad, [])
+
+
+def test_recovers_coefficients_and_predicts_held_out():
+    rng = np.random.default_rng(0)
+    model = OnlineLatencyModel()
+    train(model, rng, 2000)
+    errors = rel_errors(model)
+    # ~100 effective samples (forgetting 0.99) under 3% noise: the big terms are tight, the
+    # prefill-attention and per-request terms (a few ms at most) looser. 30 seeds: <= 3.5%, 13%.
+    assert max(errors[0], errors[1], errors[4]) < 0.06, errors
+    assert max(errors[2], errors[3]) < 0.20, errors
+    r2, mape = held_out_fit(model, rng)
+    assert r2 >= 0.98 and mape < 5.0, (r2, mape)
+    assert model.r2() >= 0.98 and model.mean_abs_pct_error() < 5.0
+    assert model.ready and model.samples == 2000
+    state = model.state()
+    assert state["coefficients"] == model.coefficients and state["ready"] is True
+    assert math.isfinite(state["covariance_trace"])
+
+
+def test_fresh_model_predicts_zero_and_is_not_ready():
+    model = OnlineLatencyModel()
+    assert model.predict(random_batch(np.random.default_rng(1))) == 0.0
+    assert model.r2() is None and model.mean_abs_pct_error() is None and not model.ready
+    rng = np.random.default_rng(1)
+    # The window scores predictions from min_samples = 32 on, and needs min_window = 16 of them.
+    train(model, rng, 32 + 15)
+    assert model.r2() is None and not model.ready
+    train(model, rng, 1)
+    assert model.r2() is not None
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="step time"):
+            model.update(random_batch(rng), bad)
+
+
+def test_coefficients_stay_nonnegative_when_truth_has_a_zero():
+    truth = (5e-3, 6e-5, 1e-9, 0.0, 4e-8)
+    rng = np.random.default_rng(2)
+    model = OnlineLatencyModel()
+    unconstrained_went_negative = False
+    for _ in range(2000):
+        features = random_batch(rng)
+        model.update(features, measured(features, rng, truth))
+        assert min(model.coefficients) >= 0.0
+        unconstrained_went_negative |= model._theta_ls[3] < 0  # the constraint did bind
+    assert unconstrained_went_negative
+    # Within the noise floor of c3 in the other tests (15% of 2e-5).
+    assert model.coefficients[3] < 3e-6
+    errors = rel_errors(model, (5e-3, 6e-5, 1e-9, 1.0, 4e-8))
+    assert max(errors[0], errors[1], errors[4]) < 0.06 and errors[2] < 0.20, errors
+    assert model.r2() >= 0.98
+
+
+def test_forgetting_tracks_a_change():
+    rng = np.random.default_rng(3)
+    model = OnlineLatencyModel()
+    train(model, rng, 1000)
+    assert rel_errors(model)[1] < 0.10
+    doubled = (TRUTH[0], 2 * TRUTH[1], *TRUTH[2:])
+    train(model, rng, 400, doubled)  # 0.99**400: 2% weight left on the old regime
+    assert rel_errors(model, doubled)[1] < 0.10, model.coefficients
+
+
+def test_covariance_guard_bounds_windup_and_keeps_what_was_learned():
+    rng = np.random.default_rng(4)
+    model = OnlineLatencyModel()
+    train(model, rng, 500)
+    learned = model.coefficients
+    # Without the guard the prefill directions' covariance would grow by 0.99**-5000 ~ 1e22.
+    train(model, rng, 5000, kind="decode")
+    state = model.state()
+    assert state["covariance_trace"] <= model.covariance_trace_cap
+    assert all(math.isfinite(c) for c in model.coefficients)
+    assert abs(model.coefficients[1] / learned[1] - 1.0) < 0.05  # prefill terms kept
+    train(model, rng, 200)
+    errors = rel_errors(model)
+    assert max(errors[0], errors[1], errors[4]) < 0.06 and errors[2] < 0.20, errors
+    r2, mape = held_out_fit(model, rng)
+    assert r2 >= 0.98 and mape < 5.0, (r2, mape)
+
+
+def test_long_decode_only_start_then_prefill_recovers():
+    rng = np.random.default_rng(5)
+    model = OnlineLatencyModel()
+    train(model, rng, 5000, kind="decode")
+    assert model.coefficients[1] < 1e-12 and model.coefficients[2] < 1e-15  # never excited
+    train(model, rng, 300)
+    errors = rel_errors(model)
+    assert max(errors[0], errors[1], errors[4]) < 0.06 and errors[2] < 0.20, errors
+    r2, mape = held_out_fit(model, rng)
+    assert r2 >= 0.98 and mape < 5.0, (r2, mape)
+
+
+def test_warm_start_from_eight_samples():
+    rng = np.random.default_rng(6)
+    profile_batches = [
+        BatchFeatures.from_segments([(0, 512)], []),
+        BatchFeatures.from_segments([(0, 4096)], []),
+        BatchFeatures.from_segments([(12288, 14336)], []),
+        BatchFeatures.from_segments([], [1024] * 8),
+        BatchFeatures.from_segments([], [256] * 200),
+        BatchFeatures.from_segments([], [6144] * 64),
+        BatchFeatures.from_segments([(4096, 5120)], [2048] * 32),
+        BatchFeatures.from_segments([(0, 1024)], [512] * 128),
+    ]
+    model = OnlineLatencyModel()
+    model.warm_start((f, measured(f, rng)) for f in profile_batches)
+    assert model.samples == 8 and not model.ready  # no held-out evidence yet
+    assert min(model.coefficients) >= 0.0
+    r2, mape = held_out_fit(model, rng)
+    assert r2 >= 0.95 and mape < 10.0, (r2, mape)
+    with pytest.raises(ValueError, match="at least one"):
+        model.warm_start([])
+
+
+def test_set_coefficients_round_trip_is_exact():
+    rng = np.random.default_rng(7)
+    leader = OnlineLatencyModel()
+    train(leader, rng, 300)
+    follower = OnlineLatencyModel()
+    follower.set_coefficients(leader.coefficients, ready=leader.ready)
+    assert follower.coefficients == leader.coefficients
+    probes = [random_batch(rng) for _ in range(50)]
+    assert [follower.predict(f) for f in probes] == [leader.predict(f) for f in probes]
+    assert follower.ready  # pinned to the leader's gate...
+    train(follower, rng, 1)
+    assert not follower.ready  # ...until the follower measures on its own
+    for bad in ([1.0] * 4, [1.0, -1e-9, 0, 0, 0], [math.nan, 0, 0, 0, 0]):
+        with pytest.raises(ValueError, match="coefficients"):
+            follower.set_coefficients(bad)
+
+
+def test_latency_cost_model_uses_static_until_ready():
+    static = StaticCostModel(a=1.0, b=1.0 / 1024)
+    model = OnlineLatencyModel()
+    cost = LatencyCostModel(model, static)
+    assert cost.cost_per_token(1000, 1100) == static.cost_per_token(1000, 1100)
+    rng = np.random.default_rng(8)
+    train(model, rng, 31)
+    assert not model.ready and cost.cost_per_token(0, 10) == static.cost_per_token(0, 10)
+    train(model, rng, 200)
+    assert model.ready
+    _, c1, c2, _, _ = model.coefficients
+    assert cost.cost_per_token(1000, 1100) == c1 + c2 * 1049.5
+    # About the truth: 6e-5 + 1e-9 * 8191.5 s per token at positions [8000, 8384).
+    assert cost.cost_per_token(8000, 8384) == pytest.approx(6.82e-5, rel=0.03)
+    assert cost.cost_per_token(0, 1) > 0
+
+
+def test_latency_cost_model_never_returns_zero():
+    static = StaticCostModel(a=2.0, b=0.0)
+    model = OnlineLatencyModel()
+    model.set_coefficients([5e-3, 0.0, 0.0, 1e-5, 1e-8], ready=True)  # no prefill cost learned
+    assert LatencyCostModel(model, static).cost_per_token(0, 64) == 2.0
+
+
+def test_decode_step_tracker_budget():
+    tracker = DecodeStepTracker()
+    assert tracker.budget_s() is None
+    tracker.observe(0.010)
+    assert tracker.budget_s() == pytest.approx(0.020)
+    tracker.observe(0.020)  # 0.010 + 0.1 * (0.020 - 0.010)
+    assert tracker.step_s == pytest.approx(0.011)
+    assert tracker.budget_s() == pytest.approx(0.022)
+    assert DecodeStepTracker(factor=1.5).factor == 1.5
+    with pytest.raises(ValueError, match="factor"):
+        DecodeStepTracker(factor=0.5)
+    with pytest.raises(ValueError, match="step time"):
+        tracker.observe(0.0)
