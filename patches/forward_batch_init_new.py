@@ -8,6 +8,7 @@ segments travel on the backend, which plans the very next ``init_forward_metadat
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
@@ -17,16 +18,33 @@ from asymcache_sglang.radix_cache import HoleAwareRadixCache
 TARGET = "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new"
 HOOK_TYPE = HookType.AFTER
 
+logger = logging.getLogger(__name__)
+
+
+def msa_impl_for(configured: str | None, model_runner: Any) -> str | None:
+    """The configured MSA kernel, or FlashInfer's for models AsymCache's kernel cannot run."""
+    hf_config = model_runner.model_config.hf_config
+    if configured == "triton" and (
+        getattr(hf_config, "attn_logit_softcapping", None)
+        or getattr(hf_config, "sliding_window", None)
+    ):
+        logger.warning(
+            "--asymcache-msa-impl triton has no logit cap or sliding window; this model has "
+            "one, so multi-segment extends use FlashInfer's sub-request plan"
+        )
+        return "flashinfer"
+    return configured
+
 
 def hook(forward_batch: Any, cls: Any, batch: Any, model_runner: Any, *a: Any, **kw: Any) -> None:
     if not isinstance(getattr(batch, "tree_cache", None), HoleAwareRadixCache):
         return
+    backend = model_runner.attn_backend
     if getattr(model_runner, "asymcache_timer", None) is None:
         # The ModelRunner.forward hook times forwards with it for the cache's latency model.
         model_runner.asymcache_timer = batch.tree_cache.forward_timer(model_runner.device)
+        backend.asymcache_msa_impl = msa_impl_for(batch.tree_cache.config.msa_impl, model_runner)
     segments = getattr(batch, "asymcache_segments", None)
-    backend = model_runner.attn_backend
-    backend.asymcache_msa_impl = batch.tree_cache.config.msa_impl
     if segments is None or not forward_batch.forward_mode.is_extend():
         backend.asymcache_pending_segments = None
         return
