@@ -30,6 +30,8 @@ class AsymCacheConfig:
     tpot_budget_ms: float | None = None
     # The latency model replaces the static costs once its held-out R^2 reaches this.
     latency_min_r2: float = 0.9
+    # Export the latency model's fit and the chunk decisions as Prometheus gauges.
+    enable_metrics: bool = False
     # Timings differ per TP rank and their decisions must agree; TP > 1 stays on static costs.
     use_latency_model: bool = True
 
@@ -54,6 +56,7 @@ class AsymCacheConfig:
             chunking=server_args.asymcache_chunking,
             tpot_budget_ms=server_args.asymcache_tpot_budget_ms,
             latency_min_r2=server_args.asymcache_latency_min_r2,
+            enable_metrics=server_args.enable_metrics,
             use_latency_model=server_args.tp_size == 1,
         )
 

@@ -39,11 +39,14 @@ from asymcache_sglang.latency_model import (
     LatencyCostModel,
     OnlineLatencyModel,
 )
+from asymcache_sglang.metrics import LatencyMetrics
 from asymcache_sglang.tree import CacheNode, HoleAwareTree, Range, SegmentPlan, owned_ranges
 
 logger = logging.getLogger(__name__)
 # How often the latency model's coefficients and fit quality go to the log.
 LOG_EVERY_FORWARDS = 500
+# Gauges are cheap to set, the fit's state a little less so: refresh them every few forwards.
+METRICS_EVERY_FORWARDS = 20
 
 
 class HoleAwareRadixCache(RadixCache):
@@ -67,6 +70,7 @@ class HoleAwareRadixCache(RadixCache):
             "budget_chunk_below_launch_size": 0,
         }
         self.last_chunk: int | None = None
+        self.metrics = LatencyMetrics() if config.enable_metrics else None
         # Outlives reset(): it models the kernels, not what is cached.
         self.latency_model = OnlineLatencyModel(min_r2=config.latency_min_r2)
         self.decode_steps = DecodeStepTracker()
@@ -263,6 +267,11 @@ class HoleAwareRadixCache(RadixCache):
         self.latency_model.update(features, seconds)
         if features.new_tokens == 0 and features.decode_reqs > 0:
             self.decode_steps.observe(seconds)
+        if (
+            self.metrics is not None
+            and self.counters["timed_forwards"] % METRICS_EVERY_FORWARDS == 0
+        ):
+            self.metrics.observe_model(self.latency_model.state())
         if self.counters["timed_forwards"] % LOG_EVERY_FORWARDS == 0:
             logger.info("AsymCache latency model: %s", self.latency_snapshot())
 
@@ -289,6 +298,8 @@ class HoleAwareRadixCache(RadixCache):
             self.counters["budget_chunk_decisions"] += 1
             self.counters["budget_chunk_below_launch_size"] += below
         self.last_chunk = decision.chunk
+        if self.metrics is not None:
+            self.metrics.observe_chunk(decision.chunk)
         return decision.chunk
 
     def latency_snapshot(self) -> dict[str, Any]:

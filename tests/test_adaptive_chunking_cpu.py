@@ -34,6 +34,7 @@ def adaptive_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangSer
         # Wall-clock timings on a shared CI CPU are noisy; the GPU default is 0.9.
         "--asymcache-latency-min-r2", "0.5",
         "--max-total-tokens", "8000",
+        "--enable-metrics",
     ]  # fmt: skip
     server = SGLangServer(
         tiny_model,
@@ -86,3 +87,10 @@ def test_chunk_size_follows_the_latency_model(adaptive_server, no_cache_server):
     assert 0 < latency_state(url)["last_chunk"] <= LAUNCH_CHUNK
     # Chunked differently, the answer is the one stock SGLang gives without a cache.
     assert beside_decode.output_ids == reference.output_ids
+    metrics = requests.get(f"{url}/metrics", timeout=60).text
+    for name in (
+        "asymcache:latency_r2",
+        "asymcache:latency_coefficient",
+        "asymcache:prefill_chunk",
+    ):
+        assert name in metrics, name
