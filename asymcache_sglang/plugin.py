@@ -23,6 +23,7 @@ PATCH_MODULES = (
     "asymcache_sglang.patches.scheduler_get_internal_state",
     "asymcache_sglang.patches.model_runner_forward",
     "asymcache_sglang.patches.scheduler_get_new_batch_prefill_raw",
+    "asymcache_sglang.patches.http_server_wait_and_warmup",
 )
 
 
