@@ -31,8 +31,9 @@ def adaptive_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangSer
         "--enable-asymcache",
         "--chunked-prefill-size", str(LAUNCH_CHUNK),
         "--asymcache-tpot-budget-ms", "1",
-        # Wall-clock timings on a shared CI CPU are noisy; the GPU default is 0.9.
-        "--asymcache-latency-min-r2", "0.5",
+        # Wall-clock timings on a shared CI CPU are noisy (R^2 0.12 to 0.92 seen for the same
+        # requests); this test is about the chunk hook, the readiness gate has its unit tests.
+        "--asymcache-latency-min-r2", "0",
         "--max-total-tokens", "8000",
         "--enable-metrics",
     ]  # fmt: skip
