@@ -25,7 +25,7 @@ class AsymCacheConfig:
     # "flashinfer" or "triton" on the flashinfer backend; None elsewhere (the backend's own).
     msa_impl: str | None = None
     # Per-pass prefill chunk from the latency model, or SGLang's fixed --chunked-prefill-size.
-    chunking: str = "adaptive"
+    chunking: str = "static"
     # TPOT budget for chunks that run beside decodes; None: derived from the measured decode step.
     tpot_budget_ms: float | None = None
     # The latency model replaces the static costs once its held-out R^2 reaches this.

@@ -73,19 +73,18 @@ class AsymCacheServerArgs(ServerArgs):
         ),
     ] = None
     asymcache_chunking: Annotated[
-        str | None,
+        str,
         Arg(
             help=(
                 "AsymCache: 'adaptive' sets each pass's prefill chunk from an online "
                 "kernel-latency model (the largest chunk within the TPOT budget while decodes "
-                "run, else the throughput knee; never above --chunked-prefill-size). 'static' "
-                "keeps SGLang's "
-                "fixed chunk. Default: adaptive with --tp-size 1, else static (TP ranks would "
-                "time their own forwards, and their decisions must agree)."
+                "run, else the throughput knee; never above --chunked-prefill-size), after a "
+                "short latency profile at start-up. 'static' keeps SGLang's fixed chunk; the "
+                "default until adaptive has been measured on the GPU. Adaptive needs --tp-size 1."
             ),
             choices=list(CHUNKING_MODES),
         ),
-    ] = None
+    ] = _DEFAULTS.chunking
     asymcache_tpot_budget_ms: Annotated[
         float | None,
         "AsymCache adaptive chunking: the step time a prefill chunk may take while decodes run "
@@ -136,9 +135,8 @@ class AsymCacheServerArgs(ServerArgs):
             raise AsymCacheArgsError("--asymcache-tpot-budget-ms must be > 0")
         if not 0.0 <= self.asymcache_latency_min_r2 <= 1.0:
             raise AsymCacheArgsError("--asymcache-latency-min-r2 must be in [0, 1]")
-        if self.asymcache_chunking is None:
-            self.asymcache_chunking = "adaptive" if self.tp_size == 1 else "static"
-        elif self.asymcache_chunking == "adaptive" and self.tp_size > 1:
+        if self.asymcache_chunking == "adaptive" and self.tp_size > 1:
+            # Each rank would time its own forwards and pick its own chunk; they must agree.
             raise AsymCacheArgsError(
                 "--asymcache-chunking adaptive needs --tp-size 1; use --asymcache-chunking static"
             )

@@ -29,6 +29,7 @@ LAUNCH_CHUNK = 512
 def adaptive_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangServer]:
     args = [
         "--enable-asymcache",
+        "--asymcache-chunking", "adaptive",
         "--chunked-prefill-size", str(LAUNCH_CHUNK),
         "--asymcache-tpot-budget-ms", "1",
         # Wall-clock timings on a shared CI CPU are noisy (R^2 0.12 to 0.92 seen for the same

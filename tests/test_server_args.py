@@ -75,7 +75,7 @@ def test_msa_kernel_follows_the_backend(prepare, argv, max_holes, msa_impl):
 
 @pytest.mark.parametrize(
     ("argv", "chunking"),
-    [([], "adaptive"), (["--asymcache-chunking", "static"], "static")],
+    [([], "static"), (["--asymcache-chunking", "adaptive"], "adaptive")],
 )
 def test_chunking_mode(prepare, argv, chunking):
     config = AsymCacheConfig.from_server_args(prepare("--enable-asymcache", *argv))
