@@ -47,13 +47,19 @@ def gpu_server_args(attention_backend: str, pool_tokens: int) -> list[str]:
     ]  # fmt: skip
 
 
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 1])."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def summarize(results: list[TurnResult]) -> dict[str, float]:
-    ttft = sorted(r.ttft_s for r in results)
+    ttft = [r.ttft_s for r in results]
     prompt = sum(len(r.input_ids) for r in results)
     cached = sum(r.cached_tokens for r in results)
 
     def pct(q: float) -> float:
-        return ttft[min(len(ttft) - 1, int(q * len(ttft)))]
+        return percentile(ttft, q)
 
     return {
         "requests": len(results),

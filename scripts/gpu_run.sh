@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # On the offline GPU host, from the repo root: the GPU tests and the MSA microbenchmark.
-# Usage: scripts/gpu_run.sh OUT_DIR [PART...]; parts: kernel bench exactness pressure (default all).
+# Usage: scripts/gpu_run.sh OUT_DIR [PART...]; parts: kernel bench exactness pressure latency
+# (default all).
 # Results (JSON, logs) go to OUT_DIR; set ASYMCACHE_COMMIT when the tree has no .git.
 set -eo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:?usage: scripts/gpu_run.sh OUT_DIR [PART...]}")
 shift
-parts=${*:-kernel bench exactness pressure}
+parts=${*:-kernel bench exactness pressure latency}
 mkdir -p "$out"
 source .gpu/host_env.sh
 # The plugin entry point needs an installed distribution; host_env puts /tmp/site on PYTHONPATH.
@@ -20,6 +21,7 @@ for part in $parts; do
     bench) python3 -m eval.msa_bench --out "$out/msa_microbench.json" --plot || status=1 ;;
     exactness) python3 -m pytest -q -s tests/test_gpu_exactness.py -m gpu || status=1 ;;
     pressure) python3 -m pytest -q -s tests/test_gpu_pressure.py || status=1 ;;
+    latency) python3 -m pytest -q -s -m gpu tests/test_gpu_latency.py || status=1 ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done

@@ -72,3 +72,19 @@ def no_cache_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangSer
     )
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def llama3_8b_geometry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A config-only Llama-3-8B folder for ``--load-format dummy`` (GPU host: ``.gpu/``)."""
+    import subprocess
+    import sys
+
+    from eval.server import REPO_ROOT
+
+    dest = tmp_path_factory.mktemp("llama3-8b")
+    make_model = REPO_ROOT / ".gpu" / "make_model.py"
+    subprocess.run(
+        [sys.executable, str(make_model), str(dest), "--preset", "llama3-8b"], check=True
+    )
+    return str(dest)

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from eval.gpu_pressure import run_comparison
-from eval.server import REPO_ROOT
 from eval.workloads import MultiTurnWorkload
 
 pytestmark = pytest.mark.gpu
@@ -26,16 +23,6 @@ WORKLOAD = MultiTurnWorkload(
     vocab_high=120000,
 )  # fmt: skip
 POOL_TOKENS = 24000
-
-
-@pytest.fixture(scope="module")
-def llama3_8b_geometry(tmp_path_factory: pytest.TempPathFactory) -> str:
-    dest = tmp_path_factory.mktemp("llama3-8b")
-    make_model = REPO_ROOT / ".gpu" / "make_model.py"
-    subprocess.run(
-        [sys.executable, str(make_model), str(dest), "--preset", "llama3-8b"], check=True
-    )
-    return str(dest)
 
 
 VARIANTS = {

@@ -1,0 +1,192 @@
+"""Adaptive against static prefill chunking, and the latency model's fit, on one server each.
+
+Long prefills arrive while other requests decode: static chunking runs each long prompt in
+``--chunked-prefill-size`` pieces beside the decodes, adaptive sizes each piece to the TPOT budget.
+Both servers run AsymCache with the same flags except ``--asymcache-chunking``, on the same inputs.
+Reports TPOT of the decoding requests, TTFT of the long prompts, and the model's one-step-ahead
+R^2 and mean error as the adaptive server reports them.
+
+GPU host, after ``source .gpu/host_env.sh`` and installing this project into /tmp/site:
+``python -m eval.latency_bench --model DIR --out $OUT/latency_bench.json`` with DIR from
+``.gpu/make_model.py DIR --preset llama3-8b``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from eval.gpu_pressure import git_commit, percentile, server_health
+from eval.server import SGLangServer, cpu_env, cpu_server_args
+from eval.workloads import TurnResult, asymcache_counters, generate_streaming
+
+
+@dataclass(frozen=True)
+class MixedWorkload:
+    """``decoders`` requests decode continuously while ``long_prompts`` prefills arrive."""
+
+    decoders: int = 8
+    decode_prompt_tokens: int = 256
+    decode_tokens: int = 128
+    long_prompts: int = 12
+    long_prompt_tokens: int = 6000
+    gap_s: float = 0.5
+    vocab_high: int = 120000
+    seed: int = 0
+
+
+def tpot_s(result: TurnResult) -> float | None:
+    """Mean time per output token after the first; None for a single-token answer."""
+    if len(result.output_ids) < 2:
+        return None
+    return (result.latency_s - result.ttft_s) / (len(result.output_ids) - 1)
+
+
+def summarize_mixed(decodes: list[TurnResult], prefills: list[TurnResult]) -> dict[str, float]:
+    tpots = [t for t in map(tpot_s, decodes) if t is not None]
+    ttfts = [r.ttft_s for r in prefills]
+    return {
+        "decode_requests": len(decodes),
+        "tpot_mean_s": statistics.mean(tpots),
+        "tpot_p90_s": percentile(tpots, 0.9),
+        "long_prompt_requests": len(prefills),
+        "long_ttft_mean_s": statistics.mean(ttfts),
+        "long_ttft_p90_s": percentile(ttfts, 0.9),
+    }
+
+
+def run_mixed(url: str, workload: MixedWorkload) -> tuple[list[TurnResult], list[TurnResult]]:
+    """Decoders loop until the last long prompt is answered; prompts are seeded, so both servers
+    see the same long prompts (decoders may complete a different number of rounds)."""
+    rng = random.Random(workload.seed)
+    long_inputs = [
+        [rng.randrange(10, workload.vocab_high) for _ in range(workload.long_prompt_tokens)]
+        for _ in range(workload.long_prompts)
+    ]
+    decode_inputs = [
+        [rng.randrange(10, workload.vocab_high) for _ in range(workload.decode_prompt_tokens)]
+        for _ in range(workload.decoders)
+    ]
+    done = threading.Event()
+    decodes: list[TurnResult] = []
+    lock = threading.Lock()
+
+    def decoder(prompt: list[int]) -> None:
+        while not done.is_set():
+            res = generate_streaming(url, prompt, workload.decode_tokens)
+            with lock:
+                decodes.append(res)
+
+    threads = [threading.Thread(target=decoder, args=(p,), daemon=True) for p in decode_inputs]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.0)  # let the decoders reach steady state
+    prefills = []
+    for prompt in long_inputs:
+        prefills.append(generate_streaming(url, prompt, 4))
+        time.sleep(workload.gap_s)
+    done.set()
+    for thread in threads:
+        thread.join(timeout=600)
+    return decodes, prefills
+
+
+def latency_state(url: str) -> dict[str, Any]:
+    info = requests.get(f"{url}/get_server_info", timeout=60).json()
+    return info["internal_states"][0].get("asymcache_latency", {})
+
+
+def run_chunking_comparison(
+    model: str,
+    *,
+    workload: MixedWorkload,
+    base_args: list[str],
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    import torch
+
+    runs: dict[str, Any] = {}
+    for chunking in ("adaptive", "static"):
+        flags = [*base_args, "--enable-asymcache", "--asymcache-chunking", chunking]
+        log_path = log_dir / f"chunking-{chunking}.log"
+        with SGLangServer(
+            model, extra_args=flags, env=env, log_path=log_path, timeout_s=600
+        ) as server:
+            decodes, prefills = run_mixed(server.url, workload)
+            runs[chunking] = {
+                **summarize_mixed(decodes, prefills),
+                "latency_model": latency_state(server.url),
+                "counters": asymcache_counters(server.url),
+                **server_health(server),
+            }
+    return {
+        "card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "server_args": base_args,
+        "workload": asdict(workload),
+        "runs": runs,
+        # static / adaptive: > 1 means adaptive is faster.
+        "ratios_static_over_adaptive": {
+            k: runs["static"][k] / runs["adaptive"][k]
+            for k in ("tpot_mean_s", "tpot_p90_s", "long_ttft_mean_s", "long_ttft_p90_s")
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--chunked-prefill-size", type=int, default=8192)
+    parser.add_argument("--max-total-tokens", type=int, default=120000)
+    parser.add_argument("--long-prompts", type=int, default=MixedWorkload.long_prompts)
+    parser.add_argument("--long-prompt-tokens", type=int, default=MixedWorkload.long_prompt_tokens)
+    parser.add_argument("--decoders", type=int, default=MixedWorkload.decoders)
+    parser.add_argument("--decode-tokens", type=int, default=MixedWorkload.decode_tokens)
+    parser.add_argument("--vocab-high", type=int, default=MixedWorkload.vocab_high)
+    parser.add_argument(
+        "--cpu", action="store_true", help="dry run on this machine's CPU (times mean nothing)"
+    )
+    args = parser.parse_args()
+    workload = MixedWorkload(
+        decoders=args.decoders,
+        long_prompts=args.long_prompts,
+        long_prompt_tokens=args.long_prompt_tokens,
+        decode_tokens=args.decode_tokens,
+        vocab_high=args.vocab_high,
+    )
+    base = [
+        "--load-format", "dummy",
+        "--skip-tokenizer-init",
+        "--grammar-backend", "none",
+        "--chunked-prefill-size", str(args.chunked_prefill_size),
+        "--max-total-tokens", str(args.max_total_tokens),
+        *(cpu_server_args() if args.cpu else []),
+    ]  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = run_chunking_comparison(
+        args.model,
+        workload=workload,
+        base_args=base,
+        log_dir=args.out.parent,
+        env=cpu_env() if args.cpu else None,
+    )
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("card", "ratios_static_over_adaptive")}, indent=1))
+    for name, run in result["runs"].items():
+        print(name, json.dumps({k: v for k, v in run.items() if k != "counters"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

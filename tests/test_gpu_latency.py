@@ -1,0 +1,55 @@
+"""Adaptive vs static chunking and the latency model's fit; the GPU run is marked ``gpu``.
+
+On the GPU host: Llama-3-8B geometry with dummy weights, results to
+``$ASYMCACHE_RESULTS_DIR/latency_bench.json``. The CPU tests check the pure summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from eval.latency_bench import MixedWorkload, run_chunking_comparison, summarize_mixed, tpot_s
+from eval.workloads import TurnResult
+
+
+def result(ttft: float, latency: float, tokens: int) -> TurnResult:
+    return TurnResult(0, 0, [1], list(range(tokens)), [0.0] * tokens, 0, ttft, latency)
+
+
+def test_tpot_excludes_the_first_token():
+    assert tpot_s(result(0.5, 1.5, 11)) == pytest.approx(0.1)
+    assert tpot_s(result(0.5, 0.5, 1)) is None
+
+
+def test_summary_numbers():
+    decodes = [result(0.1, 0.1 + 0.02 * 9, 10), result(0.1, 0.1 + 0.04 * 9, 10), result(1, 1, 1)]
+    prefills = [result(0.3, 0.4, 4), result(0.5, 0.6, 4)]
+    summary = summarize_mixed(decodes, prefills)
+    assert summary["decode_requests"] == 3 and summary["long_prompt_requests"] == 2
+    assert summary["tpot_mean_s"] == pytest.approx(0.03)
+    assert summary["tpot_p90_s"] == pytest.approx(0.04)
+    assert summary["long_ttft_mean_s"] == pytest.approx(0.4)
+
+
+@pytest.mark.gpu
+def test_adaptive_against_static_chunking(llama3_8b_geometry, tmp_path):
+    out_dir = Path(os.environ.get("ASYMCACHE_RESULTS_DIR", tmp_path))
+    base = [
+        "--load-format", "dummy", "--skip-tokenizer-init", "--grammar-backend", "none",
+        "--chunked-prefill-size", "8192", "--max-total-tokens", "120000",
+    ]  # fmt: skip
+    res = run_chunking_comparison(
+        llama3_8b_geometry, workload=MixedWorkload(), base_args=base, log_dir=out_dir
+    )
+    (out_dir / "latency_bench.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res["ratios_static_over_adaptive"], indent=1))
+    for name, run in res["runs"].items():
+        assert run["healthy_after_idle"] and run["leak_or_error_lines"] == 0, name
+    adaptive = res["runs"]["adaptive"]
+    assert adaptive["latency_model"]["ready"], adaptive["latency_model"]
+    assert adaptive["counters"]["budget_chunk_decisions"] > 0
+    assert res["runs"]["static"]["counters"]["chunk_decisions"] == 0
