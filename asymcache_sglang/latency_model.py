@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +25,7 @@ from asymcache_sglang.cost import StaticCostModel
 NUM_COEFS = 5
 # Regressors are divided by these so that each is O(1..100) on real batches and the covariance
 # stays well-conditioned: 1 | new / 1024 tokens | new_ctx / 2**20 pairs | decode_reqs / 128 |
-# decode_ctx / 2**17 keys. Powers of two make the unscaling exact, so TP ranks that adopt rank 0's
-# coefficients predict bit-for-bit what rank 0 predicts.
+# decode_ctx / 2**17 keys. Powers of two make scaling and unscaling exact.
 REGRESSOR_SCALES = (1.0, 2.0**10, 2.0**20, 2.0**7, 2.0**17)
 # Every non-empty set of coefficients the non-negativity projection may pin to 0, smallest first.
 _ZERO_SETS = sorted(
@@ -154,7 +153,8 @@ class OnlineLatencyModel:
         self._p = self._eig_cap * np.eye(NUM_COEFS)
         self._window: deque[tuple[float, float]] = deque(maxlen=window)
         self._samples = 0
-        self._pinned_ready: bool | None = None
+        # Refreshed once per update: eviction reads it for every node key it computes.
+        self._ready = False
 
     @property
     def coefficients(self) -> tuple[float, float, float, float, float]:
@@ -163,16 +163,13 @@ class OnlineLatencyModel:
 
     @property
     def samples(self) -> int:
-        """Timings absorbed so far (updates plus warm-start samples)."""
+        """Timings absorbed so far."""
         return self._samples
 
     @property
     def ready(self) -> bool:
         """Whether callers should trust the model over their static fallback."""
-        if self._pinned_ready is not None:
-            return self._pinned_ready
-        r2 = self.r2()
-        return self._samples >= self.min_samples and r2 is not None and r2 >= self.min_r2
+        return self._ready
 
     def predict(self, features: BatchFeatures) -> float:
         """Predicted step time in seconds (>= 0: coefficients and features are non-negative)."""
@@ -196,39 +193,8 @@ class OnlineLatencyModel:
         self._bound_covariance()
         self._theta = _project_nonneg(self._theta_ls, self._p)
         self._samples += 1
-        self._pinned_ready = None
-
-    def warm_start(self, samples: Iterable[tuple[BatchFeatures, float]]) -> None:
-        """Replace the estimate by a non-negative relative-error least-squares fit of a profile."""
-        rows = []
-        for features, seconds in samples:
-            if not math.isfinite(seconds) or seconds <= 0:
-                raise ValueError(f"step time must be finite and > 0, got {seconds}")
-            rows.append(_scaled(features) / seconds)  # relative error: the target is then 1
-        if not rows:
-            raise ValueError("warm start needs at least one sample")
-        a = np.array(rows)
-        # The same weak prior the online fit starts from.
-        info = a.T @ a + np.eye(NUM_COEFS) / self._eig_cap
-        self._theta_ls = np.linalg.solve(info, a.sum(axis=0))
-        self._p = np.linalg.inv(info)
-        self._bound_covariance()
-        self._theta = _project_nonneg(self._theta_ls, self._p)
-        self._samples += len(rows)
-
-    def set_coefficients(self, coefs: Sequence[float], *, ready: bool = True) -> None:
-        """Adopt coefficients (seconds per unit) broadcast by another rank.
-
-        ``ready`` pins the readiness gate to the broadcaster's until the next ``update``, so every
-        TP rank picks the same model for its scheduling decisions.
-        """
-        if len(coefs) != NUM_COEFS:
-            raise ValueError(f"need {NUM_COEFS} coefficients, got {len(coefs)}")
-        if not all(math.isfinite(c) and c >= 0 for c in coefs):
-            raise ValueError(f"coefficients must be finite and >= 0, got {list(coefs)}")
-        self._theta = np.array(coefs, dtype=float) * np.array(REGRESSOR_SCALES)
-        self._theta_ls = self._theta.copy()
-        self._pinned_ready = ready
+        r2 = self.r2()
+        self._ready = self._samples >= self.min_samples and r2 is not None and r2 >= self.min_r2
 
     def r2(self) -> float | None:
         """R^2 of the one-step-ahead predictions in the window; None with too few or flat data."""
@@ -268,9 +234,11 @@ class OnlineLatencyModel:
 class LatencyCostModel:
     """Recompute cost per token from the online model, with the same interface as StaticCostModel.
 
-    Uses the online model once it is ``ready``, else (and whenever its value is not > 0, since the
-    eviction key takes its log) the static fallback. The eviction heap keys a node when it is
-    pushed, so a key reflects the coefficients of that moment, not later refits.
+    Eviction orders nodes by log(cost), so only the cost's shape matters: c1 + c2 * p, in units of
+    the static model's per-token cost at position 0 (``fallback.a``). Static keys and model keys in
+    the same heap (it keys a node when it is pushed) are then commensurate, before and after the
+    model becomes ready. Until it is ``ready``, or while it has learned no per-token cost
+    (c1 == 0), the static fallback is used.
     """
 
     def __init__(self, model: OnlineLatencyModel, fallback: StaticCostModel) -> None:
@@ -278,12 +246,11 @@ class LatencyCostModel:
         self.fallback = fallback
 
     def cost_per_token(self, start: int, end: int) -> float:
-        """Marginal latency per token of recomputing positions [start, end): c1 + c2 * mean pos."""
+        """fallback.a * (1 + c2 / c1 * mean position of [start, end))."""
         if self.model.ready:
             _, c1, c2, _, _ = self.model.coefficients
-            cost = c1 + c2 * (start + end - 1) / 2.0
-            if cost > 0 and math.isfinite(cost):
-                return cost
+            if c1 > 0:
+                return self.fallback.a * (1.0 + c2 / c1 * (start + end - 1) / 2.0)
         return self.fallback.cost_per_token(start, end)
 
 

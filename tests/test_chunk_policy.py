@@ -48,13 +48,16 @@ def test_clamping_to_min_and_max_chunk():
 
 
 def test_longer_prefix_gets_a_smaller_chunk_under_the_same_budget():
-    model = OnlineLatencyModel()
-    model.set_coefficients([5e-3, 6e-5, 1e-9, 2e-5, 4e-8])
+    coefs = (5e-3, 6e-5, 1e-9, 2e-5, 4e-8)
+
+    def predict(features: BatchFeatures) -> float:
+        return sum(c * x for c, x in zip(coefs, features.vector(), strict=True))
+
     decodes = [2048] * 32  # 5e-3 + 32 * 2e-5 + 65536 * 4e-8 = 8.26 ms decode step
 
     def chunk(prefix_len: int) -> int:
         return pick_chunk(
-            model.predict,
+            predict,
             prefix_len=prefix_len,
             decode_seq_lens=decodes,
             max_chunk=8192,
