@@ -9,7 +9,7 @@ and only delay the next scheduling decision.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from asymcache_sglang.latency_model import BatchFeatures
 
@@ -60,9 +60,11 @@ def pick_chunk(
     wanted_min = max(page_size, DEFAULT_MIN_CHUNK) if min_chunk is None else min_chunk
     lo = min(-(-wanted_min // page_size) * page_size, hi)
 
+    decodes = BatchFeatures.from_segments([], decode_seq_lens)  # summed once, not per candidate
+
     def step_s(chunk: int) -> float:
-        segment = (prefix_len, prefix_len + chunk)
-        return predict(BatchFeatures.from_segments([segment], decode_seq_lens))
+        prefill = BatchFeatures.from_segments([(prefix_len, prefix_len + chunk)], [])
+        return predict(replace(decodes, new_tokens=prefill.new_tokens, new_ctx=prefill.new_ctx))
 
     if decode_seq_lens and tpot_budget_s is not None:
         return _within_budget(step_s, lo, hi, page_size, tpot_budget_s)

@@ -276,11 +276,12 @@ class HoleAwareRadixCache(RadixCache):
             logger.info("AsymCache latency model: %s", self.latency_snapshot())
 
     def choose_chunk(
-        self, *, prefix_len: int, decode_seq_lens: list[int], max_chunk: int, page_size: int
+        self, *, prefix_len: int, running_reqs: list[Any], max_chunk: int, page_size: int
     ) -> int:
         """This pass's prefill chunk; the launch-time chunk until the model is ready."""
         if not self.latency_model.ready:
             return max_chunk
+        decode_seq_lens = [req.seqlen for req in running_reqs]
         budget_ms = self.config.tpot_budget_ms
         budget_s = self.decode_steps.budget_s() if budget_ms is None else budget_ms / 1e3
         decision = pick_chunk(

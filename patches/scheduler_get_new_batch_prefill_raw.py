@@ -44,7 +44,7 @@ def hook(
         return original(scheduler, prefill_delayer_single_pass, running_batch)
     scheduler.chunked_prefill_size = cache.choose_chunk(
         prefix_len=next_prefix_len(scheduler),
-        decode_seq_lens=[req.seqlen for req in running_batch.reqs],
+        running_reqs=running_batch.reqs,
         max_chunk=launch_chunk,
         page_size=scheduler.page_size,
     )
