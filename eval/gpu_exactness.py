@@ -46,7 +46,6 @@ import argparse
 import bisect
 import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -55,8 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from asymcache_sglang.config import MSA_IMPLS
-from eval.gpu_pressure import git_commit, server_health, summarize
-from eval.server import SGLangServer
+from eval.gpu_pressure import card, git_commit, server_health, summarize
+from eval.server import SGLangServer, stock_env
 from eval.tiny_model import MARKER_NAME, make_tiny_llama
 from eval.workloads import (
     MultiTurnWorkload,
@@ -358,12 +357,6 @@ def asymcache_flags(msa_impl: str | None) -> list[str]:
     return flags + ([] if msa_impl is None else ["--asymcache-msa-impl", msa_impl])
 
 
-def stock_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """``env`` (default: this process's) with no SGLang plugin loaded: unmodified SGLang."""
-    # SGLANG_PLUGINS is a whitelist of plugin names; one that matches none loads none.
-    return {**(os.environ if env is None else env), "SGLANG_PLUGINS": "none"}
-
-
 @dataclass
 class ReferenceRuns:
     """The two stock runs every AsymCache run is compared with (independent of msa_impl)."""
@@ -452,12 +445,6 @@ def run_asymcache(
     return ours, info, args
 
 
-def _card() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
 def _model_config(model_dir: Path) -> dict[str, Any]:
     """How the model was built (make_tiny_llama's marker) and its HF config."""
     marker, config = model_dir / MARKER_NAME, model_dir / "config.json"
@@ -496,7 +483,7 @@ def run_exactness(
     )  # fmt: skip
     comparisons = exactness_comparisons(reference.no_cache, reference.lru, ours)
     return {
-        "card": _card(),
+        "card": card(),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
         "msa_impl": msa_impl,

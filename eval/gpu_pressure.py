@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from eval.server import REPO_ROOT, SGLangServer
+from eval.server import REPO_ROOT, SGLangServer, stock_env
 from eval.workloads import (
     MultiTurnWorkload,
     TurnResult,
@@ -86,6 +86,11 @@ def server_health(server: SGLangServer) -> dict[str, Any]:
     }
 
 
+def card() -> str:
+    """The GPU these numbers come from ("cpu" for dry runs)."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def git_commit() -> str:
     env_commit = os.environ.get("ASYMCACHE_COMMIT")
     if env_commit:
@@ -111,12 +116,10 @@ def run_comparison(
     The first variant runs the multi-turn workload (its answers grow the histories); every other
     server replays exactly those inputs in the same order. Baselines run with no plugin loaded.
     """
-    import torch
 
     base = gpu_server_args(attention_backend, pool_tokens)
-    stock_env = {**os.environ, "SGLANG_PLUGINS": "none"}
     servers = [(name, ["--enable-asymcache", *flags], None) for name, flags in variants.items()]
-    servers += [(name, flags, stock_env) for name, flags in baselines.items()]
+    servers += [(name, flags, stock_env()) for name, flags in baselines.items()]
     runs: dict[str, Any] = {}
     outputs: dict[str, list[TurnResult]] = {}
     for name, flags, env in servers:
@@ -137,7 +140,7 @@ def run_comparison(
             }
     first = next(iter(outputs.values()))
     return {
-        "card": torch.cuda.get_device_name(0),
+        "card": card(),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
         "model": "Llama-3-8B geometry, --load-format dummy",

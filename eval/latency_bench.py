@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 
-from eval.gpu_pressure import git_commit, percentile, server_health
+from eval.gpu_pressure import card, git_commit, percentile, server_health
 from eval.server import SGLangServer, cpu_env, cpu_server_args
 from eval.workloads import TurnResult, asymcache_counters, generate_streaming
 
@@ -113,8 +113,6 @@ def run_chunking_comparison(
     log_dir: Path,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    import torch
-
     runs: dict[str, Any] = {}
     for chunking in ("adaptive", "static"):
         flags = [*base_args, "--enable-asymcache", "--asymcache-chunking", chunking]
@@ -130,7 +128,7 @@ def run_chunking_comparison(
                 **server_health(server),
             }
     return {
-        "card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "card": card(),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
         "server_args": base_args,

@@ -38,9 +38,7 @@ import functools
 import importlib.metadata
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -50,6 +48,8 @@ from typing import Any
 
 import torch
 from asymcache_sglang.kernels.msa_triton import TritonMSAWrapper, reference_msa
+
+from eval.gpu_pressure import git_commit
 
 NUM_QO_HEADS = 32
 NUM_KV_HEADS = 8
@@ -691,17 +691,6 @@ def _versions() -> dict[str, str | None]:
     }
 
 
-def _commit() -> str:
-    if os.environ.get("ASYMCACHE_COMMIT"):
-        return os.environ["ASYMCACHE_COMMIT"]
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -810,7 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "card": torch.cuda.get_device_name(0),
-        "commit": _commit(),
+        "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -46,12 +46,15 @@ def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def stock_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with no SGLang plugin loaded."""
+    # SGLANG_PLUGINS is a whitelist of plugin names; a name that matches none loads none.
+    return {**(os.environ if base is None else base), "SGLANG_PLUGINS": "none"}
+
+
 def stock_cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """Like ``cpu_env`` but with no SGLang plugin loaded: the unmodified 0.5.16 baseline."""
-    env = cpu_env(base)
-    # SGLANG_PLUGINS is a whitelist of plugin names; a name that matches none loads none.
-    env["SGLANG_PLUGINS"] = "none"
-    return env
+    return stock_env(cpu_env(base))
 
 
 def free_port() -> int:
