@@ -88,6 +88,8 @@ def server_health(server: SGLangServer) -> dict[str, Any]:
 
 def card() -> str:
     """The GPU these numbers come from ("cpu" for dry runs)."""
+    import torch
+
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
