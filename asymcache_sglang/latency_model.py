@@ -105,6 +105,49 @@ def _project_nonneg(u: np.ndarray, cov: np.ndarray) -> np.ndarray:
     return min(feasible, key=lambda item: item[0])[1]
 
 
+class HeldOutScore:
+    """Run-wide score of one-step-ahead predictions, split by step kind.
+
+    The sliding window answers "is the fit good now"; this answers "how good was it over the whole
+    run", which a benchmark reports, and shows whether decode-only or prefill steps carry the error.
+    """
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self._sum_actual = 0.0
+        self._sum_actual_sq = 0.0
+        self._sum_sq_error = 0.0
+        self._steps_by_kind = {"prefill": 0, "decode": 0}
+        self._pct_error_by_kind = {"prefill": 0.0, "decode": 0.0}
+
+    def add(self, predicted: float, actual: float, *, prefill: bool) -> None:
+        self.steps += 1
+        self._sum_actual += actual
+        self._sum_actual_sq += actual * actual
+        self._sum_sq_error += (actual - predicted) ** 2
+        kind = "prefill" if prefill else "decode"
+        self._steps_by_kind[kind] += 1
+        self._pct_error_by_kind[kind] += 100.0 * abs(predicted - actual) / actual
+
+    def r2(self) -> float | None:
+        if self.steps < 2:
+            return None
+        ss_tot = self._sum_actual_sq - self._sum_actual**2 / self.steps
+        return None if ss_tot <= 0 else 1.0 - self._sum_sq_error / ss_tot
+
+    def state(self) -> dict[str, Any]:
+        total_pct = sum(self._pct_error_by_kind.values())
+        out: dict[str, Any] = {
+            "steps": self.steps,
+            "r2": self.r2(),
+            "mean_abs_pct_error": total_pct / self.steps if self.steps else None,
+        }
+        for kind, n in self._steps_by_kind.items():
+            out[f"{kind}_steps"] = n
+            out[f"{kind}_mean_abs_pct_error"] = self._pct_error_by_kind[kind] / n if n else None
+        return out
+
+
 class OnlineLatencyModel:
     """Recursive least squares with exponential forgetting over the five step-time regressors.
 
@@ -124,6 +167,11 @@ class OnlineLatencyModel:
     The recursion runs on the unconstrained estimate; the coefficients used for predictions are
     its projection onto >= 0 in the covariance's metric, i.e. the non-negative fit of the same
     forgetting-weighted data.
+
+    Readiness: the window's R^2 >= ``min_r2``, or its mean relative error is at most
+    ``max_window_error_pct``. R^2 alone would drop the model during steady decoding, where the
+    window's step times barely vary and R^2 measures noise, just when the next long prompt needs a
+    chunk decision.
     """
 
     def __init__(
@@ -134,6 +182,7 @@ class OnlineLatencyModel:
         min_r2: float = 0.9,
         min_window: int = 16,
         covariance_trace_cap: float = 5.0,
+        max_window_error_pct: float = 10.0,
     ) -> None:
         if not 0.0 < forgetting <= 1.0:
             raise ValueError(f"forgetting factor must be in (0, 1], got {forgetting}")
@@ -141,9 +190,12 @@ class OnlineLatencyModel:
             raise ValueError(f"need window >= min_window >= 2, got {window}, {min_window}")
         if covariance_trace_cap <= 0:
             raise ValueError(f"covariance trace cap must be > 0, got {covariance_trace_cap}")
+        if max_window_error_pct < 0:
+            raise ValueError(f"error threshold must be >= 0, got {max_window_error_pct}")
         self.forgetting = forgetting
         self.min_samples = min_samples
         self.min_r2 = min_r2
+        self.max_window_error_pct = max_window_error_pct
         self.min_window = min_window
         self.covariance_trace_cap = covariance_trace_cap
         self._eig_cap = covariance_trace_cap / NUM_COEFS
@@ -153,6 +205,7 @@ class OnlineLatencyModel:
         self._p = self._eig_cap * np.eye(NUM_COEFS)
         self._window: deque[tuple[float, float]] = deque(maxlen=window)
         self._samples = 0
+        self.held_out = HeldOutScore()
         # Refreshed once per update: eviction reads it for every node key it computes.
         self._ready = False
 
@@ -184,6 +237,7 @@ class OnlineLatencyModel:
         if self._samples >= self.min_samples:
             # Predictions of a model still warming up say nothing about the fit it converges to.
             self._window.append((predicted, seconds))
+            self.held_out.add(predicted, seconds, prefill=features.new_tokens > 0)
         weight = 1.0 / max(seconds, predicted)
         xw = x * weight
         px = self._p @ xw
@@ -193,8 +247,14 @@ class OnlineLatencyModel:
         self._bound_covariance()
         self._theta = _project_nonneg(self._theta_ls, self._p)
         self._samples += 1
+        self._ready = self._samples >= self.min_samples and self._fit_is_good()
+
+    def _fit_is_good(self) -> bool:
         r2 = self.r2()
-        self._ready = self._samples >= self.min_samples and r2 is not None and r2 >= self.min_r2
+        if r2 is not None and r2 >= self.min_r2:
+            return True
+        error = self.mean_abs_pct_error()
+        return error is not None and error <= self.max_window_error_pct
 
     def r2(self) -> float | None:
         """R^2 of the one-step-ahead predictions in the window; None with too few or flat data."""
@@ -222,6 +282,7 @@ class OnlineLatencyModel:
             "r2": self.r2(),
             "mean_abs_pct_error": self.mean_abs_pct_error(),
             "covariance_trace": float(np.trace(self._p)),
+            "held_out": self.held_out.state(),
         }
 
     def _bound_covariance(self) -> None:

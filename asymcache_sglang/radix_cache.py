@@ -62,6 +62,8 @@ class HoleAwareRadixCache(RadixCache):
             "retained_tokens": 0,
             "cached_tokens": 0,
             "chunk_fallbacks": 0,
+            # Extends with hole plans that also carried running decodes (--enable-mixed-chunk).
+            "mixed_plan_batches": 0,
             "timed_forwards": 0,
             "chunk_decisions": 0,
             "chunk_below_launch_size": 0,

@@ -109,7 +109,6 @@ class AsymCacheServerArgs(ServerArgs):
             (self.enable_dp_attention, "--enable-dp-attention"),
             (self.pp_size > 1, "--pp-size > 1"),
             (self.page_size not in (None, 1), "--page-size > 1 (page_size 1 only for now)"),
-            (self.enable_mixed_chunk, "--enable-mixed-chunk"),
             (self.enable_lmcache, "--enable-lmcache"),
             (self.enable_flexkv, "--enable-flexkv"),
             (self.enable_session_radix_cache, "--enable-session-radix-cache"),

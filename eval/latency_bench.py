@@ -2,9 +2,13 @@
 
 Long prefills arrive while other requests decode: static chunking runs each long prompt in
 ``--chunked-prefill-size`` pieces beside the decodes, adaptive sizes each piece to the TPOT budget.
-Both servers run AsymCache with the same flags except ``--asymcache-chunking``, on the same inputs.
-Reports TPOT of the decoding requests, TTFT of the long prompts, and the model's one-step-ahead
-R^2 and mean error as the adaptive server reports them.
+Every server runs with ``--enable-mixed-chunk`` (decodes share the chunk's forward; without it they
+wait for the whole prompt, whatever the chunk) and no request asks for logprobs (SGLang does not
+mix those).
+Two servers run AsymCache with the same flags except ``--asymcache-chunking``, a third is stock
+SGLang 0.5.16 (its radix cache, LRU), all on the same inputs. Reports TPOT and inter-token gaps of
+the decoding requests, TTFT of the long prompts, and the model's one-step-ahead R^2 and mean error
+as the adaptive server reports them.
 
 GPU host, after ``source .gpu/host_env.sh`` and installing this project into /tmp/site:
 ``python -m eval.latency_bench --model DIR --out $OUT/latency_bench.json`` with DIR from
@@ -26,7 +30,7 @@ from typing import Any
 import requests
 
 from eval.gpu_pressure import card, git_commit, percentile, server_health
-from eval.server import SGLangServer, cpu_env, cpu_server_args
+from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_env
 from eval.workloads import TurnResult, asymcache_counters, generate_streaming
 
 
@@ -51,13 +55,29 @@ def tpot_s(result: TurnResult) -> float | None:
     return (result.latency_s - result.ttft_s) / (len(result.output_ids) - 1)
 
 
+def inter_token_gaps_s(result: TurnResult) -> list[float]:
+    """Per-token gaps after the first token; a chunk of k tokens counts as k gaps of 1/k each."""
+    gaps = []
+    arrivals = result.meta.get("arrivals", [])
+    for (t0, n0), (t1, n1) in zip(arrivals, arrivals[1:]):
+        if n1 > n0:
+            gaps += [(t1 - t0) / (n1 - n0)] * (n1 - n0)
+    return gaps
+
+
 def summarize_mixed(decodes: list[TurnResult], prefills: list[TurnResult]) -> dict[str, float]:
+    """TPOT per decoding request, their inter-token gaps (where a long prefill shows as a stall),
+    and the long prompts' TTFT."""
     tpots = [t for t in map(tpot_s, decodes) if t is not None]
+    gaps = [g for r in decodes for g in inter_token_gaps_s(r)]
     ttfts = [r.ttft_s for r in prefills]
     return {
         "decode_requests": len(decodes),
         "tpot_mean_s": statistics.mean(tpots),
         "tpot_p90_s": percentile(tpots, 0.9),
+        "itl_p50_s": percentile(gaps, 0.5),
+        "itl_p99_s": percentile(gaps, 0.99),
+        "itl_max_s": max(gaps),
         "long_prompt_requests": len(prefills),
         "long_ttft_mean_s": statistics.mean(ttfts),
         "long_ttft_p90_s": percentile(ttfts, 0.9),
@@ -82,7 +102,7 @@ def run_mixed(url: str, workload: MixedWorkload) -> tuple[list[TurnResult], list
 
     def decoder(prompt: list[int]) -> None:
         while not done.is_set():
-            res = generate_streaming(url, prompt, workload.decode_tokens)
+            res = generate_streaming(url, prompt, workload.decode_tokens, return_logprob=False)
             with lock:
                 decodes.append(res)
 
@@ -92,7 +112,7 @@ def run_mixed(url: str, workload: MixedWorkload) -> tuple[list[TurnResult], list
     time.sleep(2.0)  # let the decoders reach steady state
     prefills = []
     for prompt in long_inputs:
-        prefills.append(generate_streaming(url, prompt, 4))
+        prefills.append(generate_streaming(url, prompt, 4, return_logprob=False))
         time.sleep(workload.gap_s)
     done.set()
     for thread in threads:
@@ -113,20 +133,29 @@ def run_chunking_comparison(
     log_dir: Path,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """AsymCache with adaptive and with static chunking, and stock SGLang (radix cache, LRU)."""
+    servers = [
+        (name, ["--enable-asymcache", "--asymcache-chunking", name], env)
+        for name in ("adaptive", "static")
+    ]
+    servers.append(("stock_lru", [], stock_env(env)))
     runs: dict[str, Any] = {}
-    for chunking in ("adaptive", "static"):
-        flags = [*base_args, "--enable-asymcache", "--asymcache-chunking", chunking]
-        log_path = log_dir / f"chunking-{chunking}.log"
+    for name, flags, server_env in servers:
+        log_path = log_dir / f"chunking-{name}.log"
         with SGLangServer(
-            model, extra_args=flags, env=env, log_path=log_path, timeout_s=600
+            model, extra_args=[*base_args, *flags], env=server_env, log_path=log_path, timeout_s=600
         ) as server:
             decodes, prefills = run_mixed(server.url, workload)
-            runs[chunking] = {
+            runs[name] = {
                 **summarize_mixed(decodes, prefills),
                 "latency_model": latency_state(server.url),
                 "counters": asymcache_counters(server.url),
                 **server_health(server),
             }
+    metrics = (
+        "tpot_mean_s", "tpot_p90_s", "itl_p50_s", "itl_p99_s", "itl_max_s",
+        "long_ttft_mean_s", "long_ttft_p90_s",
+    )  # fmt: skip
     return {
         "card": card(),
         "commit": git_commit(),
@@ -134,10 +163,11 @@ def run_chunking_comparison(
         "server_args": base_args,
         "workload": asdict(workload),
         "runs": runs,
-        # static / adaptive: > 1 means adaptive is faster.
-        "ratios_static_over_adaptive": {
-            k: runs["static"][k] / runs["adaptive"][k]
-            for k in ("tpot_mean_s", "tpot_p90_s", "long_ttft_mean_s", "long_ttft_p90_s")
+        # baseline / adaptive: > 1 means adaptive is faster.
+        **{
+            f"ratios_{name}_over_adaptive": {k: run[k] / runs["adaptive"][k] for k in metrics}
+            for name, run in runs.items()
+            if name != "adaptive"
         },
     }
 
@@ -169,6 +199,7 @@ def main() -> None:
         "--skip-tokenizer-init",
         "--grammar-backend", "none",
         "--chunked-prefill-size", str(args.chunked_prefill_size),
+        "--enable-mixed-chunk",
         "--max-total-tokens", str(args.max_total_tokens),
         *(cpu_server_args() if args.cpu else []),
     ]  # fmt: skip
@@ -181,7 +212,8 @@ def main() -> None:
         env=cpu_env() if args.cpu else None,
     )
     args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("card", "ratios_static_over_adaptive")}, indent=1))
+    ratios = ("card", "ratios_static_over_adaptive", "ratios_stock_lru_over_adaptive")
+    print(json.dumps({k: result[k] for k in ratios}, indent=1))
     for name, run in result["runs"].items():
         print(name, json.dumps({k: v for k, v in run.items() if k != "counters"}, indent=1))
 

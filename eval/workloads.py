@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,17 +47,25 @@ def _sampling(max_new_tokens: int) -> dict:
     return {"max_new_tokens": max_new_tokens, "temperature": 0.0, "ignore_eos": True}
 
 
-def generate_streaming(url: str, input_ids: list[int], max_new_tokens: int) -> TurnResult:
-    """One greedy request; TTFT is the arrival of the first streamed chunk."""
+def generate_streaming(
+    url: str, input_ids: list[int], max_new_tokens: int, *, return_logprob: bool = True
+) -> TurnResult:
+    """One greedy request; TTFT is the arrival of the first streamed chunk.
+
+    SGLang mixes a prefill with running decodes (``--enable-mixed-chunk``) only when no request in
+    either batch asks for logprobs; ``return_logprob=False`` keeps that possible.
+    """
     payload = {
         "input_ids": input_ids,
         "sampling_params": _sampling(max_new_tokens),
-        "return_logprob": True,
+        "return_logprob": return_logprob,
         "stream": True,
     }
     start = time.perf_counter()
     ttft = None
     last = None
+    # (seconds since the request, output tokens so far) per streamed chunk: inter-token gaps.
+    arrivals: list[tuple[float, int]] = []
     with requests.post(f"{url}/generate", json=payload, stream=True, timeout=600) as resp:
         resp.raise_for_status()
         for line in resp.iter_lines():
@@ -65,9 +74,11 @@ def generate_streaming(url: str, input_ids: list[int], max_new_tokens: int) -> T
             body = line[len(b"data:") :].strip()
             if body == b"[DONE]":
                 break
+            now = time.perf_counter() - start
             if ttft is None:
-                ttft = time.perf_counter() - start
+                ttft = now
             last = json.loads(body)
+            arrivals.append((now, len(last.get("output_ids", ()))))
     if last is None or "meta_info" not in last:
         raise RuntimeError(f"no result streamed back for a {len(input_ids)}-token request")
     latency = time.perf_counter() - start
@@ -77,11 +88,11 @@ def generate_streaming(url: str, input_ids: list[int], max_new_tokens: int) -> T
         turn=-1,
         input_ids=list(input_ids),
         output_ids=list(last["output_ids"]),
-        output_logprobs=[lp[0] for lp in meta["output_token_logprobs"]],
+        output_logprobs=[lp[0] for lp in meta.get("output_token_logprobs") or ()],
         cached_tokens=int(meta["cached_tokens"]),
         ttft_s=ttft if ttft is not None else latency,
         latency_s=latency,
-        meta={"prompt_tokens": meta["prompt_tokens"]},
+        meta={"prompt_tokens": meta["prompt_tokens"], "arrivals": arrivals},
     )
 
 
@@ -102,6 +113,38 @@ def run_multi_turn(url: str, workload: MultiTurnWorkload) -> list[TurnResult]:
             history.extend(res.output_ids)
             history.extend(rng.randrange(lo, hi) for _ in range(workload.user_tokens_per_turn))
     return results
+
+
+def run_concurrent_sessions(url: str, workload: MultiTurnWorkload) -> list[TurnResult]:
+    """Every session in its own thread, turn after turn, without logprobs: one session's prefill
+    (holes included) can share a forward with the others' decodes."""
+    rng = random.Random(workload.seed)
+    lo, hi = workload.vocab_low, workload.vocab_high
+    firsts = [
+        [rng.randrange(lo, hi) for _ in range(workload.first_prompt_tokens)]
+        for _ in range(workload.num_sessions)
+    ]
+    results: list[list[TurnResult]] = [[] for _ in firsts]
+
+    def session(index: int) -> None:
+        history = list(firsts[index])
+        user = random.Random(workload.seed * 1000 + index + 1)
+        for turn in range(workload.turns):
+            res = generate_streaming(url, history, workload.max_new_tokens, return_logprob=False)
+            res.session, res.turn = index, turn
+            results[index].append(res)
+            history.extend(res.output_ids)
+            history.extend(user.randrange(lo, hi) for _ in range(workload.user_tokens_per_turn))
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(len(firsts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done = [res for per_session in results for res in per_session]
+    if len(done) != workload.num_sessions * workload.turns:
+        raise RuntimeError(f"{len(done)} of {workload.num_sessions * workload.turns} turns ran")
+    return done
 
 
 def replay_inputs(

@@ -2,6 +2,8 @@
 
 A batch with hole plans gets each token's absolute position (RoPE) from its segment, and hands
 its segments to the attention backend. SGLang's own positions assume one contiguous extend.
+With ``--enable-mixed-chunk`` the running requests' decode tokens follow the planned extends, one
+segment each. The number of those decodes goes to the backend too, for the forward's timing.
 The eager runner copies the ForwardBatch into static buffers without extra attributes, so the
 segments travel on the backend, which plans the very next ``init_forward_metadata`` with them.
 """
@@ -11,8 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from sglang.srt.plugins.hook_registry import HookType
 
+from asymcache_sglang.msa import segment_positions
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 
 TARGET = "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new"
@@ -44,6 +48,8 @@ def hook(forward_batch: Any, cls: Any, batch: Any, model_runner: Any, *a: Any, *
         # The ModelRunner.forward hook times forwards with it for the cache's latency model.
         model_runner.asymcache_timer = batch.tree_cache.forward_timer(model_runner.device)
         backend.asymcache_msa_impl = msa_impl_for(batch.tree_cache.config.msa_impl, model_runner)
+    mixed = forward_batch.forward_mode.is_mixed()
+    backend.asymcache_mixed_decodes = len(batch.decoding_reqs or ()) if mixed else 0
     segments = getattr(batch, "asymcache_segments", None)
     if segments is None or not forward_batch.forward_mode.is_extend():
         backend.asymcache_pending_segments = None
@@ -52,5 +58,15 @@ def hook(forward_batch: Any, cls: Any, batch: Any, model_runner: Any, *a: Any, *
     batch.asymcache_segments = None
     positions = batch.asymcache_positions
     batch.asymcache_positions = None
+    if mixed:
+        # mix_with_running appended each running request as a 1-token extend after the plans.
+        lens = zip(
+            forward_batch.extend_prefix_lens_cpu[len(segments) :],
+            forward_batch.extend_seq_lens_cpu[len(segments) :],
+        )
+        decodes = [[(prefix, prefix + new)] for prefix, new in lens]
+        segments = [*segments, *decodes]
+        positions = torch.cat([positions, segment_positions(decodes)])
+        batch.tree_cache.counters["mixed_plan_batches"] += 1
     forward_batch.positions = positions.to(forward_batch.positions.device, non_blocking=True)
     backend.asymcache_pending_segments = segments

@@ -1,7 +1,8 @@
 """AROUND ``sglang.srt.model_executor.model_runner.ModelRunner.forward`` (SGLang 0.5.16).
 
 Times every forward (CUDA events on the GPU, polled; wall clock on the CPU) and feeds AsymCache's
-online latency model with the batch's features. A multi-segment extend counts every segment.
+online latency model with the batch's features. A multi-segment extend counts every segment; the
+running requests of a mixed batch (``--enable-mixed-chunk``) count as decodes.
 """
 
 from __future__ import annotations
@@ -24,12 +25,18 @@ def forward_features(model_runner: Any, forward_batch: Any) -> BatchFeatures | N
         return BatchFeatures(0, 0.0, forward_batch.batch_size, int(forward_batch.seq_lens_sum))
     if not mode.is_extend() or forward_batch.extend_seq_lens_cpu is None:
         return None
-    # Set by the ForwardBatch.init_new hook; consumed later, inside this forward.
-    segments = getattr(model_runner.attn_backend, "asymcache_pending_segments", None)
+    backend = model_runner.attn_backend
+    # Both set by the ForwardBatch.init_new hook; the segments are consumed later, in this forward.
+    segments = getattr(backend, "asymcache_pending_segments", None)
+    lens = list(zip(forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu))
     if segments is None:
-        lens = zip(forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu)
         segments = [[(prefix, prefix + new)] for prefix, new in lens]
-    return BatchFeatures.from_segments([seg for segs in segments for seg in segs], [])
+    # A mixed batch's trailing requests are running decodes (1-token extends): decode features.
+    prefills = len(segments) - getattr(backend, "asymcache_mixed_decodes", 0)
+    decode_seq_lens = [prefix + new for prefix, new in lens[prefills:]]
+    return BatchFeatures.from_segments(
+        [seg for segs in segments[:prefills] for seg in segs], decode_seq_lens
+    )
 
 
 def hook(original: Callable[..., Any], model_runner: Any, forward_batch: Any, *a: Any, **kw: Any):

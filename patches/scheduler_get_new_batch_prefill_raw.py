@@ -1,8 +1,8 @@
 """AROUND ``sglang.srt.managers.scheduler.Scheduler._get_new_batch_prefill_raw`` (SGLang 0.5.16).
 
 With ``--asymcache-chunking adaptive`` each scheduling pass sets the prefill chunk size from the
-online latency model (within the TPOT budget while decodes run, else the throughput knee), then
-restores the launch-time ``chunked_prefill_size``, which stays the upper bound.
+online latency model (within the TPOT budget when running decodes share the forward, else the
+throughput knee), then restores the launch-time ``chunked_prefill_size``, the upper bound.
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ def next_prefix_len(scheduler: Any) -> int:
     return 0
 
 
+def decodes_beside_prefill(scheduler: Any, running_batch: Any) -> list[Any]:
+    """Running requests whose decode shares the next prefill forward.
+
+    SGLang mixes them in only with --enable-mixed-chunk and no logprob requests on either side;
+    otherwise decodes wait for the whole prefill, and a smaller chunk would only add steps.
+    """
+    if not scheduler.is_mixed_chunk or running_batch.return_logprob:
+        return []
+    head = scheduler.chunked_req or scheduler.waiting_queue[0]
+    return [] if head.return_logprob else list(running_batch.reqs)
+
+
 def hook(
     original: Callable[..., Any],
     scheduler: Any,
@@ -44,7 +56,7 @@ def hook(
         return original(scheduler, prefill_delayer_single_pass, running_batch)
     scheduler.chunked_prefill_size = cache.choose_chunk(
         prefix_len=next_prefix_len(scheduler),
-        running_reqs=running_batch.reqs,
+        running_reqs=decodes_beside_prefill(scheduler, running_batch),
         max_chunk=launch_chunk,
         page_size=scheduler.page_size,
     )

@@ -60,6 +60,19 @@ def asymcache_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangSe
         yield server
 
 
+@pytest.fixture(scope="module")
+def mixed_chunk_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangServer]:
+    server = SGLangServer(
+        tiny_model,
+        extra_args=cpu_server_args() + ASYMCACHE_ARGS + ["--enable-mixed-chunk"],
+        env=cpu_env(),
+        log_path=artifacts_dir / "asymcache-mixed-chunk-server.log",
+        timeout_s=420,
+    )
+    with server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def no_cache_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangServer]:
     server = SGLangServer(

@@ -2,8 +2,9 @@
 
 A real SGLang 0.5.16 CPU server with AsymCache times every forward (wall clock on the CPU) and
 fits the latency model. Once it is ready, a long prompt arriving while another request decodes
-gets a chunk below the launch-time --chunked-prefill-size (a 1 ms TPOT budget cannot fit more),
-and its answer is the one stock SGLang gives.
+gets a chunk below the launch-time --chunked-prefill-size (a 1 ms TPOT budget cannot fit more;
+with --enable-mixed-chunk the decode shares that forward), and its answer is the one stock SGLang
+gives.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def adaptive_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangSer
         "--enable-asymcache",
         "--asymcache-chunking", "adaptive",
         "--chunked-prefill-size", str(LAUNCH_CHUNK),
+        # Decodes share a prefill's forward only in mixed chunks; otherwise they wait it out.
+        "--enable-mixed-chunk",
         "--asymcache-tpot-budget-ms", "1",
         # Wall-clock timings on a shared CI CPU are noisy (R^2 0.12 to 0.92 seen for the same
         # requests); this test is about the chunk hook, the readiness gate has its unit tests.
@@ -73,13 +76,17 @@ def test_chunk_size_follows_the_latency_model(adaptive_server, no_cache_server):
 
     long_prompt = prompt(1000)  # the no-cache server's pool holds 1200 tokens
     before = asymcache_counters(url)
+    # No logprobs: SGLang does not mix batches that return them.
     background = threading.Thread(
-        target=generate_streaming, args=(url, prompt(40), 120), daemon=True
+        target=generate_streaming,
+        args=(url, prompt(40), 120),
+        kwargs={"return_logprob": False},
+        daemon=True,
     )
     background.start()
     while asymcache_counters(url)["timed_forwards"] < before["timed_forwards"] + 5:
         time.sleep(0.05)  # until the background request is decoding
-    beside_decode = generate_streaming(url, long_prompt, max_new_tokens=4)
+    beside_decode = generate_streaming(url, long_prompt, max_new_tokens=4, return_logprob=False)
     background.join(timeout=300)
     after = asymcache_counters(url)
     reference = generate_streaming(no_cache_server.url, long_prompt, max_new_tokens=4)

@@ -12,7 +12,14 @@ import time
 import pytest
 import requests
 
-from eval.workloads import MultiTurnWorkload, asymcache_counters, replay_inputs, run_multi_turn
+from eval.workloads import (
+    MultiTurnWorkload,
+    asymcache_counters,
+    generate_streaming,
+    replay_inputs,
+    run_concurrent_sessions,
+    run_multi_turn,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -60,4 +67,26 @@ def test_holes_are_exact_against_no_cache(asymcache_server, no_cache_server, art
     # (iv) the strict idle memory check never fired: it raises in the scheduler, killing it.
     assert requests.get(f"{asymcache_server.url}/health_generate", timeout=60).status_code == 200
     log = asymcache_server.log_path.read_text(errors="replace")
+    assert "memory leak detected" not in log and "Traceback" not in log
+
+
+def test_mixed_chunk_holes_beside_decodes_are_exact(mixed_chunk_server, no_cache_server):
+    """--enable-mixed-chunk: hole plans share forwards with running decodes, same tokens."""
+    workload = MultiTurnWorkload(
+        num_sessions=8, turns=5, first_prompt_tokens=120, max_new_tokens=24
+    )
+    before = asymcache_counters(mixed_chunk_server.url)
+    ours = run_concurrent_sessions(mixed_chunk_server.url, workload)
+    time.sleep(3)
+    after = asymcache_counters(mixed_chunk_server.url)
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    ref = [
+        generate_streaming(no_cache_server.url, r.input_ids, workload.max_new_tokens) for r in ours
+    ]
+    mismatched = [(a.session, a.turn) for a, b in zip(ours, ref) if a.output_ids != b.output_ids]
+    print(json.dumps({"counters": delta, "mismatched": mismatched}, indent=2))
+    assert delta["plans"] > 0 and delta["mixed_plan_batches"] > 0, delta
+    assert not mismatched, f"outputs differ for (session, turn) {mismatched}"
+    assert requests.get(f"{mixed_chunk_server.url}/health_generate", timeout=60).status_code == 200
+    log = mixed_chunk_server.log_path.read_text(errors="replace")
     assert "memory leak detected" not in log and "Traceback" not in log

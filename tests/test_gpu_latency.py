@@ -12,17 +12,34 @@ from pathlib import Path
 
 import pytest
 
-from eval.latency_bench import MixedWorkload, run_chunking_comparison, summarize_mixed, tpot_s
+from eval.latency_bench import (
+    MixedWorkload,
+    inter_token_gaps_s,
+    run_chunking_comparison,
+    summarize_mixed,
+    tpot_s,
+)
 from eval.workloads import TurnResult
 
 
 def result(ttft: float, latency: float, tokens: int) -> TurnResult:
-    return TurnResult(0, 0, [1], list(range(tokens)), [0.0] * tokens, 0, ttft, latency)
+    """Tokens streamed one per chunk, evenly spaced after the first."""
+    step = (latency - ttft) / max(1, tokens - 1)
+    arrivals = [(ttft + i * step, i + 1) for i in range(tokens)]
+    meta = {"arrivals": arrivals}
+    return TurnResult(0, 0, [1], list(range(tokens)), [0.0] * tokens, 0, ttft, latency, meta)
 
 
 def test_tpot_excludes_the_first_token():
     assert tpot_s(result(0.5, 1.5, 11)) == pytest.approx(0.1)
     assert tpot_s(result(0.5, 0.5, 1)) is None
+
+
+def test_inter_token_gaps_split_multi_token_chunks():
+    res = result(0.1, 0.1, 1)
+    res.meta["arrivals"] = [(0.1, 1), (0.2, 2), (0.2, 2), (0.8, 5)]
+    assert inter_token_gaps_s(res) == pytest.approx([0.1, 0.2, 0.2, 0.2])
+    assert inter_token_gaps_s(result(0.5, 0.5, 1)) == []
 
 
 def test_summary_numbers():
@@ -32,6 +49,9 @@ def test_summary_numbers():
     assert summary["decode_requests"] == 3 and summary["long_prompt_requests"] == 2
     assert summary["tpot_mean_s"] == pytest.approx(0.03)
     assert summary["tpot_p90_s"] == pytest.approx(0.04)
+    # 18 gaps, nine of 0.02 s and nine of 0.04 s: the nearest-rank median is the 10th.
+    assert summary["itl_p50_s"] == pytest.approx(0.04)
+    assert summary["itl_p99_s"] == summary["itl_max_s"] == pytest.approx(0.04)
     assert summary["long_ttft_mean_s"] == pytest.approx(0.4)
 
 
@@ -40,7 +60,7 @@ def test_adaptive_against_static_chunking(llama3_8b_geometry, tmp_path):
     out_dir = Path(os.environ.get("ASYMCACHE_RESULTS_DIR", tmp_path))
     base = [
         "--load-format", "dummy", "--skip-tokenizer-init", "--grammar-backend", "none",
-        "--chunked-prefill-size", "8192", "--max-total-tokens", "120000",
+        "--chunked-prefill-size", "8192", "--enable-mixed-chunk", "--max-total-tokens", "120000",
     ]  # fmt: skip
     res = run_chunking_comparison(
         llama3_8b_geometry, workload=MixedWorkload(), base_args=base, log_dir=out_dir

@@ -14,6 +14,7 @@ from asymcache_sglang.cost import StaticCostModel
 from asymcache_sglang.latency_model import (
     BatchFeatures,
     DecodeStepTracker,
+    HeldOutScore,
     LatencyCostModel,
     OnlineLatencyModel,
 )
@@ -173,6 +174,48 @@ def test_long_decode_only_start_then_prefill_recovers():
     assert max(errors[0], errors[1], errors[4]) < 0.06 and errors[2] < 0.20, errors
     r2, mape = held_out_fit(model, rng)
     assert r2 >= 0.98 and mape < 5.0, (r2, mape)
+
+
+def test_flat_decode_window_stays_ready_on_relative_error():
+    rng = np.random.default_rng(10)
+    model = OnlineLatencyModel()
+    train(model, rng, 500)
+    assert model.ready
+    # 256 steps of one decode batch: the window's times vary by the noise alone, so R^2 says
+    # nothing, but the predictions are still within a few percent.
+    flat = BatchFeatures(0, 0.0, 32, 32 * 2000)
+    for _ in range(300):
+        model.update(flat, measured(flat, rng))
+    assert model.r2() < 0.5 and model.mean_abs_pct_error() < 5.0
+    assert model.ready
+    strict = OnlineLatencyModel(max_window_error_pct=0.0)
+    train(strict, rng, 500)
+    for _ in range(300):
+        strict.update(flat, measured(flat, rng))
+    assert not strict.ready
+    with pytest.raises(ValueError, match="error threshold"):
+        OnlineLatencyModel(max_window_error_pct=-1.0)
+
+
+def test_held_out_score_covers_the_whole_run_by_step_kind():
+    rng = np.random.default_rng(11)
+    model = OnlineLatencyModel()
+    train(model, rng, 32)
+    assert model.held_out.state()["steps"] == 0  # warm-up predictions are not scored
+    train(model, rng, 400)
+    train(model, rng, 100, kind="decode")
+    held = model.state()["held_out"]
+    assert held["steps"] == 500 and held["decode_steps"] >= 100
+    assert held["prefill_steps"] + held["decode_steps"] == 500
+    assert held["r2"] >= 0.95 and held["mean_abs_pct_error"] < 10.0
+    assert held["decode_mean_abs_pct_error"] < 10.0 and held["prefill_mean_abs_pct_error"] < 10.0
+    score = HeldOutScore()
+    assert score.state()["r2"] is None and score.state()["mean_abs_pct_error"] is None
+    score.add(1.0, 2.0, prefill=True)
+    score.add(2.0, 2.0, prefill=False)
+    assert score.state()["prefill_mean_abs_pct_error"] == 50.0
+    assert score.state()["decode_mean_abs_pct_error"] == 0.0
+    assert score.r2() is None  # actual times flat: no variance to explain
 
 
 def test_latency_cost_model_uses_static_until_ready():

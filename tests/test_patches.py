@@ -7,6 +7,10 @@ from types import SimpleNamespace
 import pytest
 from asymcache_sglang.patches.forward_batch_init_new import msa_impl_for
 from asymcache_sglang.patches.http_server_wait_and_warmup import profile_lengths
+from asymcache_sglang.patches.model_runner_forward import forward_features
+from asymcache_sglang.patches.scheduler_get_new_batch_prefill_raw import decodes_beside_prefill
+
+from asymcache_sglang.latency_model import BatchFeatures
 
 
 def runner(**hf_config: object) -> SimpleNamespace:
@@ -40,3 +44,54 @@ def test_triton_kernel_only_for_plain_causal_models(configured, hf_config, expec
 def test_profile_fits_the_chunk_and_the_pool(chunk, pool, expected):
     args = SimpleNamespace(chunked_prefill_size=chunk, max_total_tokens=pool)
     assert profile_lengths(args) == expected
+
+
+def scheduler(*, mixed: bool, head_logprob: bool = False, chunked: bool = False) -> SimpleNamespace:
+    head = SimpleNamespace(return_logprob=head_logprob)
+    return SimpleNamespace(
+        is_mixed_chunk=mixed,
+        chunked_req=head if chunked else None,
+        waiting_queue=[] if chunked else [head],
+    )
+
+
+@pytest.mark.parametrize(
+    ("mixed", "head_logprob", "running_logprob", "chunked", "beside"),
+    [
+        (True, False, False, False, True),
+        (True, False, False, True, True),
+        (False, False, False, False, False),  # decodes wait for the whole prefill
+        (True, True, False, False, False),  # SGLang does not mix logprob batches
+        (True, False, True, True, False),
+    ],
+)
+def test_decodes_count_beside_a_chunk_only_when_sglang_mixes_them(
+    mixed, head_logprob, running_logprob, chunked, beside
+):
+    running = SimpleNamespace(reqs=["a", "b"], return_logprob=running_logprob)
+    sched = scheduler(mixed=mixed, head_logprob=head_logprob, chunked=chunked)
+    assert decodes_beside_prefill(sched, running) == (["a", "b"] if beside else [])
+
+
+def forward_batch(mode: str, prefix: list[int], new: list[int]) -> SimpleNamespace:
+    forward_mode = SimpleNamespace(
+        is_decode=lambda: mode == "decode", is_extend=lambda: mode in ("extend", "mixed")
+    )
+    return SimpleNamespace(
+        forward_mode=forward_mode, extend_prefix_lens_cpu=prefix, extend_seq_lens_cpu=new
+    )
+
+
+def test_mixed_forward_counts_running_requests_as_decodes():
+    # A 100-token chunk after 50 cached tokens, then two running requests at lengths 300 and 40.
+    batch = forward_batch("mixed", [50, 299, 39], [100, 1, 1])
+    backend = SimpleNamespace(asymcache_pending_segments=None, asymcache_mixed_decodes=2)
+    features = forward_features(SimpleNamespace(attn_backend=backend), batch)
+    assert features == BatchFeatures.from_segments([(50, 150)], [300, 40])
+    # With a hole plan the prefill request has two segments; the decodes still one each.
+    backend.asymcache_pending_segments = [[(0, 10), (50, 150)], [(299, 300)], [(39, 40)]]
+    features = forward_features(SimpleNamespace(attn_backend=backend), batch)
+    assert features == BatchFeatures.from_segments([(0, 10), (50, 150)], [300, 40])
+    backend.asymcache_mixed_decodes = 0
+    features = forward_features(SimpleNamespace(attn_backend=backend), batch)
+    assert features.decode_reqs == 0 and features.new_tokens == 112

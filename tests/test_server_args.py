@@ -96,7 +96,6 @@ def test_off_leaves_sglang_defaults(prepare):
         (["--enable-dp-attention"], "--enable-dp-attention"),
         (["--pp-size", "2"], "--pp-size"),
         (["--page-size", "16"], "--page-size"),
-        (["--enable-mixed-chunk"], "--enable-mixed-chunk"),
         (["--radix-cache-backend", "other"], "--radix-cache-backend"),
         (["--attention-backend", "fa3"], "--attention-backend"),
         (["--asymcache-max-holes", "-1"], "--asymcache-max-holes"),
