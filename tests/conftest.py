@@ -47,29 +47,22 @@ def tiny_model(artifacts_dir: Path) -> Path:
     return make_tiny_llama(artifacts_dir / "tiny-llama", seed=0)
 
 
+def cpu_asymcache_server(model: Path, log_path: Path, *extra: str) -> SGLangServer:
+    """A CPU server with AsymCache under the e2e pool, plus ``extra`` flags."""
+    args = cpu_server_args() + ASYMCACHE_ARGS + list(extra)
+    return SGLangServer(model, extra_args=args, env=cpu_env(), log_path=log_path, timeout_s=420)
+
+
 @pytest.fixture(scope="session")
 def asymcache_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangServer]:
-    server = SGLangServer(
-        tiny_model,
-        extra_args=cpu_server_args() + ASYMCACHE_ARGS,
-        env=cpu_env(),
-        log_path=artifacts_dir / "asymcache-server.log",
-        timeout_s=420,
-    )
-    with server:
+    with cpu_asymcache_server(tiny_model, artifacts_dir / "asymcache-server.log") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def mixed_chunk_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangServer]:
-    server = SGLangServer(
-        tiny_model,
-        extra_args=cpu_server_args() + ASYMCACHE_ARGS + ["--enable-mixed-chunk"],
-        env=cpu_env(),
-        log_path=artifacts_dir / "asymcache-mixed-chunk-server.log",
-        timeout_s=420,
-    )
-    with server:
+    log_path = artifacts_dir / "asymcache-mixed-chunk-server.log"
+    with cpu_asymcache_server(tiny_model, log_path, "--enable-mixed-chunk") as server:
         yield server
 
 
