@@ -13,6 +13,10 @@ MSA_BACKENDS = ("torch_native", "flashinfer", "triton")
 MSA_IMPLS = ("flashinfer", "triton")
 CHUNKING_MODES = ("adaptive", "static")
 
+# A JSONL file that gets every timed forward (features, seconds, the prediction made before it):
+# the data to check or refit the latency model offline.
+LATENCY_TRACE_ENV = "ASYMCACHE_LATENCY_TRACE"
+
 
 @dataclass(frozen=True)
 class AsymCacheConfig:

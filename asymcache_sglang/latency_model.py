@@ -3,9 +3,13 @@
 A step that extends some requests (prefill segments) and decodes others takes about
 
     t = c0 + c1 * new + c2 * sum(new_i * ctx_i) + c3 * decode_reqs + c4 * sum(decode_ctx)
+        + c5 * [new > 0]
 
 seconds: a fixed launch/weight-read cost, linear layers per new token, prefill attention per
-(query, key) pair, per-request decode overhead and decode attention per cached key read. All five
+(query, key) pair, per-request decode overhead, decode attention per cached key read, and the
+extra fixed cost of an extend step: SGLang replays decode-only steps as CUDA graphs but runs
+extends eagerly, so an extend of a few tokens costs more than a decode step of as many (on an H100
+with the Llama-3-8B geometry, without c5 the fit missed small extends by 100-200%). All six
 coefficients are physically non-negative, which the fit enforces and the chunk policy relies on
 (predicted time is then monotone in every feature).
 """
@@ -22,11 +26,11 @@ import numpy as np
 
 from asymcache_sglang.cost import StaticCostModel
 
-NUM_COEFS = 5
+NUM_COEFS = 6
 # Regressors are divided by these so that each is O(1..100) on real batches and the covariance
 # stays well-conditioned: 1 | new / 1024 tokens | new_ctx / 2**20 pairs | decode_reqs / 128 |
-# decode_ctx / 2**17 keys. Powers of two make scaling and unscaling exact.
-REGRESSOR_SCALES = (1.0, 2.0**10, 2.0**20, 2.0**7, 2.0**17)
+# decode_ctx / 2**17 keys | extend step. Powers of two make scaling and unscaling exact.
+REGRESSOR_SCALES = (1.0, 2.0**10, 2.0**20, 2.0**7, 2.0**17, 1.0)
 # Every non-empty set of coefficients the non-negativity projection may pin to 0, smallest first.
 _ZERO_SETS = sorted(
     (
@@ -46,14 +50,15 @@ class BatchFeatures:
     decode_reqs: int
     decode_ctx: int
 
-    def vector(self) -> tuple[float, float, float, float, float]:
-        """[1, new, new_ctx, decode_reqs, decode_ctx], the order of the coefficients."""
+    def vector(self) -> tuple[float, float, float, float, float, float]:
+        """[1, new, new_ctx, decode_reqs, decode_ctx, new > 0], the order of the coefficients."""
         return (
             1.0,
             float(self.new_tokens),
             float(self.new_ctx),
             float(self.decode_reqs),
             float(self.decode_ctx),
+            float(self.new_tokens > 0),
         )
 
     @classmethod
@@ -158,7 +163,7 @@ class OnlineLatencyModel:
 
     Wind-up guard: with forgetting factor lam < 1, a direction the data does not excite (no
     prefill during a long decode-only stretch) has its covariance grow by 1 / lam per step. When
-    the covariance's trace exceeds ``covariance_trace_cap``, its eigenvalues are clipped to a fifth
+    the covariance's trace exceeds ``covariance_trace_cap``, its eigenvalues are clipped to a sixth
     of the cap (one per coefficient), which bounds those directions and leaves the excited ones
     (and what they learned) untouched, where a trace rescale or a reset would discard the latter.
     The slack below the cap makes the decomposition run once per ~100 unexcited steps, not every
@@ -181,7 +186,7 @@ class OnlineLatencyModel:
         min_samples: int = 32,
         min_r2: float = 0.9,
         min_window: int = 16,
-        covariance_trace_cap: float = 5.0,
+        covariance_trace_cap: float = 6.0,
         max_window_error_pct: float = 10.0,
     ) -> None:
         if not 0.0 < forgetting <= 1.0:
@@ -210,8 +215,8 @@ class OnlineLatencyModel:
         self._ready = False
 
     @property
-    def coefficients(self) -> tuple[float, float, float, float, float]:
-        """(c0, c1, c2, c3, c4) in seconds per unit of each regressor."""
+    def coefficients(self) -> tuple[float, ...]:
+        """(c0, ..., c5) in seconds per unit of each regressor."""
         return tuple(float(t / s) for t, s in zip(self._theta, REGRESSOR_SCALES))
 
     @property
@@ -309,7 +314,7 @@ class LatencyCostModel:
     def cost_per_token(self, start: int, end: int) -> float:
         """fallback.a * (1 + c2 / c1 * mean position of [start, end))."""
         if self.model.ready:
-            _, c1, c2, _, _ = self.model.coefficients
+            _, c1, c2, *_ = self.model.coefficients
             if c1 > 0:
                 return self.fallback.a * (1.0 + c2 / c1 * (start + end - 1) / 2.0)
         return self.fallback.cost_per_token(start, end)

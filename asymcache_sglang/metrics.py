@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-COEFFICIENT_TERMS = ("const", "new_tokens", "new_ctx", "decode_reqs", "decode_ctx")
+COEFFICIENT_TERMS = ("const", "new_tokens", "new_ctx", "decode_reqs", "decode_ctx", "extend_step")
 
 
 class LatencyMetrics:

@@ -11,8 +11,11 @@ This is the edge where the core meets SGLang 0.5.16: requests, the KV allocator 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -31,7 +34,7 @@ from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixCache
 
 from asymcache_sglang.chunk_policy import pick_chunk
-from asymcache_sglang.config import AsymCacheConfig
+from asymcache_sglang.config import LATENCY_TRACE_ENV, AsymCacheConfig
 from asymcache_sglang.forward_timer import ForwardTimer
 from asymcache_sglang.latency_model import (
     BatchFeatures,
@@ -76,6 +79,8 @@ class HoleAwareRadixCache(RadixCache):
         # Outlives reset(): it models the kernels, not what is cached.
         self.latency_model = OnlineLatencyModel(min_r2=config.latency_min_r2)
         self.decode_steps = DecodeStepTracker()
+        trace_path = os.environ.get(LATENCY_TRACE_ENV)
+        self.latency_trace = open(trace_path, "a", buffering=1) if trace_path else None  # noqa: SIM115
         super().__init__(params)
 
     # ----- lifecycle -----
@@ -266,6 +271,10 @@ class HoleAwareRadixCache(RadixCache):
         if not seconds > 0:
             return
         self.counters["timed_forwards"] += 1
+        if self.latency_trace is not None:
+            predicted = self.latency_model.predict(features)
+            record = {**asdict(features), "seconds": seconds, "predicted": predicted}
+            self.latency_trace.write(json.dumps(record) + "\n")
         self.latency_model.update(features, seconds)
         if features.new_tokens == 0 and features.decode_reqs > 0:
             self.decode_steps.observe(seconds)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 
 import requests
 
+from asymcache_sglang.config import LATENCY_TRACE_ENV
 from eval.gpu_pressure import card, git_commit, percentile, server_health
 from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_env
 from eval.workloads import TurnResult, asymcache_counters, generate_streaming
@@ -120,6 +122,11 @@ def run_mixed(url: str, workload: MixedWorkload) -> tuple[list[TurnResult], list
     return decodes, prefills
 
 
+def trace_path(log_dir: Path, name: str) -> Path:
+    """Where the ``name`` server writes every timed forward (``ASYMCACHE_LATENCY_TRACE``)."""
+    return log_dir / f"latency-trace-{name}.jsonl"
+
+
 def latency_state(url: str) -> dict[str, Any]:
     info = requests.get(f"{url}/get_server_info", timeout=60).json()
     return info["internal_states"][0].get("asymcache_latency", {})
@@ -132,11 +139,27 @@ def run_chunking_comparison(
     base_args: list[str],
     log_dir: Path,
     env: dict[str, str] | None = None,
+    tpot_budgets_ms: tuple[float, ...] = (),
 ) -> dict[str, Any]:
-    """AsymCache with adaptive and with static chunking, and stock SGLang (radix cache, LRU)."""
+    """AsymCache with adaptive chunking (the default TPOT budget, then each of
+    ``tpot_budgets_ms``) and with static chunking, and stock SGLang (its radix cache, LRU)."""
+    asymcache = [("adaptive", ["--asymcache-chunking", "adaptive"])]
+    asymcache += [
+        (
+            f"adaptive_{budget:g}ms",
+            ["--asymcache-chunking", "adaptive", "--asymcache-tpot-budget-ms", f"{budget:g}"],
+        )
+        for budget in tpot_budgets_ms
+    ]
+    asymcache.append(("static", ["--asymcache-chunking", "static"]))
+    base_env = os.environ if env is None else env
     servers = [
-        (name, ["--enable-asymcache", "--asymcache-chunking", name], env)
-        for name in ("adaptive", "static")
+        (
+            name,
+            ["--enable-asymcache", *flags],
+            {**base_env, LATENCY_TRACE_ENV: str(trace_path(log_dir, name))},
+        )
+        for name, flags in asymcache
     ]
     servers.append(("stock_lru", [], stock_env(env)))
     runs: dict[str, Any] = {}
@@ -148,6 +171,7 @@ def run_chunking_comparison(
             decodes, prefills = run_mixed(server.url, workload)
             runs[name] = {
                 **summarize_mixed(decodes, prefills),
+                "server_flags": flags,
                 "latency_model": latency_state(server.url),
                 "counters": asymcache_counters(server.url),
                 **server_health(server),
@@ -156,6 +180,7 @@ def run_chunking_comparison(
         "tpot_mean_s", "tpot_p90_s", "itl_p50_s", "itl_p99_s", "itl_max_s",
         "long_ttft_mean_s", "long_ttft_p90_s",
     )  # fmt: skip
+    adaptive = [name for name in runs if name.startswith("adaptive")]
     return {
         "card": card(),
         "commit": git_commit(),
@@ -165,9 +190,10 @@ def run_chunking_comparison(
         "runs": runs,
         # baseline / adaptive: > 1 means adaptive is faster.
         **{
-            f"ratios_{name}_over_adaptive": {k: run[k] / runs["adaptive"][k] for k in metrics}
+            f"ratios_{name}_over_{a}": {k: run[k] / runs[a][k] for k in metrics}
+            for a in adaptive
             for name, run in runs.items()
-            if name != "adaptive"
+            if name in ("static", "stock_lru")
         },
     }
 
@@ -183,6 +209,13 @@ def main() -> None:
     parser.add_argument("--decoders", type=int, default=MixedWorkload.decoders)
     parser.add_argument("--decode-tokens", type=int, default=MixedWorkload.decode_tokens)
     parser.add_argument("--vocab-high", type=int, default=MixedWorkload.vocab_high)
+    parser.add_argument(
+        "--tpot-budgets-ms",
+        type=float,
+        nargs="*",
+        default=[],
+        help="extra adaptive servers, one per --asymcache-tpot-budget-ms value",
+    )
     parser.add_argument(
         "--cpu", action="store_true", help="dry run on this machine's CPU (times mean nothing)"
     )
@@ -201,7 +234,8 @@ def main() -> None:
         "--chunked-prefill-size", str(args.chunked_prefill_size),
         "--enable-mixed-chunk",
         "--max-total-tokens", str(args.max_total_tokens),
-        *(cpu_server_args() if args.cpu else []),
+        # Stock SGLang would take fa3 on Hopper; AsymCache takes flashinfer.
+        *(cpu_server_args() if args.cpu else ["--attention-backend", "flashinfer"]),
     ]  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = run_chunking_comparison(
@@ -210,10 +244,14 @@ def main() -> None:
         base_args=base,
         log_dir=args.out.parent,
         env=cpu_env() if args.cpu else None,
+        tpot_budgets_ms=tuple(args.tpot_budgets_ms),
     )
     args.out.write_text(json.dumps(result, indent=1))
-    ratios = ("card", "ratios_static_over_adaptive", "ratios_stock_lru_over_adaptive")
-    print(json.dumps({k: result[k] for k in ratios}, indent=1))
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k == "card" or k.startswith("ratios")}, indent=1
+        )
+    )
     for name, run in result["runs"].items():
         print(name, json.dumps({k: v for k, v in run.items() if k != "counters"}, indent=1))
 

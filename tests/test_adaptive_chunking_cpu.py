@@ -9,6 +9,7 @@ gives.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from asymcache_sglang.config import LATENCY_TRACE_ENV
 from eval.server import SGLangServer, cpu_env, cpu_server_args
 from eval.workloads import asymcache_counters, generate_streaming
 
@@ -44,7 +46,7 @@ def adaptive_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangSer
     server = SGLangServer(
         tiny_model,
         extra_args=cpu_server_args() + args,
-        env=cpu_env(),
+        env={**cpu_env(), LATENCY_TRACE_ENV: str(artifacts_dir / "adaptive-latency-trace.jsonl")},
         log_path=artifacts_dir / "adaptive-chunking-server.log",
         timeout_s=420,
     )
@@ -71,6 +73,10 @@ def test_chunk_size_follows_the_latency_model(adaptive_server, no_cache_server):
         generate_streaming(url, prompt(n), max_new_tokens=4)
     model = latency_state(url)
     assert asymcache_counters(url)["timed_forwards"] >= model["samples"] >= 32
+    trace_path = adaptive_server.log_path.parent / "adaptive-latency-trace.jsonl"
+    trace = [json.loads(line) for line in trace_path.read_text().splitlines()]
+    assert len(trace) >= model["samples"] and all(r["seconds"] > 0 for r in trace)
+    assert {"new_tokens", "new_ctx", "decode_reqs", "decode_ctx", "predicted"} <= trace[-1].keys()
     assert model["ready"], model
     assert all(c >= 0 for c in model["coefficients"])
 

@@ -61,6 +61,7 @@ def test_adaptive_against_static_chunking(llama3_8b_geometry, tmp_path):
     base = [
         "--load-format", "dummy", "--skip-tokenizer-init", "--grammar-backend", "none",
         "--chunked-prefill-size", "8192", "--enable-mixed-chunk", "--max-total-tokens", "120000",
+        "--attention-backend", "flashinfer",
     ]  # fmt: skip
     res = run_chunking_comparison(
         llama3_8b_geometry, workload=MixedWorkload(), base_args=base, log_dir=out_dir

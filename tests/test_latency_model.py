@@ -20,8 +20,8 @@ from asymcache_sglang.latency_model import (
 )
 
 # c0 launch, c1 per new token, c2 per prefill (query, key) pair, c3 per decode request, c4 per
-# decode key: each term is several ms somewhere in the sampled batches.
-TRUTH = (5e-3, 6e-5, 1e-9, 2e-5, 4e-8)
+# decode key, c5 per extend step: each term is several ms somewhere in the sampled batches.
+TRUTH = (5e-3, 6e-5, 1e-9, 2e-5, 4e-8, 3e-3)
 NOISE = 0.03
 
 
@@ -77,8 +77,8 @@ def test_from_segments_by_hand():
     f = BatchFeatures.from_segments([(100, 300), (500, 510)], [7, 1000, 33])
     # 200 * (100 + 300) / 2 + 10 * (500 + 510) / 2 attention pairs.
     assert f == BatchFeatures(new_tokens=210, new_ctx=45050.0, decode_reqs=3, decode_ctx=1040)
-    assert f.vector() == (1.0, 210.0, 45050.0, 3.0, 1040.0)
-    assert BatchFeatures.from_segments([], []).vector() == (1.0, 0.0, 0.0, 0.0, 0.0)
+    assert f.vector() == (1.0, 210.0, 45050.0, 3.0, 1040.0, 1.0)
+    assert BatchFeatures.from_segments([], []).vector() == (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     assert BatchFeatures.from_segments([(0, 3)], []).new_ctx == 4.5
     for bad in ([(-1, 4)], [(5, 4)]):
         with pytest.raises(ValueError, match="segment"):
@@ -119,7 +119,7 @@ def test_fresh_model_predicts_zero_and_is_not_ready():
 
 
 def test_coefficients_stay_nonnegative_when_truth_has_a_zero():
-    truth = (5e-3, 6e-5, 1e-9, 0.0, 4e-8)
+    truth = (5e-3, 6e-5, 1e-9, 0.0, 4e-8, 3e-3)
     rng = np.random.default_rng(2)
     model = OnlineLatencyModel()
     unconstrained_went_negative = False
@@ -131,7 +131,7 @@ def test_coefficients_stay_nonnegative_when_truth_has_a_zero():
     assert unconstrained_went_negative
     # Within the noise floor of c3 in the other tests (15% of 2e-5).
     assert model.coefficients[3] < 3e-6
-    errors = rel_errors(model, (5e-3, 6e-5, 1e-9, 1.0, 4e-8))
+    errors = rel_errors(model, (5e-3, 6e-5, 1e-9, 1.0, 4e-8, 3e-3))
     assert max(errors[0], errors[1], errors[4]) < 0.06 and errors[2] < 0.20, errors
     assert model.r2() >= 0.98
 
@@ -228,7 +228,7 @@ def test_latency_cost_model_uses_static_until_ready():
     assert not model.ready and cost.cost_per_token(0, 10) == static.cost_per_token(0, 10)
     train(model, rng, 200)
     assert model.ready
-    _, c1, c2, _, _ = model.coefficients
+    _, c1, c2, *_ = model.coefficients
     assert cost.cost_per_token(1000, 1100) == 1.0 + c2 / c1 * 1049.5
     # About the truth, relative to position 0: (6e-5 + 1e-9 * 8191.5) / 6e-5 at [8000, 8384).
     assert cost.cost_per_token(8000, 8384) == pytest.approx(1.1365, rel=0.03)
