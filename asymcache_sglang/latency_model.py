@@ -31,6 +31,7 @@ NUM_COEFS = 6
 # stays well-conditioned: 1 | new / 1024 tokens | new_ctx / 2**20 pairs | decode_reqs / 128 |
 # decode_ctx / 2**17 keys | extend step. Powers of two make scaling and unscaling exact.
 REGRESSOR_SCALES = (1.0, 2.0**10, 2.0**20, 2.0**7, 2.0**17, 1.0)
+EXTEND_STEP_TERM = 5  # index of c5, the fixed cost of an extend step
 # Every non-empty set of coefficients the non-negativity projection may pin to 0, smallest first.
 _ZERO_SETS = sorted(
     (
@@ -321,10 +322,12 @@ class LatencyCostModel:
 
 
 class DecodeStepTracker:
-    """EMA of decode-only step times, and the TPOT budget a mixed step may use.
+    """EMA of decode-only step times, and the default TPOT budget of a step that adds a chunk.
 
-    The default budget is 2x the decode step: chunking a prefill in at most doubles the gap
-    between the running requests' tokens, i.e. prefill and decode split a mixed step evenly.
+    The budget is 2x the decode step plus the fixed cost of an extend step (c5, which any chunk
+    pays however small): the chunk's own work may then double the decodes' step. Without the
+    fixed cost the budget was infeasible on an H100 (a Llama-3-8B extend costs ~14 ms more than a
+    ~7 ms CUDA-graph decode step), and every chunk fell to the minimum size.
     """
 
     def __init__(self, factor: float = 2.0, ema: float = 0.1) -> None:
@@ -345,6 +348,6 @@ class DecodeStepTracker:
         else:
             self.step_s += self.ema * (seconds - self.step_s)
 
-    def budget_s(self) -> float | None:
-        """factor x the decode-step EMA; None until a decode step was seen."""
-        return None if self.step_s is None else self.factor * self.step_s
+    def budget_s(self, extend_fixed_s: float = 0.0) -> float | None:
+        """factor x the decode-step EMA + ``extend_fixed_s``; None until a decode step was seen."""
+        return None if self.step_s is None else self.factor * self.step_s + extend_fixed_s

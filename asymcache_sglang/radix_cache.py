@@ -37,6 +37,7 @@ from asymcache_sglang.chunk_policy import pick_chunk
 from asymcache_sglang.config import LATENCY_TRACE_ENV, AsymCacheConfig
 from asymcache_sglang.forward_timer import ForwardTimer
 from asymcache_sglang.latency_model import (
+    EXTEND_STEP_TERM,
     BatchFeatures,
     DecodeStepTracker,
     LatencyCostModel,
@@ -293,8 +294,7 @@ class HoleAwareRadixCache(RadixCache):
         if not self.latency_model.ready:
             return max_chunk
         decode_seq_lens = [req.seqlen for req in running_reqs]
-        budget_ms = self.config.tpot_budget_ms
-        budget_s = self.decode_steps.budget_s() if budget_ms is None else budget_ms / 1e3
+        budget_s = self.tpot_budget_s()
         decision = pick_chunk(
             self.latency_model.predict,
             prefix_len=prefix_len,
@@ -314,11 +314,17 @@ class HoleAwareRadixCache(RadixCache):
             self.metrics.observe_chunk(decision.chunk)
         return decision.chunk
 
+    def tpot_budget_s(self) -> float | None:
+        """--asymcache-tpot-budget-ms, else the default from the measured decode and extend."""
+        if self.config.tpot_budget_ms is not None:
+            return self.config.tpot_budget_ms / 1e3
+        return self.decode_steps.budget_s(self.latency_model.coefficients[EXTEND_STEP_TERM])
+
     def latency_snapshot(self) -> dict[str, Any]:
         """The latency model's fit and the last chunk decision, for /get_server_info and logs."""
         return {
             **self.latency_model.state(),
-            "tpot_budget_s": self.decode_steps.budget_s(),
+            "tpot_budget_s": self.tpot_budget_s(),
             "last_chunk": self.last_chunk,
         }
 

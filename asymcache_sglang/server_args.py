@@ -87,8 +87,9 @@ class AsymCacheServerArgs(ServerArgs):
     ] = _DEFAULTS.chunking
     asymcache_tpot_budget_ms: Annotated[
         float | None,
-        "AsymCache adaptive chunking: the step time a prefill chunk may take while decodes run "
-        "(ms). Default: 2x the measured decode step.",
+        "AsymCache adaptive chunking: the step time a prefill chunk may take while decodes share "
+        "its forward (--enable-mixed-chunk) (ms). Default: 2x the measured decode step plus the "
+        "measured fixed cost of an extend step.",
     ] = _DEFAULTS.tpot_budget_ms
     asymcache_latency_min_r2: Annotated[
         float,

@@ -252,6 +252,7 @@ def test_decode_step_tracker_budget():
     tracker.observe(0.020)  # 0.010 + 0.1 * (0.020 - 0.010)
     assert tracker.step_s == pytest.approx(0.011)
     assert tracker.budget_s() == pytest.approx(0.022)
+    assert tracker.budget_s(extend_fixed_s=0.014) == pytest.approx(0.036)
     assert DecodeStepTracker(factor=1.5).factor == 1.5
     with pytest.raises(ValueError, match="factor"):
         DecodeStepTracker(factor=0.5)
