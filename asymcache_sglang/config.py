@@ -36,8 +36,8 @@ class AsymCacheConfig:
     latency_min_r2: float = 0.9
     # Export the latency model's fit and the chunk decisions as Prometheus gauges.
     enable_metrics: bool = False
-    # Timings differ per TP rank and their decisions must agree; TP > 1 stays on static costs.
-    use_latency_model: bool = True
+    # With TP > 1 rank 0's latency fit is broadcast; each rank's own timings decide nothing.
+    tp_size: int = 1
 
     @classmethod
     def from_server_args(cls, server_args: Any) -> AsymCacheConfig:
@@ -61,7 +61,7 @@ class AsymCacheConfig:
             tpot_budget_ms=server_args.asymcache_tpot_budget_ms,
             latency_min_r2=server_args.asymcache_latency_min_r2,
             enable_metrics=server_args.enable_metrics,
-            use_latency_model=server_args.tp_size == 1,
+            tp_size=server_args.tp_size,
         )
 
     def cost_model(self) -> StaticCostModel:

@@ -298,24 +298,47 @@ class OnlineLatencyModel:
             self._p = (eigvecs * np.clip(eigvals, 0.0, self._eig_cap)) @ eigvecs.T
 
 
+@dataclass(frozen=True)
+class LatencyView:
+    """The fit that decisions (eviction cost, chunk size) read: a copy, published where it is safe.
+
+    With TP = 1 each update publishes one. With TP > 1 every rank times its own forwards, so rank
+    0's copy is broadcast at a scheduling point all ranks share, and until the next one every rank
+    decides from the same numbers.
+    """
+
+    coefficients: tuple[float, ...] = (0.0,) * NUM_COEFS
+    ready: bool = False
+    tpot_budget_s: float | None = None
+
+    @classmethod
+    def of(cls, model: OnlineLatencyModel, decode_steps: DecodeStepTracker) -> LatencyView:
+        coefficients = model.coefficients
+        return cls(coefficients, model.ready, decode_steps.budget_s(coefficients[EXTEND_STEP_TERM]))
+
+    def predict(self, features: BatchFeatures) -> float:
+        """Predicted step time in seconds, as ``OnlineLatencyModel.predict`` at publication."""
+        return max(0.0, sum(c * x for c, x in zip(self.coefficients, features.vector())))
+
+
 class LatencyCostModel:
-    """Recompute cost per token from the online model, with the same interface as StaticCostModel.
+    """Recompute cost per token from the published fit, with StaticCostModel's interface.
 
     Eviction orders nodes by log(cost), so only the cost's shape matters: c1 + c2 * p, in units of
     the static model's per-token cost at position 0 (``fallback.a``). Static keys and model keys in
     the same heap (it keys a node when it is pushed) are then commensurate, before and after the
-    model becomes ready. Until it is ``ready``, or while it has learned no per-token cost
-    (c1 == 0), the static fallback is used.
+    model becomes ready. Until the view is ``ready``, or while it has no per-token cost (c1 == 0),
+    the static fallback is used.
     """
 
-    def __init__(self, model: OnlineLatencyModel, fallback: StaticCostModel) -> None:
-        self.model = model
+    def __init__(self, fallback: StaticCostModel) -> None:
         self.fallback = fallback
+        self.view = LatencyView()
 
     def cost_per_token(self, start: int, end: int) -> float:
         """fallback.a * (1 + c2 / c1 * mean position of [start, end))."""
-        if self.model.ready:
-            _, c1, c2, *_ = self.model.coefficients
+        if self.view.ready:
+            _, c1, c2, *_ = self.view.coefficients
             if c1 > 0:
                 return self.fallback.a * (1.0 + c2 / c1 * (start + end - 1) / 2.0)
         return self.fallback.cost_per_token(start, end)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -37,10 +38,10 @@ from asymcache_sglang.chunk_policy import pick_chunk
 from asymcache_sglang.config import LATENCY_TRACE_ENV, AsymCacheConfig
 from asymcache_sglang.forward_timer import ForwardTimer
 from asymcache_sglang.latency_model import (
-    EXTEND_STEP_TERM,
     BatchFeatures,
     DecodeStepTracker,
     LatencyCostModel,
+    LatencyView,
     OnlineLatencyModel,
 )
 from asymcache_sglang.metrics import LatencyMetrics
@@ -49,6 +50,8 @@ from asymcache_sglang.tree import CacheNode, HoleAwareTree, Range, SegmentPlan, 
 logger = logging.getLogger(__name__)
 # How often the latency model's coefficients and fit quality go to the log.
 LOG_EVERY_FORWARDS = 500
+# With TP > 1, scheduling passes between broadcasts of rank 0's latency fit.
+LATENCY_SYNC_EVERY = 16
 # Gauges are cheap to set, the fit's state a little less so: refresh them every few forwards.
 METRICS_EVERY_FORWARDS = 20
 
@@ -80,6 +83,9 @@ class HoleAwareRadixCache(RadixCache):
         # Outlives reset(): it models the kernels, not what is cached.
         self.latency_model = OnlineLatencyModel(min_r2=config.latency_min_r2)
         self.decode_steps = DecodeStepTracker()
+        # What eviction and chunking read: published per update (TP 1) or by rank 0 (TP > 1).
+        self.latency_cost = LatencyCostModel(config.cost_model())
+        self.latency_syncs = 0
         trace_path = os.environ.get(LATENCY_TRACE_ENV)
         self.latency_trace = open(trace_path, "a", buffering=1) if trace_path else None  # noqa: SIM115
         super().__init__(params)
@@ -87,9 +93,8 @@ class HoleAwareRadixCache(RadixCache):
     # ----- lifecycle -----
 
     def reset(self) -> None:
-        cost = self.config.cost_model()
         self.tree = HoleAwareTree(
-            LatencyCostModel(self.latency_model, cost) if self.config.use_latency_model else cost,
+            self.latency_cost,
             self.config.reuse_estimator(),
             max_holes=self.config.max_holes,
             min_retained_tokens=self.config.min_retained_tokens,
@@ -284,19 +289,34 @@ class HoleAwareRadixCache(RadixCache):
             and self.counters["timed_forwards"] % METRICS_EVERY_FORWARDS == 0
         ):
             self.metrics.observe_model(self.latency_model.state())
+        if self.config.tp_size == 1:
+            self.latency_cost.view = LatencyView.of(self.latency_model, self.decode_steps)
         if self.counters["timed_forwards"] % LOG_EVERY_FORWARDS == 0:
             logger.info("AsymCache latency model: %s", self.latency_snapshot())
+
+    def sync_latency(self, broadcast: Callable[[LatencyView], LatencyView]) -> None:
+        """TP > 1, at a scheduling point every rank reaches in the same order: publish rank 0's fit.
+
+        ``broadcast`` sends its argument from rank 0 and returns rank 0's on every rank. Runs once
+        per ``LATENCY_SYNC_EVERY`` calls, a count every rank shares.
+        """
+        if self.latency_syncs % LATENCY_SYNC_EVERY == 0:
+            self.latency_cost.view = broadcast(
+                LatencyView.of(self.latency_model, self.decode_steps)
+            )
+        self.latency_syncs += 1
 
     def choose_chunk(
         self, *, prefix_len: int, running_reqs: list[Any], max_chunk: int, page_size: int
     ) -> int:
-        """This pass's prefill chunk; the launch-time chunk until the model is ready."""
-        if not self.latency_model.ready:
+        """This pass's prefill chunk; the launch-time chunk until the published fit is ready."""
+        view = self.latency_cost.view
+        if not view.ready:
             return max_chunk
         decode_seq_lens = [req.seqlen for req in running_reqs]
         budget_s = self.tpot_budget_s()
         decision = pick_chunk(
-            self.latency_model.predict,
+            view.predict,
             prefix_len=prefix_len,
             decode_seq_lens=decode_seq_lens,
             max_chunk=max_chunk,
@@ -318,12 +338,14 @@ class HoleAwareRadixCache(RadixCache):
         """--asymcache-tpot-budget-ms, else the default from the measured decode and extend."""
         if self.config.tpot_budget_ms is not None:
             return self.config.tpot_budget_ms / 1e3
-        return self.decode_steps.budget_s(self.latency_model.coefficients[EXTEND_STEP_TERM])
+        return self.latency_cost.view.tpot_budget_s
 
     def latency_snapshot(self) -> dict[str, Any]:
         """The latency model's fit and the last chunk decision, for /get_server_info and logs."""
         return {
             **self.latency_model.state(),
+            # What decisions use: with TP > 1 rank 0's fit as of the last broadcast.
+            "published_ready": self.latency_cost.view.ready,
             "tpot_budget_s": self.tpot_budget_s(),
             "last_chunk": self.last_chunk,
         }

@@ -80,7 +80,8 @@ class AsymCacheServerArgs(ServerArgs):
                 "kernel-latency model (the largest chunk within the TPOT budget while decodes "
                 "run, else the throughput knee; never above --chunked-prefill-size), after a "
                 "short latency profile at start-up. 'static' keeps SGLang's fixed chunk; the "
-                "default until adaptive has been measured on the GPU. Adaptive needs --tp-size 1."
+                "default (on an H100 adaptive cut the longest decode stall but cost TTFT). With "
+                "--tp-size > 1 every rank uses TP rank 0's fit."
             ),
             choices=list(CHUNKING_MODES),
         ),
@@ -135,11 +136,6 @@ class AsymCacheServerArgs(ServerArgs):
             raise AsymCacheArgsError("--asymcache-tpot-budget-ms must be > 0")
         if not 0.0 <= self.asymcache_latency_min_r2 <= 1.0:
             raise AsymCacheArgsError("--asymcache-latency-min-r2 must be in [0, 1]")
-        if self.asymcache_chunking == "adaptive" and self.tp_size > 1:
-            # Each rank would time its own forwards and pick its own chunk; they must agree.
-            raise AsymCacheArgsError(
-                "--asymcache-chunking adaptive needs --tp-size 1; use --asymcache-chunking static"
-            )
         self._check_msa_impl()
         self.radix_cache_backend = "asymcache"
         if self.attention_backend is None:

@@ -198,6 +198,33 @@ def run_chunking_comparison(
     }
 
 
+PLOT_METRICS = ("tpot_mean_s", "itl_p99_s", "itl_max_s", "long_ttft_mean_s")
+
+
+def plot(result: dict[str, Any], out: Path) -> None:
+    """Each run's TPOT, inter-token gaps and long-prompt TTFT, in ms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    width = 0.8 / len(runs)
+    for i, (name, run) in enumerate(runs.items()):
+        xs = [j + i * width for j in range(len(PLOT_METRICS))]
+        ax.bar(xs, [run[m] * 1000 for m in PLOT_METRICS], width, label=name)
+    centre = width * (len(runs) - 1) / 2
+    labels = ["TPOT mean", "ITL p99", "ITL max", "long TTFT mean"]
+    ax.set_xticks([j + centre for j in range(len(PLOT_METRICS))], labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms")
+    ax.set_title(f"Adaptive vs static chunking, {result['card']}", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -216,10 +243,17 @@ def main() -> None:
         default=[],
         help="extra adaptive servers, one per --asymcache-tpot-budget-ms value",
     )
+    parser.add_argument("--plot", action="store_true", help="also write OUT with .png")
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw the plot of an existing --out JSON"
+    )
     parser.add_argument(
         "--cpu", action="store_true", help="dry run on this machine's CPU (times mean nothing)"
     )
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return
     workload = MixedWorkload(
         decoders=args.decoders,
         long_prompts=args.long_prompts,
@@ -247,6 +281,8 @@ def main() -> None:
         tpot_budgets_ms=tuple(args.tpot_budgets_ms),
     )
     args.out.write_text(json.dumps(result, indent=1))
+    if args.plot:
+        plot(result, args.out.with_suffix(".png"))
     print(
         json.dumps(
             {k: v for k, v in result.items() if k == "card" or k.startswith("ratios")}, indent=1

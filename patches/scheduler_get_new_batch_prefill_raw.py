@@ -3,6 +3,8 @@
 With ``--asymcache-chunking adaptive`` each scheduling pass sets the prefill chunk size from the
 online latency model (within the TPOT budget when running decodes share the forward, else the
 throughput knee), then restores the launch-time ``chunked_prefill_size``, the upper bound.
+With TP > 1 it first publishes TP rank 0's latency fit on every rank (``sync_latency``), so
+eviction costs and chunks agree across ranks.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
+from sglang.srt.utils import broadcast_pyobj
 
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 
@@ -25,6 +28,12 @@ def next_prefix_len(scheduler: Any) -> int:
     if scheduler.waiting_queue:
         return len(scheduler.waiting_queue[0].prefix_indices)
     return 0
+
+
+def broadcast_from_tp_rank0(scheduler: Any, obj: Any) -> Any:
+    """``obj`` as TP rank 0 has it, on every rank (the CPU group SGLang broadcasts requests on)."""
+    group = scheduler.tp_group
+    return broadcast_pyobj([obj], group.rank, scheduler.tp_cpu_group, src=group.ranks[0])[0]
 
 
 def decodes_beside_prefill(scheduler: Any, running_batch: Any) -> list[Any]:
@@ -46,10 +55,14 @@ def hook(
     running_batch: Any,
 ) -> Any:
     cache = scheduler.tree_cache
+    if not isinstance(cache, HoleAwareRadixCache):
+        return original(scheduler, prefill_delayer_single_pass, running_batch)
+    if scheduler.tp_size > 1:
+        # Every rank calls this in the same order (SGLang keeps their scheduling identical).
+        cache.sync_latency(lambda view: broadcast_from_tp_rank0(scheduler, view))
     launch_chunk = scheduler.chunked_prefill_size
     if (
-        not isinstance(cache, HoleAwareRadixCache)
-        or cache.config.chunking != "adaptive"
+        cache.config.chunking != "adaptive"
         or launch_chunk is None
         or (not scheduler.waiting_queue and scheduler.chunked_req is None)
     ):

@@ -11,15 +11,21 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+from eval.gpu_pressure import server_health
 from eval.latency_bench import (
     MixedWorkload,
     inter_token_gaps_s,
+    latency_state,
+    plot,
     run_chunking_comparison,
+    run_mixed,
     summarize_mixed,
     tpot_s,
 )
-from eval.workloads import TurnResult
+from eval.server import SGLangServer
+from eval.workloads import TurnResult, asymcache_counters
 
 
 def result(ttft: float, latency: float, tokens: int) -> TurnResult:
@@ -67,6 +73,7 @@ def test_adaptive_against_static_chunking(llama3_8b_geometry, tmp_path):
         llama3_8b_geometry, workload=MixedWorkload(), base_args=base, log_dir=out_dir
     )
     (out_dir / "latency_bench.json").write_text(json.dumps(res, indent=1))
+    plot(res, out_dir / "latency_bench.png")
     print(json.dumps(res["ratios_static_over_adaptive"], indent=1))
     for name, run in res["runs"].items():
         assert run["healthy_after_idle"] and run["leak_or_error_lines"] == 0, name
@@ -74,3 +81,35 @@ def test_adaptive_against_static_chunking(llama3_8b_geometry, tmp_path):
     assert adaptive["latency_model"]["ready"], adaptive["latency_model"]
     assert adaptive["counters"]["budget_chunk_decisions"] > 0
     assert res["runs"]["static"]["counters"]["chunk_decisions"] == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs"
+)
+def test_adaptive_chunking_with_tp2(llama3_8b_geometry, tmp_path):
+    """TP 2: every rank decides from rank 0's broadcast fit; a divergent chunk would hang."""
+    out_dir = Path(os.environ.get("ASYMCACHE_RESULTS_DIR", tmp_path))
+    args = [
+        "--load-format", "dummy", "--skip-tokenizer-init", "--grammar-backend", "none",
+        "--chunked-prefill-size", "8192", "--enable-mixed-chunk", "--max-total-tokens", "60000",
+        "--attention-backend", "flashinfer", "--tp-size", "2",
+        "--enable-asymcache", "--asymcache-chunking", "adaptive",
+    ]  # fmt: skip
+    workload = MixedWorkload(long_prompts=6)
+    with SGLangServer(
+        llama3_8b_geometry, extra_args=args, log_path=out_dir / "chunking-tp2.log", timeout_s=600
+    ) as server:
+        decodes, prefills = run_mixed(server.url, workload)
+        run = {
+            **summarize_mixed(decodes, prefills),
+            "latency_model": latency_state(server.url),
+            "counters": asymcache_counters(server.url),
+            **server_health(server),
+        }
+    (out_dir / "latency_tp2.json").write_text(json.dumps(run, indent=1))
+    print(json.dumps({k: v for k, v in run.items() if k != "counters"}, indent=1))
+    assert run["healthy_after_idle"] and run["leak_or_error_lines"] == 0
+    assert len(prefills) == workload.long_prompts
+    assert run["latency_model"]["published_ready"]
+    assert run["counters"]["budget_chunk_decisions"] > 0

@@ -16,6 +16,7 @@ from asymcache_sglang.latency_model import (
     DecodeStepTracker,
     HeldOutScore,
     LatencyCostModel,
+    LatencyView,
     OnlineLatencyModel,
 )
 
@@ -221,13 +222,16 @@ def test_held_out_score_covers_the_whole_run_by_step_kind():
 def test_latency_cost_model_uses_static_until_ready():
     static = StaticCostModel(a=1.0, b=1.0 / 1024)
     model = OnlineLatencyModel()
-    cost = LatencyCostModel(model, static)
+    steps = DecodeStepTracker()
+    cost = LatencyCostModel(static)
     assert cost.cost_per_token(1000, 1100) == static.cost_per_token(1000, 1100)
     rng = np.random.default_rng(8)
     train(model, rng, 31)
+    cost.view = LatencyView.of(model, steps)
     assert not model.ready and cost.cost_per_token(0, 10) == static.cost_per_token(0, 10)
     train(model, rng, 200)
-    assert model.ready
+    assert model.ready and not cost.view.ready  # decisions change only when a view is published
+    cost.view = LatencyView.of(model, steps)
     _, c1, c2, *_ = model.coefficients
     assert cost.cost_per_token(1000, 1100) == 1.0 + c2 / c1 * 1049.5
     # About the truth, relative to position 0: (6e-5 + 1e-9 * 8191.5) / 6e-5 at [8000, 8384).
@@ -241,7 +245,26 @@ def test_latency_cost_model_never_returns_zero():
     # Decode-only traffic: the fit becomes ready with no per-token prefill cost learned.
     train(model, np.random.default_rng(9), 500, kind="decode")
     assert model.ready and model.coefficients[1] == 0.0
-    assert LatencyCostModel(model, static).cost_per_token(0, 64) == 2.0
+    cost = LatencyCostModel(static)
+    cost.view = LatencyView.of(model, DecodeStepTracker())
+    assert cost.cost_per_token(0, 64) == 2.0
+
+
+def test_view_predicts_as_the_model_did_and_carries_the_budget():
+    rng = np.random.default_rng(12)
+    model = OnlineLatencyModel()
+    train(model, rng, 300)
+    steps = DecodeStepTracker()
+    assert LatencyView.of(model, steps).tpot_budget_s is None  # no decode step seen yet
+    steps.observe(0.007)
+    view = LatencyView.of(model, steps)
+    for _ in range(20):
+        features = random_batch(rng)
+        assert view.predict(features) == pytest.approx(model.predict(features), rel=1e-9)
+    assert view.tpot_budget_s == pytest.approx(0.014 + model.coefficients[5])
+    train(model, rng, 50)
+    assert view.coefficients != model.coefficients  # a copy: later updates do not leak into it
+    assert LatencyView().predict(random_batch(rng)) == 0.0 and not LatencyView().ready
 
 
 def test_decode_step_tracker_budget():

@@ -79,7 +79,7 @@ def test_msa_kernel_follows_the_backend(prepare, argv, max_holes, msa_impl):
 )
 def test_chunking_mode(prepare, argv, chunking):
     config = AsymCacheConfig.from_server_args(prepare("--enable-asymcache", *argv))
-    assert config.chunking == chunking and config.use_latency_model
+    assert config.chunking == chunking and config.tp_size == 1
 
 
 def test_off_leaves_sglang_defaults(prepare):
@@ -118,7 +118,6 @@ def test_off_leaves_sglang_defaults(prepare):
         ),
         (["--asymcache-tpot-budget-ms", "0"], "--asymcache-tpot-budget-ms"),
         (["--asymcache-latency-min-r2", "1.5"], "--asymcache-latency-min-r2"),
-        (["--asymcache-chunking", "adaptive", "--tp-size", "2"], "--asymcache-chunking"),
     ],
 )
 def test_refused_combinations_name_the_flag(prepare, argv, flag):
