@@ -353,20 +353,13 @@ def test_mixed_chunk_holes_beside_decodes(hd128_model, results_dir, msa_impl):
             )
             for r in ours
         ]
-    same = sum(a.output_ids == b.output_ids for a, b in zip(ours, ref))
-    tokens = sum(len(b.output_ids) for b in ref)
-    matched = sum(
-        len(b.output_ids) if (d := first_divergence(a.output_ids, b.output_ids)) is None else d
-        for a, b in zip(ours, ref)
-    )
-    result = {
-        "msa_impl": msa_impl, "requests": len(ours), "identical_outputs": same,
-        "token_match_until_divergence": matched / tokens, "counters": counters, **health,
-    }  # fmt: skip
+    match = compare_outputs(ours, ref)
+    result = {"msa_impl": msa_impl, **match, "counters": counters, **health}
     (results_dir / f"mixed_chunk_{msa_impl}.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k != "counters"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("counters", "diverged")}))
     assert health["healthy_after_idle"] and health["leak_or_error_lines"] == 0
     assert counters["plans"] > 0 and counters["mixed_plan_batches"] > 0, counters
-    # Stock's own hit-vs-miss token match on this model is ~95% (README); a wrong KV slot or
-    # position in a mixed batch garbles every later token of the request.
-    assert matched / tokens >= 0.85, result
+    # Per-token match given the same context. Stock's own hit-vs-miss rate on this model is 95%
+    # (README); here decodes also run batched against bs-1 reference decodes. A wrong KV slot or
+    # position in a mixed batch would garble the request from that token on.
+    assert match["token_match_rate"] >= 0.90, result
