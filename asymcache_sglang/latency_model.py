@@ -111,6 +111,41 @@ def _project_nonneg(u: np.ndarray, cov: np.ndarray) -> np.ndarray:
     return min(feasible, key=lambda item: item[0])[1]
 
 
+class ScoreSums:
+    """Running sums over (predicted, actual) pairs: R^2 and mean relative error in O(1) per pair.
+
+    The window is rescored on every update, and the model is updated on every forward; rebuilding
+    arrays from the window each time cost about as much as the fit itself.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._sum_actual = 0.0
+        self._sum_actual_sq = 0.0
+        self._sum_sq_error = 0.0
+        self._sum_pct_error = 0.0
+
+    def add(self, predicted: float, actual: float, sign: int = 1) -> None:
+        """Count one pair (``sign`` -1 takes one back out)."""
+        self.n += sign
+        self._sum_actual += sign * actual
+        self._sum_actual_sq += sign * actual * actual
+        self._sum_sq_error += sign * (actual - predicted) ** 2
+        self._sum_pct_error += sign * 100.0 * abs(predicted - actual) / actual
+
+    def r2(self) -> float | None:
+        """None with fewer than 2 pairs or no variance in the actual values."""
+        if self.n < 2:
+            return None
+        ss_tot = self._sum_actual_sq - self._sum_actual**2 / self.n
+        if ss_tot <= 1e-12 * self._sum_actual_sq:  # flat, up to rounding of the sums
+            return None
+        return 1.0 - self._sum_sq_error / ss_tot
+
+    def mean_abs_pct_error(self) -> float | None:
+        return self._sum_pct_error / self.n if self.n else None
+
+
 class HeldOutScore:
     """Run-wide score of one-step-ahead predictions, split by step kind.
 
@@ -119,39 +154,55 @@ class HeldOutScore:
     """
 
     def __init__(self) -> None:
-        self.steps = 0
-        self._sum_actual = 0.0
-        self._sum_actual_sq = 0.0
-        self._sum_sq_error = 0.0
-        self._steps_by_kind = {"prefill": 0, "decode": 0}
-        self._pct_error_by_kind = {"prefill": 0.0, "decode": 0.0}
+        self.total = ScoreSums()
+        self.by_kind = {"prefill": ScoreSums(), "decode": ScoreSums()}
+
+    @property
+    def steps(self) -> int:
+        return self.total.n
 
     def add(self, predicted: float, actual: float, *, prefill: bool) -> None:
-        self.steps += 1
-        self._sum_actual += actual
-        self._sum_actual_sq += actual * actual
-        self._sum_sq_error += (actual - predicted) ** 2
-        kind = "prefill" if prefill else "decode"
-        self._steps_by_kind[kind] += 1
-        self._pct_error_by_kind[kind] += 100.0 * abs(predicted - actual) / actual
+        self.total.add(predicted, actual)
+        self.by_kind["prefill" if prefill else "decode"].add(predicted, actual)
 
     def r2(self) -> float | None:
-        if self.steps < 2:
-            return None
-        ss_tot = self._sum_actual_sq - self._sum_actual**2 / self.steps
-        return None if ss_tot <= 0 else 1.0 - self._sum_sq_error / ss_tot
+        return self.total.r2()
 
     def state(self) -> dict[str, Any]:
-        total_pct = sum(self._pct_error_by_kind.values())
         out: dict[str, Any] = {
             "steps": self.steps,
             "r2": self.r2(),
-            "mean_abs_pct_error": total_pct / self.steps if self.steps else None,
+            "mean_abs_pct_error": self.total.mean_abs_pct_error(),
         }
-        for kind, n in self._steps_by_kind.items():
-            out[f"{kind}_steps"] = n
-            out[f"{kind}_mean_abs_pct_error"] = self._pct_error_by_kind[kind] / n if n else None
+        for kind, score in self.by_kind.items():
+            out[f"{kind}_steps"] = score.n
+            out[f"{kind}_mean_abs_pct_error"] = score.mean_abs_pct_error()
         return out
+
+
+class WindowScore:
+    """ScoreSums over the last ``size`` pairs; rebuilt from them every ``size`` pairs so that
+    rounding in the add/remove sums cannot build up."""
+
+    def __init__(self, size: int) -> None:
+        self.pairs: deque[tuple[float, float]] = deque(maxlen=size)
+        self.sums = ScoreSums()
+        self._since_rebuild = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def add(self, predicted: float, actual: float) -> None:
+        if len(self.pairs) == self.pairs.maxlen:
+            self.sums.add(*self.pairs[0], sign=-1)
+        self.pairs.append((predicted, actual))
+        self.sums.add(predicted, actual)
+        self._since_rebuild += 1
+        if self._since_rebuild >= self.pairs.maxlen:
+            self.sums = ScoreSums()
+            for pair in self.pairs:
+                self.sums.add(*pair)
+            self._since_rebuild = 0
 
 
 class OnlineLatencyModel:
@@ -209,7 +260,7 @@ class OnlineLatencyModel:
         self._theta = np.zeros(NUM_COEFS)
         # Starting at the eigenvalue cap: a weak prior (weighted regressors are O(10..1000)).
         self._p = self._eig_cap * np.eye(NUM_COEFS)
-        self._window: deque[tuple[float, float]] = deque(maxlen=window)
+        self._window = WindowScore(window)
         self._samples = 0
         self.held_out = HeldOutScore()
         # Refreshed once per update: eviction reads it for every node key it computes.
@@ -242,7 +293,7 @@ class OnlineLatencyModel:
         predicted = float(x @ self._theta)
         if self._samples >= self.min_samples:
             # Predictions of a model still warming up say nothing about the fit it converges to.
-            self._window.append((predicted, seconds))
+            self._window.add(predicted, seconds)
             self.held_out.add(predicted, seconds, prefill=features.new_tokens > 0)
         weight = 1.0 / max(seconds, predicted)
         xw = x * weight
@@ -266,18 +317,13 @@ class OnlineLatencyModel:
         """R^2 of the one-step-ahead predictions in the window; None with too few or flat data."""
         if len(self._window) < self.min_window:
             return None
-        predicted, actual = np.array(self._window).T
-        ss_tot = float(np.sum((actual - actual.mean()) ** 2))
-        if ss_tot <= 0:
-            return None
-        return 1.0 - float(np.sum((actual - predicted) ** 2)) / ss_tot
+        return self._window.sums.r2()
 
     def mean_abs_pct_error(self) -> float | None:
         """Mean |predicted - actual| / actual over the window, in percent; None with too few."""
         if len(self._window) < self.min_window:
             return None
-        predicted, actual = np.array(self._window).T
-        return 100.0 * float(np.mean(np.abs(predicted - actual) / actual))
+        return self._window.sums.mean_abs_pct_error()
 
     def state(self) -> dict[str, Any]:
         """Snapshot for logs and metrics."""

@@ -18,6 +18,8 @@ from asymcache_sglang.latency_model import (
     LatencyCostModel,
     LatencyView,
     OnlineLatencyModel,
+    ScoreSums,
+    WindowScore,
 )
 
 # c0 launch, c1 per new token, c2 per prefill (query, key) pair, c3 per decode request, c4 per
@@ -281,3 +283,24 @@ def test_decode_step_tracker_budget():
         DecodeStepTracker(factor=0.5)
     with pytest.raises(ValueError, match="step time"):
         tracker.observe(0.0)
+
+
+def test_window_score_matches_a_direct_computation():
+    rng = np.random.default_rng(13)
+    window = WindowScore(64)
+    pairs = []
+    for _ in range(1000):  # many evictions and rebuilds
+        actual = float(rng.uniform(0.005, 0.2))
+        predicted = actual * float(1 + rng.normal(0, 0.1))
+        window.add(predicted, actual)
+        pairs.append((predicted, actual))
+    predicted, actual = np.array(pairs[-64:]).T
+    r2 = 1 - np.sum((actual - predicted) ** 2) / np.sum((actual - actual.mean()) ** 2)
+    assert len(window) == 64
+    assert window.sums.r2() == pytest.approx(r2, rel=1e-9)
+    mape = 100 * np.mean(np.abs(predicted - actual) / actual)
+    assert window.sums.mean_abs_pct_error() == pytest.approx(mape, rel=1e-9)
+    flat = ScoreSums()
+    for _ in range(10):
+        flat.add(0.0071, 0.007)
+    assert flat.r2() is None and flat.mean_abs_pct_error() == pytest.approx(100 * 0.0001 / 0.007)
