@@ -110,4 +110,4 @@ def _knee(step_s: Callable[[int], float], lo: int, hi: int, knee_gain: float) ->
         if gain < knee_gain:
             return ChunkDecision(chunk, f"throughput knee: next size gains {gain:.1%}", chunk_s)
         chunk, chunk_s = nxt, nxt_s
-    return ChunkDecision(hi, "max_chunk: throughput still rising", step_s(hi))
+    return ChunkDecision(chunk, "max_chunk: throughput still rising", chunk_s)

@@ -31,7 +31,9 @@ NUM_COEFS = 6
 # stays well-conditioned: 1 | new / 1024 tokens | new_ctx / 2**20 pairs | decode_reqs / 128 |
 # decode_ctx / 2**17 keys | extend step. Powers of two make scaling and unscaling exact.
 REGRESSOR_SCALES = (1.0, 2.0**10, 2.0**20, 2.0**7, 2.0**17, 1.0)
-EXTEND_STEP_TERM = 5  # index of c5, the fixed cost of an extend step
+# The coefficients' names, in order (log, /get_server_info and Prometheus labels).
+TERMS = ("const", "new_tokens", "new_ctx", "decode_reqs", "decode_ctx", "extend_step")
+EXTEND_STEP_TERM = TERMS.index("extend_step")
 # Every non-empty set of coefficients the non-negativity projection may pin to 0, smallest first.
 _ZERO_SETS = sorted(
     (
@@ -206,7 +208,7 @@ class WindowScore:
 
 
 class OnlineLatencyModel:
-    """Recursive least squares with exponential forgetting over the five step-time regressors.
+    """Recursive least squares with exponential forgetting over the six step-time regressors.
 
     The fit minimises relative error (each sample is weighted by 1 / max(actual, predicted)):
     decode steps of a few ms then count as much as long prefills, and a glitch (a GC pause, a

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-COEFFICIENT_TERMS = ("const", "new_tokens", "new_ctx", "decode_reqs", "decode_ctx", "extend_step")
+from asymcache_sglang.latency_model import TERMS
 
 
 class LatencyMetrics:
@@ -40,7 +40,7 @@ class LatencyMetrics:
         )
 
     def observe_model(self, state: dict[str, Any]) -> None:
-        for term, value in zip(COEFFICIENT_TERMS, state["coefficients"], strict=True):
+        for term, value in zip(TERMS, state["coefficients"], strict=True):
             self.coefficient.labels(term=term).set(value)
         if state["r2"] is not None:
             self.r2.set(state["r2"])

@@ -57,7 +57,7 @@ def hook(
     cache = scheduler.tree_cache
     if not isinstance(cache, HoleAwareRadixCache):
         return original(scheduler, prefill_delayer_single_pass, running_batch)
-    if scheduler.server_args.tp_size > 1:
+    if cache.config.tp_size > 1:
         # Every rank calls this in the same order (SGLang keeps their scheduling identical).
         cache.sync_latency(lambda view: broadcast_from_tp_rank0(scheduler, view))
     launch_chunk = scheduler.chunked_prefill_size
