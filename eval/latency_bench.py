@@ -28,12 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from asymcache_sglang.config import LATENCY_TRACE_ENV
 from eval.gpu_pressure import card, git_commit, percentile, server_health
+from eval.report import grouped_bars
 from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_env
-from eval.workloads import TurnResult, asymcache_counters, generate_streaming
+from eval.workloads import TurnResult, asymcache_counters, asymcache_latency, generate_streaming
 
 
 @dataclass(frozen=True)
@@ -127,9 +126,15 @@ def trace_path(log_dir: Path, name: str) -> Path:
     return log_dir / f"latency-trace-{name}.jsonl"
 
 
-def latency_state(url: str) -> dict[str, Any]:
-    info = requests.get(f"{url}/get_server_info", timeout=60).json()
-    return info["internal_states"][0].get("asymcache_latency", {})
+def measure_mixed(server: SGLangServer, workload: MixedWorkload) -> dict[str, Any]:
+    """Run ``workload`` on ``server``: summary, the latency model, counters and health."""
+    decodes, prefills = run_mixed(server.url, workload)
+    return {
+        **summarize_mixed(decodes, prefills),
+        "latency_model": asymcache_latency(server.url),
+        "counters": asymcache_counters(server.url),
+        **server_health(server),
+    }
 
 
 def run_chunking_comparison(
@@ -168,14 +173,7 @@ def run_chunking_comparison(
         with SGLangServer(
             model, extra_args=[*base_args, *flags], env=server_env, log_path=log_path, timeout_s=600
         ) as server:
-            decodes, prefills = run_mixed(server.url, workload)
-            runs[name] = {
-                **summarize_mixed(decodes, prefills),
-                "server_flags": flags,
-                "latency_model": latency_state(server.url),
-                "counters": asymcache_counters(server.url),
-                **server_health(server),
-            }
+            runs[name] = {"server_flags": flags, **measure_mixed(server, workload)}
     metrics = (
         "tpot_mean_s", "tpot_p90_s", "itl_p50_s", "itl_p99_s", "itl_max_s",
         "long_ttft_mean_s", "long_ttft_p90_s",
@@ -208,19 +206,12 @@ def plot(result: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = result["runs"]
     fig, ax = plt.subplots(figsize=(6.5, 3))
-    width = 0.8 / len(runs)
-    for i, (name, run) in enumerate(runs.items()):
-        xs = [j + i * width for j in range(len(PLOT_METRICS))]
-        ax.bar(xs, [run[m] * 1000 for m in PLOT_METRICS], width, label=name)
-    centre = width * (len(runs) - 1) / 2
     labels = ["TPOT mean", "ITL p99", "ITL max", "long TTFT mean"]
-    ax.set_xticks([j + centre for j in range(len(PLOT_METRICS))], labels)
+    grouped_bars(ax, result["runs"], PLOT_METRICS, labels)
     ax.set_yscale("log")
     ax.set_ylabel("ms")
     ax.set_title(f"Adaptive vs static chunking, {result['card']}", fontsize=8)
-    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 METRICS = ("ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "latency_mean_s")
@@ -25,6 +27,19 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def grouped_bars(
+    ax: Any, runs: dict[str, dict], metrics: Sequence[str], labels: Sequence[str]
+) -> None:
+    """One group per metric (seconds, drawn in ms), one bar per run in each group."""
+    width = 0.8 / len(runs)
+    for i, (name, run) in enumerate(runs.items()):
+        xs = [j + i * width for j in range(len(metrics))]
+        ax.bar(xs, [run[m] * 1000 for m in metrics], width, label=name)
+    centre = width * (len(runs) - 1) / 2
+    ax.set_xticks([j + centre for j in range(len(metrics))], labels)
+    ax.legend(fontsize=7)
+
+
 def plot(results: dict[str, dict], out: Path) -> None:
     import matplotlib
 
@@ -33,16 +48,9 @@ def plot(results: dict[str, dict], out: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3), squeeze=False)
     for ax, (name, res) in zip(axes[0], results.items()):
-        caches = list(res["runs"])
-        width = 0.8 / len(caches)
-        for i, cache in enumerate(caches):
-            values = [res["runs"][cache][m] * 1000 for m in METRICS[:4]]
-            xs = [j + i * width for j in range(len(values))]
-            ax.bar(xs, values, width, label=cache)
-        ax.set_xticks([j + width / 2 for j in range(4)], ["mean", "p50", "p90", "p99"])
+        grouped_bars(ax, res["runs"], METRICS[:4], ["mean", "p50", "p90", "p99"])
         ax.set_ylabel("TTFT (ms)")
         ax.set_title(f"{name}\n{res['card']}", fontsize=8)
-        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import requests
@@ -124,27 +124,22 @@ def run_concurrent_sessions(url: str, workload: MultiTurnWorkload) -> list[TurnR
         [rng.randrange(lo, hi) for _ in range(workload.first_prompt_tokens)]
         for _ in range(workload.num_sessions)
     ]
-    results: list[list[TurnResult]] = [[] for _ in firsts]
 
-    def session(index: int) -> None:
+    def session(index: int) -> list[TurnResult]:
         history = list(firsts[index])
         user = random.Random(workload.seed * 1000 + index + 1)
+        results = []
         for turn in range(workload.turns):
             res = generate_streaming(url, history, workload.max_new_tokens, return_logprob=False)
             res.session, res.turn = index, turn
-            results[index].append(res)
+            results.append(res)
             history.extend(res.output_ids)
             history.extend(user.randrange(lo, hi) for _ in range(workload.user_tokens_per_turn))
+        return results
 
-    threads = [threading.Thread(target=session, args=(i,)) for i in range(len(firsts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    done = [res for per_session in results for res in per_session]
-    if len(done) != workload.num_sessions * workload.turns:
-        raise RuntimeError(f"{len(done)} of {workload.num_sessions * workload.turns} turns ran")
-    return done
+    # map() re-raises a session's failure here.
+    with ThreadPoolExecutor(len(firsts)) as pool:
+        return [res for per_session in pool.map(session, range(len(firsts))) for res in per_session]
 
 
 def replay_inputs(
@@ -159,7 +154,17 @@ def replay_inputs(
     return out
 
 
+def asymcache_state(url: str, key: str) -> dict:
+    """One AsymCache entry of /get_server_info's scheduler state (empty without AsymCache)."""
+    info = requests.get(f"{url}/get_server_info", timeout=60).json()
+    return info["internal_states"][0].get(key, {})
+
+
 def asymcache_counters(url: str) -> dict:
     """AsymCache's counters from /get_server_info (empty for a server without AsymCache)."""
-    info = requests.get(f"{url}/get_server_info", timeout=60).json()
-    return info["internal_states"][0].get("asymcache", {})
+    return asymcache_state(url, "asymcache")
+
+
+def asymcache_latency(url: str) -> dict:
+    """The latency model's state and last chunk decision (empty without AsymCache)."""
+    return asymcache_state(url, "asymcache_latency")

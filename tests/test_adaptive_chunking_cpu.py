@@ -21,7 +21,7 @@ import requests
 
 from asymcache_sglang.config import LATENCY_TRACE_ENV
 from eval.server import SGLangServer, cpu_env, cpu_server_args
-from eval.workloads import asymcache_counters, generate_streaming
+from eval.workloads import asymcache_counters, asymcache_latency, generate_streaming
 
 pytestmark = pytest.mark.e2e
 
@@ -54,15 +54,10 @@ def adaptive_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangSer
         yield server
 
 
-def latency_state(url: str) -> dict:
-    info = requests.get(f"{url}/get_server_info", timeout=60).json()
-    return info["internal_states"][0]["asymcache_latency"]
-
-
 def test_chunk_size_follows_the_latency_model(adaptive_server, no_cache_server):
     url = adaptive_server.url
     # The start-up profile's forwards were timed before the server reported ready.
-    assert latency_state(url)["samples"] >= 10
+    assert asymcache_latency(url)["samples"] >= 10
     rng = random.Random(0)
 
     def prompt(n: int) -> list[int]:
@@ -71,7 +66,7 @@ def test_chunk_size_follows_the_latency_model(adaptive_server, no_cache_server):
     # Varied prefills and decodes, so every regressor is exercised and the fit becomes ready.
     for n in [16, 900, 64, 480, 32, 700, 128, 300, 48, 1000, 200, 600] * 3:
         generate_streaming(url, prompt(n), max_new_tokens=4)
-    model = latency_state(url)
+    model = asymcache_latency(url)
     assert asymcache_counters(url)["timed_forwards"] >= model["samples"] >= 32
     trace_path = adaptive_server.log_path.parent / "adaptive-latency-trace.jsonl"
     trace = [json.loads(line) for line in trace_path.read_text().splitlines()]
@@ -101,7 +96,7 @@ def test_chunk_size_follows_the_latency_model(adaptive_server, no_cache_server):
     # A 1 ms budget beside a decode leaves the smallest chunk, below the launch-time size.
     below = after["budget_chunk_below_launch_size"] - before["budget_chunk_below_launch_size"]
     assert below == after["budget_chunk_decisions"] - before["budget_chunk_decisions"]
-    assert 0 < latency_state(url)["last_chunk"] <= LAUNCH_CHUNK
+    assert 0 < asymcache_latency(url)["last_chunk"] <= LAUNCH_CHUNK
     # Chunked differently, the answer is the one stock SGLang gives without a cache.
     assert beside_decode.output_ids == reference.output_ids
     metrics = requests.get(f"{url}/metrics", timeout=60).text

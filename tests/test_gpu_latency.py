@@ -13,19 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.gpu_pressure import server_health
 from eval.latency_bench import (
     MixedWorkload,
     inter_token_gaps_s,
-    latency_state,
+    measure_mixed,
     plot,
     run_chunking_comparison,
-    run_mixed,
     summarize_mixed,
     tpot_s,
 )
 from eval.server import SGLangServer
-from eval.workloads import TurnResult, asymcache_counters
+from eval.workloads import TurnResult
 
 
 def result(ttft: float, latency: float, tokens: int) -> TurnResult:
@@ -100,16 +98,10 @@ def test_adaptive_chunking_with_tp2(llama3_8b_geometry, tmp_path):
     with SGLangServer(
         llama3_8b_geometry, extra_args=args, log_path=out_dir / "chunking-tp2.log", timeout_s=600
     ) as server:
-        decodes, prefills = run_mixed(server.url, workload)
-        run = {
-            **summarize_mixed(decodes, prefills),
-            "latency_model": latency_state(server.url),
-            "counters": asymcache_counters(server.url),
-            **server_health(server),
-        }
+        run = measure_mixed(server, workload)
     (out_dir / "latency_tp2.json").write_text(json.dumps(run, indent=1))
     print(json.dumps({k: v for k, v in run.items() if k != "counters"}, indent=1))
     assert run["healthy_after_idle"] and run["leak_or_error_lines"] == 0
-    assert len(prefills) == workload.long_prompts
+    assert run["long_prompt_requests"] == workload.long_prompts
     assert run["latency_model"]["published_ready"]
     assert run["counters"]["budget_chunk_decisions"] > 0
