@@ -4,11 +4,6 @@ With decodes running, the chunk is the largest one whose mixed step stays within
 (Sarathi-style stall-free batching, with the budget in seconds rather than tokens). Without them,
 it is the knee of the predicted prefill throughput: past it, bigger chunks buy little throughput
 and only delay the next scheduling decision.
-
-The budget rule trusts the model only up to TRUST_GROWTH x the largest extend it has seen lately:
-an under-predicted chunk stalls every running decode, so chunk sizes grow into unexplored range
-geometrically, each step teaching the model the slope there. The knee rule needs no such cap: a
-chunk larger than the knee costs throughput nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +14,6 @@ from dataclasses import dataclass, replace
 from asymcache_sglang.latency_model import BatchFeatures
 
 DEFAULT_MIN_CHUNK = 64
-TRUST_GROWTH = 2
 
 
 @dataclass(frozen=True)
@@ -40,7 +34,6 @@ def pick_chunk(
     page_size: int = 1,
     min_chunk: int | None = None,
     tpot_budget_s: float | None,
-    explored_new_tokens: int | None = None,
     knee_gain: float = 0.05,
 ) -> ChunkDecision:
     """Prefill chunk for the next request, a multiple of page_size in [min_chunk, max_chunk].
@@ -48,8 +41,7 @@ def pick_chunk(
     ``predict`` must be non-decreasing in the chunk (true for OnlineLatencyModel.predict: its
     coefficients are non-negative), which the budget's binary search relies on. ``max_chunk`` is
     the launch-time --chunked-prefill-size (rounded down to a page); ``min_chunk`` defaults to
-    max(page_size, 64) rounded up to a page, capped at max_chunk. ``explored_new_tokens`` (the
-    model's largest recent extend; None: no cap) caps the budget rule's chunk at TRUST_GROWTH x it.
+    max(page_size, 64) rounded up to a page, capped at max_chunk.
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
@@ -63,8 +55,6 @@ def pick_chunk(
         raise ValueError(f"tpot_budget_s must be > 0 or None, got {tpot_budget_s}")
     if not knee_gain > 0:
         raise ValueError(f"knee_gain must be > 0, got {knee_gain}")
-    if explored_new_tokens is not None and explored_new_tokens < 1:
-        raise ValueError(f"explored_new_tokens must be >= 1 or None, got {explored_new_tokens}")
 
     hi = max_chunk // page_size * page_size
     wanted_min = max(page_size, DEFAULT_MIN_CHUNK) if min_chunk is None else min_chunk
@@ -77,14 +67,7 @@ def pick_chunk(
         return predict(replace(decodes, new_tokens=prefill.new_tokens, new_ctx=prefill.new_ctx))
 
     if decode_seq_lens and tpot_budget_s is not None:
-        trusted = hi
-        if explored_new_tokens is not None:
-            trusted = min(hi, max(lo, TRUST_GROWTH * explored_new_tokens // page_size * page_size))
-        decision = _within_budget(step_s, lo, trusted, page_size, tpot_budget_s)
-        if trusted < hi and decision.reason.startswith("max_chunk"):
-            reason = f"trust cap: {TRUST_GROWTH}x the largest recent extend fits the TPOT budget"
-            return replace(decision, reason=reason)
-        return decision
+        return _within_budget(step_s, lo, hi, page_size, tpot_budget_s)
     return _knee(step_s, lo, hi, knee_gain)
 
 

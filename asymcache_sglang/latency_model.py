@@ -231,12 +231,6 @@ class OnlineLatencyModel:
     ``max_window_error_pct``. R^2 alone would drop the model during steady decoding, where the
     window's step times barely vary and R^2 measures noise, just when the next long prompt needs a
     chunk decision.
-
-    Range: ``explored_new_tokens`` is the largest extend among the window's steps (else the last
-    extend seen). Past it a prediction is an extrapolation of the linear form, and on a GPU that
-    is wrong in a known direction: small extends are launch-bound, so a fit to them flattens c1
-    (on an H100 it fell to a tenth of the compute-bound slope and sized a 6,000-token chunk as
-    fitting a 46 ms budget; it took 152 ms).
     """
 
     def __init__(
@@ -270,8 +264,6 @@ class OnlineLatencyModel:
         self._p = self._eig_cap * np.eye(NUM_COEFS)
         self._window = WindowScore(window)
         self._samples = 0
-        # (sample index, new tokens) of recent extend steps, for explored_new_tokens.
-        self._extends: deque[tuple[int, int]] = deque(maxlen=window)
         self.held_out = HeldOutScore()
         # Refreshed once per update: eviction reads it for every node key it computes.
         self._ready = False
@@ -290,16 +282,6 @@ class OnlineLatencyModel:
     def ready(self) -> bool:
         """Whether callers should trust the model over their static fallback."""
         return self._ready
-
-    @property
-    def explored_new_tokens(self) -> int | None:
-        """The largest extend (new tokens) among the window's steps, else the last extend seen;
-        None before any extend."""
-        if not self._extends:
-            return None
-        oldest = self._samples - self._window.pairs.maxlen
-        recent = [new for index, new in self._extends if index >= oldest]
-        return max(recent) if recent else self._extends[-1][1]
 
     def predict(self, features: BatchFeatures) -> float:
         """Predicted step time in seconds (>= 0: coefficients and features are non-negative)."""
@@ -323,8 +305,6 @@ class OnlineLatencyModel:
         self._p = (self._p - np.outer(gain, px)) / self.forgetting
         self._bound_covariance()
         self._theta = _project_nonneg(self._theta_ls, self._p)
-        if features.new_tokens > 0:
-            self._extends.append((self._samples, features.new_tokens))
         self._samples += 1
         self._ready = self._samples >= self.min_samples and self._fit_is_good()
 
@@ -356,7 +336,6 @@ class OnlineLatencyModel:
             "r2": self.r2(),
             "mean_abs_pct_error": self.mean_abs_pct_error(),
             "covariance_trace": float(np.trace(self._p)),
-            "explored_new_tokens": self.explored_new_tokens,
             "held_out": self.held_out.state(),
         }
 
@@ -379,17 +358,11 @@ class LatencyView:
     coefficients: tuple[float, ...] = (0.0,) * NUM_COEFS
     ready: bool = False
     tpot_budget_s: float | None = None
-    explored_new_tokens: int | None = None
 
     @classmethod
     def of(cls, model: OnlineLatencyModel, decode_steps: DecodeStepTracker) -> LatencyView:
         coefficients = model.coefficients
-        return cls(
-            coefficients,
-            model.ready,
-            decode_steps.budget_s(coefficients[EXTEND_STEP_TERM]),
-            model.explored_new_tokens,
-        )
+        return cls(coefficients, model.ready, decode_steps.budget_s(coefficients[EXTEND_STEP_TERM]))
 
     def predict(self, features: BatchFeatures) -> float:
         """Predicted step time in seconds, as ``OnlineLatencyModel.predict`` at publication."""

@@ -77,7 +77,6 @@ class HoleAwareRadixCache(RadixCache):
             # The subset taken beside running decodes, under the TPOT budget.
             "budget_chunk_decisions": 0,
             "budget_chunk_below_launch_size": 0,
-            "budget_chunk_trust_capped": 0,
         }
         self.last_chunk: int | None = None
         self.metrics = LatencyMetrics() if config.enable_metrics else None
@@ -323,7 +322,6 @@ class HoleAwareRadixCache(RadixCache):
             max_chunk=max_chunk,
             page_size=page_size,
             tpot_budget_s=budget_s,
-            explored_new_tokens=view.explored_new_tokens,
         )
         below = decision.chunk < max_chunk
         self.counters["chunk_decisions"] += 1
@@ -331,7 +329,6 @@ class HoleAwareRadixCache(RadixCache):
         if decode_seq_lens and budget_s is not None:
             self.counters["budget_chunk_decisions"] += 1
             self.counters["budget_chunk_below_launch_size"] += below
-            self.counters["budget_chunk_trust_capped"] += decision.reason.startswith("trust cap")
         self.last_chunk = decision.chunk
         if self.metrics is not None:
             self.metrics.observe_chunk(decision.chunk)

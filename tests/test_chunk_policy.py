@@ -112,22 +112,6 @@ def test_no_decodes_or_no_budget_uses_the_knee():
     assert untrained == ChunkDecision(4096, "max_chunk: the model predicts no cost", 0.0)
 
 
-def test_budget_chunk_is_capped_at_twice_the_explored_extend():
-    # The budget alone allows 1000 tokens; the model has seen extends of up to 300.
-    capped = chunk_for(0.02, explored_new_tokens=300, page_size=16)
-    assert capped.chunk == 592 and capped.reason.startswith("trust cap")  # 600 down to a page
-    assert capped.predicted_s == pytest.approx(A + B * 592)
-    # Within the explored range the budget decides, as without a cap.
-    assert chunk_for(0.02, explored_new_tokens=600) == chunk_for(0.02)
-    assert chunk_for(0.0125, explored_new_tokens=10).chunk == 64  # never below min_chunk
-    assert chunk_for(0.001, explored_new_tokens=300).reason.startswith("min_chunk")
-    # The knee rule (no decodes) is not capped: a chunk past the knee costs no throughput.
-    knee = chunk_for(None, decode_seq_lens=[], max_chunk=32768)
-    assert chunk_for(None, decode_seq_lens=[], max_chunk=32768, explored_new_tokens=64) == knee
-    caps = [chunk_for(0.05, explored_new_tokens=e, page_size=64).chunk for e in range(32, 5000, 97)]
-    assert caps == sorted(caps)  # monotone in the explored range too
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -138,7 +122,6 @@ def test_budget_chunk_is_capped_at_twice_the_explored_extend():
         ({"min_chunk": 9000}, "min_chunk"),
         ({"tpot_budget_s": 0.0}, "tpot_budget_s"),
         ({"knee_gain": 0.0}, "knee_gain"),
-        ({"explored_new_tokens": 0}, "explored_new_tokens"),
     ],
 )
 def test_validation(kwargs: dict, message: str):

@@ -271,26 +271,6 @@ def test_view_predicts_as_the_model_did_and_carries_the_budget():
     assert LatencyView().predict(random_batch(rng)) == 0.0 and not LatencyView().ready
 
 
-def test_explored_new_tokens_is_the_window_max_else_the_last_extend():
-    model = OnlineLatencyModel(window=16)
-    assert (
-        model.explored_new_tokens is None
-        and LatencyView.of(model, DecodeStepTracker()).explored_new_tokens is None
-    )
-    decode = BatchFeatures(0, 0.0, 4, 4000)
-    for new in (2048, 100, 300):
-        model.update(BatchFeatures(new, new * new / 2.0, 0, 0), 0.01 + 1e-5 * new)
-    assert model.explored_new_tokens == 2048
-    for _ in range(14):
-        model.update(decode, 0.007)
-    assert model.explored_new_tokens == 300  # 2048 has left the 16-step window, 100 and 300 not
-    for _ in range(5):
-        model.update(decode, 0.007)
-    assert model.explored_new_tokens == 300  # no extend in the window: the last one seen
-    assert model.state()["explored_new_tokens"] == 300
-    assert LatencyView.of(model, DecodeStepTracker()).explored_new_tokens == 300
-
-
 def test_decode_step_tracker_budget():
     tracker = DecodeStepTracker()
     assert tracker.budget_s() is None
