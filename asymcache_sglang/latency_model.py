@@ -12,6 +12,13 @@ extends eagerly, so an extend of a few tokens costs more than a decode step of a
 with the Llama-3-8B geometry, without c5 the fit missed small extends by 100-200%). All six
 coefficients are physically non-negative, which the fit enforces and the chunk policy relies on
 (predicted time is then monotone in every feature).
+
+The prediction is also never below new / peak, the step time at the best prefill throughput
+(tokens per second) measured so far: a throughput ceiling. The linear form alone extrapolates
+badly on a GPU, where a step takes about the larger of its launch time and its compute time, not
+their sum: a run of small, launch-bound chunks flattens c1, and on an H100 (Llama-3-8B geometry)
+the fit then predicted 49 ms for a 6,000-token extend that took 152 ms. The start-up profile
+times the largest chunk, so the ceiling is measured where it binds.
 """
 
 from __future__ import annotations
@@ -85,6 +92,11 @@ class BatchFeatures:
 
 def _scaled(features: BatchFeatures) -> np.ndarray:
     return np.array(features.vector()) / np.array(REGRESSOR_SCALES)
+
+
+def throughput_bound_s(new_tokens: int, peak_tokens_per_s: float) -> float:
+    """Seconds ``new_tokens`` take at the peak prefill throughput; 0 before one was measured."""
+    return new_tokens / peak_tokens_per_s if peak_tokens_per_s > 0 else 0.0
 
 
 def _project_nonneg(u: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -264,6 +276,7 @@ class OnlineLatencyModel:
         self._p = self._eig_cap * np.eye(NUM_COEFS)
         self._window = WindowScore(window)
         self._samples = 0
+        self._peak_tokens_per_s = 0.0
         self.held_out = HeldOutScore()
         # Refreshed once per update: eviction reads it for every node key it computes.
         self._ready = False
@@ -283,16 +296,23 @@ class OnlineLatencyModel:
         """Whether callers should trust the model over their static fallback."""
         return self._ready
 
+    @property
+    def peak_prefill_tokens_per_s(self) -> float:
+        """The best new tokens / step time of any extend step so far (0 before one)."""
+        return self._peak_tokens_per_s
+
     def predict(self, features: BatchFeatures) -> float:
-        """Predicted step time in seconds (>= 0: coefficients and features are non-negative)."""
-        return max(0.0, float(_scaled(features) @ self._theta))
+        """Predicted step time in seconds: the linear fit (>= 0, its coefficients and features
+        are non-negative), at least the throughput ceiling's time."""
+        linear = float(_scaled(features) @ self._theta)
+        return max(0.0, linear, throughput_bound_s(features.new_tokens, self._peak_tokens_per_s))
 
     def update(self, features: BatchFeatures, seconds: float) -> None:
         """Absorb one measured step; its prediction is scored first, so the window is held-out."""
         if not math.isfinite(seconds) or seconds <= 0:
             raise ValueError(f"step time must be finite and > 0, got {seconds}")
         x = _scaled(features)
-        predicted = float(x @ self._theta)
+        predicted = self.predict(features)
         if self._samples >= self.min_samples:
             # Predictions of a model still warming up say nothing about the fit it converges to.
             self._window.add(predicted, seconds)
@@ -305,6 +325,8 @@ class OnlineLatencyModel:
         self._p = (self._p - np.outer(gain, px)) / self.forgetting
         self._bound_covariance()
         self._theta = _project_nonneg(self._theta_ls, self._p)
+        if features.new_tokens > 0:
+            self._peak_tokens_per_s = max(self._peak_tokens_per_s, features.new_tokens / seconds)
         self._samples += 1
         self._ready = self._samples >= self.min_samples and self._fit_is_good()
 
@@ -336,6 +358,7 @@ class OnlineLatencyModel:
             "r2": self.r2(),
             "mean_abs_pct_error": self.mean_abs_pct_error(),
             "covariance_trace": float(np.trace(self._p)),
+            "peak_prefill_tokens_per_s": self._peak_tokens_per_s,
             "held_out": self.held_out.state(),
         }
 
@@ -358,15 +381,23 @@ class LatencyView:
     coefficients: tuple[float, ...] = (0.0,) * NUM_COEFS
     ready: bool = False
     tpot_budget_s: float | None = None
+    peak_prefill_tokens_per_s: float = 0.0
 
     @classmethod
     def of(cls, model: OnlineLatencyModel, decode_steps: DecodeStepTracker) -> LatencyView:
         coefficients = model.coefficients
-        return cls(coefficients, model.ready, decode_steps.budget_s(coefficients[EXTEND_STEP_TERM]))
+        return cls(
+            coefficients,
+            model.ready,
+            decode_steps.budget_s(coefficients[EXTEND_STEP_TERM]),
+            model.peak_prefill_tokens_per_s,
+        )
 
     def predict(self, features: BatchFeatures) -> float:
         """Predicted step time in seconds, as ``OnlineLatencyModel.predict`` at publication."""
-        return max(0.0, sum(c * x for c, x in zip(self.coefficients, features.vector())))
+        linear = sum(c * x for c, x in zip(self.coefficients, features.vector()))
+        bound = throughput_bound_s(features.new_tokens, self.peak_prefill_tokens_per_s)
+        return max(0.0, linear, bound)
 
 
 class LatencyCostModel:

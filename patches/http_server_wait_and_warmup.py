@@ -30,11 +30,17 @@ PROFILE_TOKEN_RANGE = (10, 500)
 
 
 def profile_lengths(server_args: Any) -> list[int]:
-    """Prefill lengths that fit the launch-time chunk and a quarter of the KV pool."""
-    limit = server_args.chunked_prefill_size or max(PROFILE_PREFILL_TOKENS)
+    """Prefill lengths up to the launch-time chunk, capped at a quarter of the KV pool.
+
+    The last is that limit itself: the latency model's throughput ceiling is then measured at the
+    largest chunk the policy may choose, where compute, not launch, sets the step time.
+    """
+    limit = server_args.chunked_prefill_size
+    if limit is None or limit <= 0:  # chunking disabled
+        limit = max(PROFILE_PREFILL_TOKENS)
     if server_args.max_total_tokens:
-        limit = min(limit, server_args.max_total_tokens // 4)
-    return [n for n in PROFILE_PREFILL_TOKENS if n <= limit] or [min(PROFILE_PREFILL_TOKENS)]
+        limit = max(1, min(limit, server_args.max_total_tokens // 4))
+    return [n for n in PROFILE_PREFILL_TOKENS if n < limit] + [limit]
 
 
 def run_profile(server_args: Any) -> None:

@@ -271,6 +271,21 @@ def test_view_predicts_as_the_model_did_and_carries_the_budget():
     assert LatencyView().predict(random_batch(rng)) == 0.0 and not LatencyView().ready
 
 
+def test_prediction_never_beats_the_peak_prefill_throughput():
+    model = OnlineLatencyModel()
+    assert model.peak_prefill_tokens_per_s == 0.0
+    model.update(BatchFeatures.from_segments([(0, 100)], []), 0.030)  # 3,333 tokens/s
+    model.update(BatchFeatures.from_segments([(0, 2000)], [50]), 0.100)  # 20,000 tokens/s
+    model.update(BatchFeatures.from_segments([], [50] * 8), 0.001)  # decodes leave the peak be
+    assert model.peak_prefill_tokens_per_s == 20000.0
+    big = BatchFeatures.from_segments([(0, 6000)], [50] * 8)
+    assert model.predict(big) >= 0.3
+    view = LatencyView.of(model, DecodeStepTracker())
+    assert view.peak_prefill_tokens_per_s == 20000.0 and view.predict(big) == model.predict(big)
+    assert model.state()["peak_prefill_tokens_per_s"] == 20000.0
+    assert model.predict(BatchFeatures.from_segments([], [50])) >= 0.0  # no bound without tokens
+
+
 def test_decode_step_tracker_budget():
     tracker = DecodeStepTracker()
     assert tracker.budget_s() is None

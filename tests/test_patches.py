@@ -36,9 +36,11 @@ def test_triton_kernel_only_for_plain_causal_models(configured, hf_config, expec
     ("chunk", "pool", "expected"),
     [
         (None, None, [32, 128, 512, 1024, 2048]),
+        (-1, None, [32, 128, 512, 1024, 2048]),
         (512, 8000, [32, 128, 512]),
-        (8192, 1200, [32, 128]),
-        (16, None, [32]),
+        (8192, 1200, [32, 128, 300]),
+        (8192, 120000, [32, 128, 512, 1024, 2048, 8192]),
+        (16, None, [16]),
     ],
 )
 def test_profile_fits_the_chunk_and_the_pool(chunk, pool, expected):
