@@ -17,7 +17,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from asymcache_sglang.latency_model import BatchFeatures, HeldOutScore, OnlineLatencyModel
+from asymcache_sglang.chunk_policy import pick_chunk
+from asymcache_sglang.latency_model import (
+    BatchFeatures,
+    DecodeStepTracker,
+    HeldOutScore,
+    LatencyView,
+    OnlineLatencyModel,
+)
 from eval.gpu_pressure import git_commit
 
 
@@ -28,37 +35,81 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in lines if line.strip()]
 
 
-def replay(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Held-out scores of the predictions as served and of this checkout's model.
+def replay(records: list[dict[str, Any]], max_chunk: int = 8192) -> dict[str, Any]:
+    """Held-out scores of the predictions as served and of this checkout's model, and the step
+    beside decodes that the served model underpredicted most, with what this model makes of it.
 
-    Both skip the model's first ``min_samples`` steps, as the server's own score does.
+    Both scores skip the model's first ``min_samples`` steps, as the server's own score does.
     """
     model = OnlineLatencyModel()
+    decode_steps = DecodeStepTracker()
     as_served = HeldOutScore()
+    worst: dict[str, Any] | None = None
     for record in records:
         features = BatchFeatures(
             record["new_tokens"], record["new_ctx"], record["decode_reqs"], record["decode_ctx"]
         )
+        seconds, served = record["seconds"], record["predicted"]
         if model.samples >= model.min_samples:
-            as_served.add(record["predicted"], record["seconds"], prefill=features.new_tokens > 0)
-        model.update(features, record["seconds"])
+            as_served.add(served, seconds, prefill=features.new_tokens > 0)
+            beside_decodes = features.new_tokens > 0 and features.decode_reqs > 0
+            if beside_decodes and (worst is None or seconds - served > worst["underpredicted_s"]):
+                worst = {
+                    "new_tokens": features.new_tokens,
+                    "decode_reqs": features.decode_reqs,
+                    "seconds": seconds,
+                    "served_prediction_s": served,
+                    "underpredicted_s": seconds - served,
+                    "replayed_prediction_s": model.predict(features),
+                    **budget_chunk(model, decode_steps, features, max_chunk),
+                }
+        model.update(features, seconds)
+        if features.new_tokens == 0 and features.decode_reqs > 0:
+            decode_steps.observe(seconds)
     return {
         "steps": len(records),
         "as_served": as_served.state(),
         "replayed": model.held_out.state(),
         "replayed_peak_prefill_tokens_per_s": model.peak_prefill_tokens_per_s,
         "replayed_coefficients": model.coefficients,
+        "worst_underpredicted_step_beside_decodes": worst,
     }
+
+
+def budget_chunk(
+    model: OnlineLatencyModel,
+    decode_steps: DecodeStepTracker,
+    features: BatchFeatures,
+    max_chunk: int,
+) -> dict[str, Any]:
+    """The chunk the default budget rule picks before this step, as a server publishing this
+    model would. The trace keeps no per-request lengths: the step is taken as one segment and
+    its decodes as equally long."""
+    view = LatencyView.of(model, decode_steps)
+    if not view.ready or view.tpot_budget_s is None:
+        return {"replayed_budget_s": view.tpot_budget_s, "replayed_chunk": None}
+    mean_position = features.new_ctx / features.new_tokens
+    decision = pick_chunk(
+        view.predict,
+        prefix_len=max(0, round(mean_position - features.new_tokens / 2)),
+        decode_seq_lens=[features.decode_ctx // features.decode_reqs] * features.decode_reqs,
+        max_chunk=max_chunk,
+        tpot_budget_s=view.tpot_budget_s,
+    )
+    return {"replayed_budget_s": view.tpot_budget_s, "replayed_chunk": decision.chunk}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("traces", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
+    parser.add_argument(
+        "--max-chunk", type=int, default=8192, help="the traced servers' --chunked-prefill-size"
+    )
     args = parser.parse_args()
     result = {
         "replay_commit": git_commit(),
-        "traces": {path.name: replay(read_trace(path)) for path in args.traces},
+        "traces": {path.name: replay(read_trace(path), args.max_chunk) for path in args.traces},
     }
     for name, scores in result["traces"].items():
         served, replayed = scores["as_served"], scores["replayed"]
@@ -67,6 +118,7 @@ def main() -> None:
             f"prefill-step error {served['prefill_mean_abs_pct_error']:.1f}% -> "
             f"{replayed['prefill_mean_abs_pct_error']:.1f}%"
         )
+        print(f"  worst step beside decodes: {scores['worst_underpredicted_step_beside_decodes']}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
