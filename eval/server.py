@@ -64,6 +64,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# What uvicorn logs when the HTTP port was taken between free_port() and the bind (another
+# server's internal ports, e.g. its NCCL port, are drawn at random and can land on it).
+BIND_FAILURE = "error while attempting to bind on address"
+PORT_ATTEMPTS = 3
+
+
+class PortTaken(RuntimeError):
+    """The server could not bind its HTTP port."""
+
+
 class SGLangServer:
     """`python -m sglang.launch_server` in its own process group; a context manager."""
 
@@ -78,6 +88,7 @@ class SGLangServer:
         timeout_s: float = 300,
     ) -> None:
         self.model_path = str(model_path)
+        self.port_given = port is not None
         self.port = port if port is not None else free_port()
         self.extra_args = list(extra_args)
         self.log_path = Path(log_path) if log_path is not None else self._temp_log_path()
@@ -106,26 +117,38 @@ class SGLangServer:
         ]  # fmt: skip
 
     def start(self) -> SGLangServer:
-        """Launch the server and block until it answers /health_generate."""
+        """Launch the server and block until it answers /health_generate.
+
+        A port of our own choosing that was taken before the server bound it is replaced by a
+        fresh one, up to PORT_ATTEMPTS launches; a port the caller gave is not.
+        """
         if self.proc is not None:
             raise RuntimeError("server already started")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            # Own session: stop() can kill the scheduler and detokenizer children with the group.
-            self.proc = subprocess.Popen(
-                self.command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-                start_new_session=True,
-            )
-        try:
-            self.wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        attempt = 1
+        while True:
+            with open(self.log_path, "wb") as log:
+                # Own session: stop() can kill the scheduler and detokenizer children as a group.
+                self.proc = subprocess.Popen(
+                    self.command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.env,
+                    start_new_session=True,
+                )
+            try:
+                self.wait_healthy()
+                return self
+            except PortTaken:
+                self.stop()
+                if self.port_given or attempt == PORT_ATTEMPTS:
+                    raise
+                attempt += 1
+                self.port = free_port()
+            except BaseException:
+                self.stop()
+                raise
 
     def log_tail(self, num_lines: int = 60) -> str:
         try:
@@ -135,11 +158,14 @@ class SGLangServer:
         return "\n".join(lines[-num_lines:])
 
     def wait_healthy(self) -> None:
-        """Poll /health_generate until it answers 200; raise if the server dies or times out."""
+        """Poll /health_generate until it answers 200; raise if the server dies, cannot bind its
+        port (PortTaken: its scheduler would keep it alive until the timeout), or times out."""
         if self.proc is None:
             raise RuntimeError("server not started")
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
+            if BIND_FAILURE in self.log_path.read_text(errors="replace"):
+                raise PortTaken(f"port {self.port} was taken; log {self.log_path}")
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"sglang server exited with code {self.proc.returncode} during startup; "
