@@ -304,20 +304,25 @@ class OnlineLatencyModel:
     def predict(self, features: BatchFeatures) -> float:
         """Predicted step time in seconds: the linear fit (>= 0, its coefficients and features
         are non-negative), at least the throughput ceiling's time."""
-        linear = float(_scaled(features) @ self._theta)
-        return max(0.0, linear, throughput_bound_s(features.new_tokens, self._peak_tokens_per_s))
+        return self._bounded(float(_scaled(features) @ self._theta), features.new_tokens)
+
+    def _bounded(self, linear: float, new_tokens: int) -> float:
+        return max(0.0, linear, throughput_bound_s(new_tokens, self._peak_tokens_per_s))
 
     def update(self, features: BatchFeatures, seconds: float) -> None:
         """Absorb one measured step; its prediction is scored first, so the window is held-out."""
         if not math.isfinite(seconds) or seconds <= 0:
             raise ValueError(f"step time must be finite and > 0, got {seconds}")
         x = _scaled(features)
-        predicted = self.predict(features)
+        linear = float(x @ self._theta)
+        predicted = self._bounded(linear, features.new_tokens)
         if self._samples >= self.min_samples:
             # Predictions of a model still warming up say nothing about the fit it converges to.
             self._window.add(predicted, seconds)
             self.held_out.add(predicted, seconds, prefill=features.new_tokens > 0)
-        weight = 1.0 / max(seconds, predicted)
+        # Weighted by the fit's own prediction: the ceiling bounds predictions, it does not steer
+        # the fit (steering it scored worse on the H100 traces).
+        weight = 1.0 / max(seconds, linear)
         xw = x * weight
         px = self._p @ xw
         gain = px / (self.forgetting + xw @ px)
