@@ -94,9 +94,11 @@ def _scaled(features: BatchFeatures) -> np.ndarray:
     return np.array(features.vector()) / np.array(REGRESSOR_SCALES)
 
 
-def throughput_bound_s(new_tokens: int, peak_tokens_per_s: float) -> float:
-    """Seconds ``new_tokens`` take at the peak prefill throughput; 0 before one was measured."""
-    return new_tokens / peak_tokens_per_s if peak_tokens_per_s > 0 else 0.0
+def bounded_step_s(linear_s: float, new_tokens: int, peak_tokens_per_s: float) -> float:
+    """The linear prediction, at least 0 and at least ``new_tokens`` at the peak prefill
+    throughput (no bound before a peak was measured)."""
+    bound_s = new_tokens / peak_tokens_per_s if peak_tokens_per_s > 0 else 0.0
+    return max(0.0, linear_s, bound_s)
 
 
 def _project_nonneg(u: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -304,18 +306,17 @@ class OnlineLatencyModel:
     def predict(self, features: BatchFeatures) -> float:
         """Predicted step time in seconds: the linear fit (>= 0, its coefficients and features
         are non-negative), at least the throughput ceiling's time."""
-        return self._bounded(float(_scaled(features) @ self._theta), features.new_tokens)
+        linear = float(_scaled(features) @ self._theta)
+        return bounded_step_s(linear, features.new_tokens, self._peak_tokens_per_s)
 
-    def _bounded(self, linear: float, new_tokens: int) -> float:
-        return max(0.0, linear, throughput_bound_s(new_tokens, self._peak_tokens_per_s))
-
-    def update(self, features: BatchFeatures, seconds: float) -> None:
-        """Absorb one measured step; its prediction is scored first, so the window is held-out."""
+    def update(self, features: BatchFeatures, seconds: float) -> float:
+        """Absorb one measured step and return what was predicted for it; the prediction is
+        scored before the step is absorbed, so the window is held-out."""
         if not math.isfinite(seconds) or seconds <= 0:
             raise ValueError(f"step time must be finite and > 0, got {seconds}")
         x = _scaled(features)
         linear = float(x @ self._theta)
-        predicted = self._bounded(linear, features.new_tokens)
+        predicted = bounded_step_s(linear, features.new_tokens, self._peak_tokens_per_s)
         if self._samples >= self.min_samples:
             # Predictions of a model still warming up say nothing about the fit it converges to.
             self._window.add(predicted, seconds)
@@ -334,6 +335,7 @@ class OnlineLatencyModel:
             self._peak_tokens_per_s = max(self._peak_tokens_per_s, features.new_tokens / seconds)
         self._samples += 1
         self._ready = self._samples >= self.min_samples and self._fit_is_good()
+        return predicted
 
     def _fit_is_good(self) -> bool:
         r2 = self.r2()
@@ -401,8 +403,7 @@ class LatencyView:
     def predict(self, features: BatchFeatures) -> float:
         """Predicted step time in seconds, as ``OnlineLatencyModel.predict`` at publication."""
         linear = sum(c * x for c, x in zip(self.coefficients, features.vector()))
-        bound = throughput_bound_s(features.new_tokens, self.peak_prefill_tokens_per_s)
-        return max(0.0, linear, bound)
+        return bounded_step_s(linear, features.new_tokens, self.peak_prefill_tokens_per_s)
 
 
 class LatencyCostModel:

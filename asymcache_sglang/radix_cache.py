@@ -277,11 +277,10 @@ class HoleAwareRadixCache(RadixCache):
         if not seconds > 0:
             return
         self.counters["timed_forwards"] += 1
+        predicted = self.latency_model.update(features, seconds)
         if self.latency_trace is not None:
-            predicted = self.latency_model.predict(features)
             record = {**asdict(features), "seconds": seconds, "predicted": predicted}
             self.latency_trace.write(json.dumps(record) + "\n")
-        self.latency_model.update(features, seconds)
         if features.new_tokens == 0 and features.decode_reqs > 0:
             self.decode_steps.observe(seconds)
         if (

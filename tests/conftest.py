@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ if not torch.cuda.is_available():
     # precedes every import of the kernels (test modules and plugin alike).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_cpu_env
+from eval.server import REPO_ROOT, SGLangServer, cpu_env, cpu_server_args, stock_cpu_env
 from eval.tiny_model import make_tiny_llama
 
 # Small enough that 8 sessions of 120-420 tokens evict interior nodes between their turns.
@@ -83,11 +85,6 @@ def no_cache_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangSer
 @pytest.fixture(scope="session")
 def llama3_8b_geometry(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A config-only Llama-3-8B folder for ``--load-format dummy`` (GPU host: ``.gpu/``)."""
-    import subprocess
-    import sys
-
-    from eval.server import REPO_ROOT
-
     dest = tmp_path_factory.mktemp("llama3-8b")
     make_model = REPO_ROOT / ".gpu" / "make_model.py"
     subprocess.run(

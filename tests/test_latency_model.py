@@ -284,6 +284,8 @@ def test_prediction_never_beats_the_peak_prefill_throughput():
     assert view.peak_prefill_tokens_per_s == 20000.0 and view.predict(big) == model.predict(big)
     assert model.state()["peak_prefill_tokens_per_s"] == 20000.0
     assert model.predict(BatchFeatures.from_segments([], [50])) >= 0.0  # no bound without tokens
+    before = model.predict(big)
+    assert model.update(big, 0.35) == before  # update returns the prediction it scored
 
 
 def test_decode_step_tracker_budget():
