@@ -121,6 +121,22 @@ def run_mixed(url: str, workload: MixedWorkload) -> tuple[list[TurnResult], list
     return decodes, prefills
 
 
+def bench_server_args(
+    chunked_prefill_size: int = 8192, max_total_tokens: int = 120000, *, cpu: bool = False
+) -> list[str]:
+    """The flags every server of the bench shares (dummy weights, mixed chunks, bounded pool)."""
+    return [
+        "--load-format", "dummy",
+        "--skip-tokenizer-init",
+        "--grammar-backend", "none",
+        "--chunked-prefill-size", str(chunked_prefill_size),
+        "--enable-mixed-chunk",
+        "--max-total-tokens", str(max_total_tokens),
+        # Stock SGLang would take fa3 on Hopper; AsymCache takes flashinfer.
+        *(cpu_server_args() if cpu else ["--attention-backend", "flashinfer"]),
+    ]  # fmt: skip
+
+
 def trace_path(log_dir: Path, name: str) -> Path:
     """Where the ``name`` server writes every timed forward (``ASYMCACHE_LATENCY_TRACE``)."""
     return log_dir / f"latency-trace-{name}.jsonl"
@@ -252,16 +268,7 @@ def main() -> None:
         decode_tokens=args.decode_tokens,
         vocab_high=args.vocab_high,
     )
-    base = [
-        "--load-format", "dummy",
-        "--skip-tokenizer-init",
-        "--grammar-backend", "none",
-        "--chunked-prefill-size", str(args.chunked_prefill_size),
-        "--enable-mixed-chunk",
-        "--max-total-tokens", str(args.max_total_tokens),
-        # Stock SGLang would take fa3 on Hopper; AsymCache takes flashinfer.
-        *(cpu_server_args() if args.cpu else ["--attention-backend", "flashinfer"]),
-    ]  # fmt: skip
+    base = bench_server_args(args.chunked_prefill_size, args.max_total_tokens, cpu=args.cpu)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = run_chunking_comparison(
         args.model,

@@ -15,6 +15,7 @@ import torch
 
 from eval.latency_bench import (
     MixedWorkload,
+    bench_server_args,
     inter_token_gaps_s,
     measure_mixed,
     plot,
@@ -62,13 +63,8 @@ def test_summary_numbers():
 @pytest.mark.gpu
 def test_adaptive_against_static_chunking(llama3_8b_geometry, tmp_path):
     out_dir = Path(os.environ.get("ASYMCACHE_RESULTS_DIR", tmp_path))
-    base = [
-        "--load-format", "dummy", "--skip-tokenizer-init", "--grammar-backend", "none",
-        "--chunked-prefill-size", "8192", "--enable-mixed-chunk", "--max-total-tokens", "120000",
-        "--attention-backend", "flashinfer",
-    ]  # fmt: skip
     res = run_chunking_comparison(
-        llama3_8b_geometry, workload=MixedWorkload(), base_args=base, log_dir=out_dir
+        llama3_8b_geometry, workload=MixedWorkload(), base_args=bench_server_args(), log_dir=out_dir
     )
     (out_dir / "latency_bench.json").write_text(json.dumps(res, indent=1))
     plot(res, out_dir / "latency_bench.png")
@@ -89,10 +85,8 @@ def test_adaptive_chunking_with_tp2(llama3_8b_geometry, tmp_path):
     """TP 2: every rank decides from rank 0's broadcast fit; a divergent chunk would hang."""
     out_dir = Path(os.environ.get("ASYMCACHE_RESULTS_DIR", tmp_path))
     args = [
-        "--load-format", "dummy", "--skip-tokenizer-init", "--grammar-backend", "none",
-        "--chunked-prefill-size", "8192", "--enable-mixed-chunk", "--max-total-tokens", "60000",
-        "--attention-backend", "flashinfer", "--tp-size", "2",
-        "--enable-asymcache", "--asymcache-chunking", "adaptive",
+        *bench_server_args(max_total_tokens=60000),
+        "--tp-size", "2", "--enable-asymcache", "--asymcache-chunking", "adaptive",
     ]  # fmt: skip
     workload = MixedWorkload(long_prompts=6)
     with SGLangServer(
