@@ -447,10 +447,12 @@ class DecodeStepTracker:
         self.ema = ema
         self.step_s: float | None = None
 
-    def observe(self, seconds: float) -> None:
-        """Record the duration of one decode-only step."""
+    def observe(self, features: BatchFeatures, seconds: float) -> None:
+        """Record one timed step; only decode-only steps (decodes, no new tokens) count."""
         if not math.isfinite(seconds) or seconds <= 0:
             raise ValueError(f"step time must be finite and > 0, got {seconds}")
+        if features.new_tokens > 0 or features.decode_reqs == 0:
+            return
         if self.step_s is None:
             self.step_s = seconds
         else:

@@ -281,8 +281,7 @@ class HoleAwareRadixCache(RadixCache):
         if self.latency_trace is not None:
             record = {**asdict(features), "seconds": seconds, "predicted": predicted}
             self.latency_trace.write(json.dumps(record) + "\n")
-        if features.new_tokens == 0 and features.decode_reqs > 0:
-            self.decode_steps.observe(seconds)
+        self.decode_steps.observe(features, seconds)
         if (
             self.metrics is not None
             and self.counters["timed_forwards"] % METRICS_EVERY_FORWARDS == 0

@@ -64,8 +64,7 @@ def replay(records: list[dict[str, Any]], max_chunk: int = 8192) -> dict[str, An
                     **budget_chunk(model, decode_steps, features, max_chunk),
                 }
         model.update(features, seconds)
-        if features.new_tokens == 0 and features.decode_reqs > 0:
-            decode_steps.observe(seconds)
+        decode_steps.observe(features, seconds)
     return {
         "steps": len(records),
         "as_served": as_served.state(),

@@ -26,6 +26,7 @@ from asymcache_sglang.latency_model import (
 # decode key, c5 per extend step: each term is several ms somewhere in the sampled batches.
 TRUTH = (5e-3, 6e-5, 1e-9, 2e-5, 4e-8, 3e-3)
 NOISE = 0.03
+DECODE_STEP = BatchFeatures(0, 0.0, 8, 4000)
 
 
 def random_batch(rng: np.random.Generator, kind: str | None = None) -> BatchFeatures:
@@ -260,7 +261,7 @@ def test_view_predicts_as_the_model_did_and_carries_the_budget():
     train(model, rng, 300)
     steps = DecodeStepTracker()
     assert LatencyView.of(model, steps).tpot_budget_s is None  # no decode step seen yet
-    steps.observe(0.007)
+    steps.observe(DECODE_STEP, 0.007)
     view = LatencyView.of(model, steps)
     for _ in range(20):
         features = random_batch(rng)
@@ -291,17 +292,20 @@ def test_prediction_never_beats_the_peak_prefill_throughput():
 def test_decode_step_tracker_budget():
     tracker = DecodeStepTracker()
     assert tracker.budget_s() is None
-    tracker.observe(0.010)
+    tracker.observe(DECODE_STEP, 0.010)
     assert tracker.budget_s() == pytest.approx(0.020)
-    tracker.observe(0.020)  # 0.010 + 0.1 * (0.020 - 0.010)
+    tracker.observe(DECODE_STEP, 0.020)  # 0.010 + 0.1 * (0.020 - 0.010)
     assert tracker.step_s == pytest.approx(0.011)
+    tracker.observe(BatchFeatures.from_segments([(0, 64)], [100] * 8), 0.050)  # a mixed step
+    tracker.observe(BatchFeatures(0, 0.0, 0, 0), 0.050)  # an empty one
+    assert tracker.step_s == pytest.approx(0.011)  # neither is a decode step
     assert tracker.budget_s() == pytest.approx(0.022)
     assert tracker.budget_s(extend_fixed_s=0.014) == pytest.approx(0.036)
     assert DecodeStepTracker(factor=1.5).factor == 1.5
     with pytest.raises(ValueError, match="factor"):
         DecodeStepTracker(factor=0.5)
     with pytest.raises(ValueError, match="step time"):
-        tracker.observe(0.0)
+        tracker.observe(DECODE_STEP, 0.0)
 
 
 def test_window_score_matches_a_direct_computation():
