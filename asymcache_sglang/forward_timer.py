@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from asymcache_sglang.latency_model import BatchFeatures
+from asymcache_sglang.core.latency_fit import BatchFeatures
 
 T = TypeVar("T")
 Sample = Callable[[BatchFeatures, float], None]

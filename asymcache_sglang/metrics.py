@@ -6,9 +6,7 @@ use the multiprocess mode of SGLang's scheduler gauges, so ``/metrics`` shows th
 
 from __future__ import annotations
 
-from typing import Any
-
-from asymcache_sglang.latency_model import TERMS
+from asymcache_sglang.core.latency_fit import TERMS, LatencyState
 
 
 class LatencyMetrics:
@@ -39,13 +37,13 @@ class LatencyMetrics:
             multiprocess_mode="mostrecent",
         )
 
-    def observe_model(self, state: dict[str, Any]) -> None:
-        for term, value in zip(TERMS, state["coefficients"], strict=True):
+    def observe_model(self, state: LatencyState) -> None:
+        for term, value in zip(TERMS, state.coefficients, strict=True):
             self.coefficient.labels(term=term).set(value)
-        if state["r2"] is not None:
-            self.r2.set(state["r2"])
-        if state["mean_abs_pct_error"] is not None:
-            self.error.set(state["mean_abs_pct_error"])
+        if state.r2 is not None:
+            self.r2.set(state.r2)
+        if state.mean_abs_pct_error is not None:
+            self.error.set(state.mean_abs_pct_error)
 
     def observe_chunk(self, chunk: int) -> None:
         self.chunk.set(chunk)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-Segment = tuple[int, int]
+from asymcache_sglang.core.segments import Segment
 
 
 @dataclass(frozen=True)
@@ -29,22 +29,6 @@ class SubRequestPlan:
     def qo_indptr(self) -> torch.Tensor:
         """int64 [n_sub + 1]: where each sub-request's query rows start in the extend batch."""
         return torch.nn.functional.pad(torch.cumsum(self.extend_lens, 0), (1, 0))
-
-
-def check_segments(segments: Sequence[Sequence[Segment]], seq_lens: Sequence[int]) -> None:
-    """Each request's segments are non-empty, ordered, disjoint, and end with its tail."""
-    if len(segments) != len(seq_lens):
-        raise ValueError(f"{len(segments)} segment lists for {len(seq_lens)} requests")
-    for i, (segs, seq_len) in enumerate(zip(segments, seq_lens)):
-        if not segs:
-            raise ValueError(f"request {i} has no segments")
-        prev_end = 0
-        for s, e in segs:
-            if not prev_end <= s < e:
-                raise ValueError(f"request {i}: bad segment [{s}, {e}) after {prev_end}")
-            prev_end = e
-        if prev_end != seq_len:
-            raise ValueError(f"request {i}: last segment ends at {prev_end}, not {seq_len}")
 
 
 def segment_positions(segments: Sequence[Sequence[Segment]]) -> torch.Tensor:
@@ -70,18 +54,6 @@ def plan_sub_requests(segments: Sequence[Sequence[Segment]]) -> SubRequestPlan:
 
 def _int64(values: list[int]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64)
-
-
-def take_pending_segments(backend: Any, forward_batch: Any) -> list | None:
-    """The segments the ``ForwardBatch.init_new`` hook left on ``backend`` for this forward.
-
-    They are consumed here so a later forward (decode, a contiguous extend) never sees them.
-    """
-    segments = getattr(backend, "asymcache_pending_segments", None)
-    backend.asymcache_pending_segments = None
-    if segments is None or not forward_batch.forward_mode.is_extend():
-        return None
-    return segments
 
 
 def sub_request_view(forward_batch: Any, plan: SubRequestPlan) -> Any:

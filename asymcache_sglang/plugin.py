@@ -1,13 +1,16 @@
 """Entry point of the ``sglang.srt.plugins`` group: registers the flag, the cache and the hooks.
 
 SGLang calls ``register()`` in the launcher and again in every spawned scheduler process, so it is
-idempotent. Every hook is a no-op unless the tree cache is a ``HoleAwareRadixCache``.
+idempotent. Every hook is a no-op unless AsymCache is on (``handoff``'s guards).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 _registered = False
 
@@ -28,17 +31,40 @@ PATCH_MODULES = (
 
 
 def make_asymcache_tree(ctx: Any) -> Any:
-    """Factory for ``--radix-cache-backend asymcache``."""
-    from asymcache_sglang.config import AsymCacheConfig
+    """Factory for ``--radix-cache-backend asymcache``: the cache, its latency runtime, and the
+    state the model-side hooks read (``handoff`` step 0)."""
+    from asymcache_sglang import handoff
+    from asymcache_sglang.core.config import AsymCacheConfig
+    from asymcache_sglang.forward_timer import ForwardTimer
+    from asymcache_sglang.latency_runtime import LatencyRuntime
     from asymcache_sglang.radix_cache import HoleAwareRadixCache
 
-    if ctx.server_args.disable_radix_cache:
-        raise ValueError("--radix-cache-backend asymcache cannot run with --disable-radix-cache")
-    if ctx.is_hybrid_swa or ctx.is_hybrid_ssm:
-        raise ValueError("AsymCache supports full-attention models only (no SWA or SSM layers)")
     if not getattr(ctx.server_args, "enable_asymcache", False):
         raise ValueError("--radix-cache-backend asymcache needs --enable-asymcache")
-    return HoleAwareRadixCache(ctx.params, AsymCacheConfig.from_server_args(ctx.server_args))
+    if ctx.is_hybrid_swa or ctx.is_hybrid_ssm:
+        raise ValueError("AsymCache supports full-attention models only (no SWA or SSM layers)")
+    config = AsymCacheConfig.from_server_args(ctx.server_args)
+    latency = LatencyRuntime(config)
+    model_runner = ctx.tp_worker.model_runner
+    use_cuda = str(model_runner.device).startswith("cuda")
+    handoff.attach_forward_timer(model_runner, ForwardTimer(latency.observe_forward, use_cuda))
+    msa_impl = msa_impl_for(config.msa_impl, model_runner.model_config.hf_config)
+    handoff.attach_forward_plan(model_runner.attn_backend, handoff.ForwardPlan(msa_impl))
+    return HoleAwareRadixCache(ctx.params, config, latency)
+
+
+def msa_impl_for(configured: str | None, hf_config: Any) -> str | None:
+    """The configured MSA kernel, or FlashInfer's for models AsymCache's kernel cannot run."""
+    if configured == "triton" and (
+        getattr(hf_config, "attn_logit_softcapping", None)
+        or getattr(hf_config, "sliding_window", None)
+    ):
+        logger.warning(
+            "--asymcache-msa-impl triton has no logit cap or sliding window; this model has "
+            "one, so multi-segment extends use FlashInfer's sub-request plan"
+        )
+        return "flashinfer"
+    return configured
 
 
 def register() -> None:

@@ -1,22 +1,13 @@
 """``HoleAwareRadixCache``: SGLang's RadixCache interface over the hole-aware core tree.
 
 This is the edge where the core meets SGLang 0.5.16: requests, the KV allocator and
-``req_to_token``. Request state it keeps on ``Req``:
-
-- ``asymcache_plan``: the last match's ``SegmentPlan`` when it has holes (not yet admitted);
-- ``asymcache_admitted_plan``: the plan PrefillAdder admitted for this round's extend;
-- ``asymcache_retained``: ranges of the request's ``req_to_token`` row whose slots belong to the
-  tree; every other slot up to the committed length belongs to the request.
+``req_to_token``. What a request carries between steps is its ``handoff.RequestPlan``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -34,67 +25,45 @@ from sglang.srt.mem_cache.base_prefix_cache import (
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixCache
 
-from asymcache_sglang.chunk_policy import pick_chunk
-from asymcache_sglang.config import LATENCY_TRACE_ENV, AsymCacheConfig
-from asymcache_sglang.forward_timer import ForwardTimer
-from asymcache_sglang.latency_model import (
-    BatchFeatures,
-    DecodeStepTracker,
-    LatencyCostModel,
-    LatencyView,
-    OnlineLatencyModel,
-)
-from asymcache_sglang.metrics import LatencyMetrics
-from asymcache_sglang.tree import CacheNode, HoleAwareTree, Range, SegmentPlan, owned_ranges
+from asymcache_sglang import handoff
+from asymcache_sglang.core.config import AsymCacheConfig
+from asymcache_sglang.core.tree import CacheNode, HoleAwareTree, Range, SegmentPlan, owned_ranges
+from asymcache_sglang.latency_runtime import LatencyRuntime
 
-logger = logging.getLogger(__name__)
-# How often the latency model's coefficients and fit quality go to the log.
-LOG_EVERY_FORWARDS = 500
-# With TP > 1, scheduling passes between broadcasts of rank 0's latency fit.
-LATENCY_SYNC_EVERY = 16
-# Gauges are cheap to set, the fit's state a little less so: refresh them every few forwards.
-METRICS_EVERY_FORWARDS = 20
+
+@dataclass
+class PlanCounters:
+    """Hole plans through the scheduler, in tokens unless named otherwise."""
+
+    plans: int = 0
+    planned_hole_tokens: int = 0
+    retained_tokens: int = 0
+    # What meta_info.cached_tokens was credited: retained tokens only.
+    cached_tokens: int = 0
+    chunk_fallbacks: int = 0
+    # Extends with hole plans that also carried running decodes (--enable-mixed-chunk).
+    mixed_plan_batches: int = 0
 
 
 class HoleAwareRadixCache(RadixCache):
     """Radix prefix cache that evicts cheap heads first and recomputes holes on return."""
 
-    def __init__(self, params: CacheInitParams, config: AsymCacheConfig) -> None:
+    def __init__(
+        self, params: CacheInitParams, config: AsymCacheConfig, latency: LatencyRuntime
+    ) -> None:
         if params.page_size != 1:
             raise ValueError(f"AsymCache needs page_size 1, got {params.page_size}")
         self.config = config
-        self.counters = {
-            "plans": 0,
-            "planned_hole_tokens": 0,
-            "retained_tokens": 0,
-            "cached_tokens": 0,
-            "chunk_fallbacks": 0,
-            # Extends with hole plans that also carried running decodes (--enable-mixed-chunk).
-            "mixed_plan_batches": 0,
-            "timed_forwards": 0,
-            "chunk_decisions": 0,
-            "chunk_below_launch_size": 0,
-            # The subset taken beside running decodes, under the TPOT budget.
-            "budget_chunk_decisions": 0,
-            "budget_chunk_below_launch_size": 0,
-        }
-        self.last_chunk: int | None = None
-        self.metrics = LatencyMetrics() if config.enable_metrics else None
-        # Outlives reset(): it models the kernels, not what is cached.
-        self.latency_model = OnlineLatencyModel(min_r2=config.latency_min_r2)
-        self.decode_steps = DecodeStepTracker()
-        # What eviction and chunking read: published per update (TP 1) or by rank 0 (TP > 1).
-        self.latency_cost = LatencyCostModel(config.cost_model())
-        self.latency_syncs = 0
-        trace_path = os.environ.get(LATENCY_TRACE_ENV)
-        self.latency_trace = open(trace_path, "a", buffering=1) if trace_path else None  # noqa: SIM115
+        self.counters = PlanCounters()
+        # Outlives reset(): it models the kernels, not what is cached. Its cost keys eviction.
+        self.latency = latency
         super().__init__(params)
 
     # ----- lifecycle -----
 
     def reset(self) -> None:
         self.tree = HoleAwareTree(
-            self.latency_cost,
+            self.latency.cost,
             self.config.reuse_estimator(),
             max_holes=self.config.max_holes,
             min_retained_tokens=self.config.min_retained_tokens,
@@ -114,7 +83,7 @@ class HoleAwareRadixCache(RadixCache):
         key = params.key
         req = params.req
         if req is not None:
-            req.asymcache_plan = None
+            handoff.request_plan(req).matched = None
         if self.disable or len(key) == 0:
             return self._empty_match_result
         path = self.tree.match(key.raw_token_ids(), key.extra_key)
@@ -124,7 +93,7 @@ class HoleAwareRadixCache(RadixCache):
         if plan.contiguous_len:
             prefix = torch.cat(plan.retained_values[0])
         if req is not None and plan.has_holes and self._msa_allowed(req):
-            req.asymcache_plan = plan
+            handoff.request_plan(req).matched = plan
         node = plan.contiguous_node
         return MatchResult(
             device_indices=prefix,
@@ -152,7 +121,8 @@ class HoleAwareRadixCache(RadixCache):
 
     @staticmethod
     def retained_ranges(req: Any) -> list[Range]:
-        retained = getattr(req, "asymcache_retained", None)
+        """Ranges of the request's req_to_token row whose slots belong to the tree."""
+        retained = handoff.request_plan(req).retained
         if retained is not None:
             return retained
         return [(0, req.cache_protected_len)] if req.cache_protected_len else []
@@ -186,7 +156,7 @@ class HoleAwareRadixCache(RadixCache):
             self._free([kv_indices[s:e] for s, e in owned_ranges(0, len(kv_indices), retained)])
         if req.last_node is not None:
             self.dec_lock_ref(req.last_node)
-        req.asymcache_retained = None
+        handoff.request_plan(req).retained = None
 
     def cache_unfinished_req(self, req: Any, chunked: bool = False) -> None:
         if self.disable:
@@ -212,7 +182,7 @@ class HoleAwareRadixCache(RadixCache):
         req.last_node = outcome.last_node
         req.prefix_indices = new_indices
         req.cache_protected_len = len(new_indices)
-        req.asymcache_retained = [(0, len(new_indices))]
+        handoff.request_plan(req).retained = [(0, len(new_indices))]
 
     # ----- eviction and locks -----
 
@@ -266,93 +236,12 @@ class HoleAwareRadixCache(RadixCache):
             print(node)
         print(f"#resident tokens: {self.tree.resident_tokens()}, #hole: {self.tree.hole_tokens()}")
 
-    # ----- latency model and adaptive chunking -----
-
-    def forward_timer(self, device: str) -> ForwardTimer:
-        """The timer the ModelRunner.forward hook brackets every forward with."""
-        return ForwardTimer(self.observe_forward, use_cuda=str(device).startswith("cuda"))
-
-    def observe_forward(self, features: BatchFeatures, seconds: float) -> None:
-        """One timed forward: refit the latency model; decode-only steps set the TPOT default."""
-        if not seconds > 0:
-            return
-        self.counters["timed_forwards"] += 1
-        predicted = self.latency_model.update(features, seconds)
-        if self.latency_trace is not None:
-            record = {**asdict(features), "seconds": seconds, "predicted": predicted}
-            self.latency_trace.write(json.dumps(record) + "\n")
-        self.decode_steps.observe(features, seconds)
-        if (
-            self.metrics is not None
-            and self.counters["timed_forwards"] % METRICS_EVERY_FORWARDS == 0
-        ):
-            self.metrics.observe_model(self.latency_model.state())
-        if self.config.tp_size == 1:
-            self.latency_cost.view = LatencyView.of(self.latency_model, self.decode_steps)
-        if self.counters["timed_forwards"] % LOG_EVERY_FORWARDS == 0:
-            logger.info("AsymCache latency model: %s", self.latency_snapshot())
-
-    def sync_latency(self, broadcast: Callable[[LatencyView], LatencyView]) -> None:
-        """TP > 1, at a scheduling point every rank reaches in the same order: publish rank 0's fit.
-
-        ``broadcast`` sends its argument from rank 0 and returns rank 0's on every rank. Runs once
-        per ``LATENCY_SYNC_EVERY`` calls, a count every rank shares.
-        """
-        if self.latency_syncs % LATENCY_SYNC_EVERY == 0:
-            self.latency_cost.view = broadcast(
-                LatencyView.of(self.latency_model, self.decode_steps)
-            )
-        self.latency_syncs += 1
-
-    def choose_chunk(
-        self, *, prefix_len: int, running_reqs: list[Any], max_chunk: int, page_size: int
-    ) -> int:
-        """This pass's prefill chunk; the launch-time chunk until the published fit is ready."""
-        view = self.latency_cost.view
-        if not view.ready:
-            return max_chunk
-        decode_seq_lens = [req.seqlen for req in running_reqs]
-        budget_s = self.tpot_budget_s()
-        decision = pick_chunk(
-            view.predict,
-            prefix_len=prefix_len,
-            decode_seq_lens=decode_seq_lens,
-            max_chunk=max_chunk,
-            page_size=page_size,
-            tpot_budget_s=budget_s,
-        )
-        below = decision.chunk < max_chunk
-        self.counters["chunk_decisions"] += 1
-        self.counters["chunk_below_launch_size"] += below
-        if decode_seq_lens and budget_s is not None:
-            self.counters["budget_chunk_decisions"] += 1
-            self.counters["budget_chunk_below_launch_size"] += below
-        self.last_chunk = decision.chunk
-        if self.metrics is not None:
-            self.metrics.observe_chunk(decision.chunk)
-        return decision.chunk
-
-    def tpot_budget_s(self) -> float | None:
-        """--asymcache-tpot-budget-ms, else the default from the measured decode and extend."""
-        if self.config.tpot_budget_ms is not None:
-            return self.config.tpot_budget_ms / 1e3
-        return self.latency_cost.view.tpot_budget_s
-
-    def latency_snapshot(self) -> dict[str, Any]:
-        """The latency model's fit and the last chunk decision, for /get_server_info and logs."""
-        return {
-            **self.latency_model.state(),
-            # What decisions use: with TP > 1 rank 0's fit as of the last broadcast.
-            "published_ready": self.latency_cost.view.ready,
-            "tpot_budget_s": self.tpot_budget_s(),
-            "last_chunk": self.last_chunk,
-        }
-
     def stats_snapshot(self) -> dict[str, int]:
-        """Counters for /server_info-style reporting and tests."""
+        """Plan, chunk and tree counters, as /get_server_info shows them."""
         s = self.tree.stats
         return {
-            **self.counters,
+            **asdict(self.counters),
+            **asdict(self.latency.counters),
             "evicted_tokens": s.evicted_tokens,
             "interior_evicted_tokens": s.interior_evicted_tokens,
             "adopted_hole_tokens": s.adopted_hole_tokens,

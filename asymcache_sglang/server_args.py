@@ -1,7 +1,8 @@
 """``--enable-asymcache`` and the ``--asymcache-*`` knobs, as a subclass of SGLang's ServerArgs.
 
 The plugin REPLACEs ``sglang.srt.server_args.ServerArgs`` with this class (SGLang 0.5.16), so the
-flags appear in ``launch_server --help`` and ``sglang.Engine(..., enable_asymcache=True)``.
+flags appear in ``launch_server --help`` and ``sglang.Engine(..., enable_asymcache=True)``. The
+checks live in ``AsymCacheConfig``; this class only declares the flags and applies what they imply.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from typing import Annotated
 from sglang.srt.arg_groups.arg_utils import Arg
 from sglang.srt.server_args import ServerArgs
 
-from asymcache_sglang.config import CHUNKING_MODES, MSA_IMPLS, AsymCacheConfig
+from asymcache_sglang.core.config import (
+    CHUNKING_MODES,
+    MSA_IMPLS,
+    AsymCacheConfig,
+    attention_backend,
+)
 
 _DEFAULTS = AsymCacheConfig()
-
-SUPPORTED_BACKENDS = ("flashinfer", "triton", "torch_native")
-
-
-class AsymCacheArgsError(ValueError):
-    """A flag combination AsymCache cannot honour."""
 
 
 @dataclasses.dataclass
@@ -79,9 +79,8 @@ class AsymCacheServerArgs(ServerArgs):
                 "AsymCache: 'adaptive' sets each pass's prefill chunk from an online "
                 "kernel-latency model (the largest chunk within the TPOT budget while decodes "
                 "run, else the throughput knee; never above --chunked-prefill-size), after a "
-                "short latency profile at start-up. 'static' keeps SGLang's fixed chunk; the "
-                "default (on an H100 adaptive cut the longest decode stall but cost TTFT). With "
-                "--tp-size > 1 every rank uses TP rank 0's fit."
+                "short latency profile at start-up. 'static' keeps SGLang's fixed chunk (the "
+                "default). With --tp-size > 1 every rank uses TP rank 0's fit."
             ),
             choices=list(CHUNKING_MODES),
         ),
@@ -100,83 +99,23 @@ class AsymCacheServerArgs(ServerArgs):
 
     def __post_init__(self) -> None:
         if self.enable_asymcache:
-            self._apply_asymcache_defaults()
+            self._apply_asymcache()
         super().__post_init__()
 
-    def _apply_asymcache_defaults(self) -> None:
-        refuse = [
-            (self.disable_radix_cache, "--disable-radix-cache"),
-            (self.enable_hierarchical_cache, "--enable-hierarchical-cache"),
-            (self.speculative_algorithm is not None, "--speculative-algorithm"),
-            (self.enable_dp_attention, "--enable-dp-attention"),
-            (self.pp_size > 1, "--pp-size > 1"),
-            (self.page_size not in (None, 1), "--page-size > 1 (page_size 1 only for now)"),
-            (self.enable_lmcache, "--enable-lmcache"),
-            (self.enable_flexkv, "--enable-flexkv"),
-            (self.enable_session_radix_cache, "--enable-session-radix-cache"),
-            (self.enable_streaming_session, "--enable-streaming-session"),
-            (self.kv_events_config is not None, "--kv-events-config"),
-            (self.dllm_algorithm is not None, "--dllm-algorithm"),
-            (self.radix_cache_backend not in (None, "asymcache"), "--radix-cache-backend"),
-        ]
-        for bad, flag in refuse:
-            if bad:
-                raise AsymCacheArgsError(f"--enable-asymcache cannot be combined with {flag}")
-        if self.asymcache_max_holes < 0:
-            raise AsymCacheArgsError("--asymcache-max-holes must be >= 0")
-        if self.asymcache_min_retained_tokens < 1:
-            raise AsymCacheArgsError("--asymcache-min-retained-tokens must be >= 1")
-        if self.asymcache_cost_a <= 0 or self.asymcache_cost_b < 0:
-            raise AsymCacheArgsError("--asymcache-cost-a must be > 0 and --asymcache-cost-b >= 0")
-        if self.asymcache_reuse_horizon_s <= 0:
-            raise AsymCacheArgsError("--asymcache-reuse-horizon-s must be > 0")
-        if self.asymcache_share_boost < 0:
-            raise AsymCacheArgsError("--asymcache-share-boost must be >= 0")
-        if self.asymcache_tpot_budget_ms is not None and not self.asymcache_tpot_budget_ms > 0:
-            raise AsymCacheArgsError("--asymcache-tpot-budget-ms must be > 0")
-        if not 0.0 <= self.asymcache_latency_min_r2 <= 1.0:
-            raise AsymCacheArgsError("--asymcache-latency-min-r2 must be in [0, 1]")
-        self._check_msa_impl()
+    def _apply_asymcache(self) -> None:
+        """Refuse what AsymCache cannot run (AsymCacheArgsError), then set what it needs."""
+        AsymCacheConfig.from_server_args(self)
         self.radix_cache_backend = "asymcache"
-        if self.attention_backend is None:
-            # fa3 is SGLang's Hopper default and has no multi-segment plan.
-            self.attention_backend = "torch_native" if self.device == "cpu" else "flashinfer"
-        for flag, backend in (
-            ("--attention-backend", self.attention_backend),
-            ("--prefill-attention-backend", self.prefill_attention_backend),
-        ):
-            if backend is not None and backend not in SUPPORTED_BACKENDS:
-                raise AsymCacheArgsError(
-                    f"--enable-asymcache supports {flag} in {SUPPORTED_BACKENDS}, got {backend}"
-                )
-        if self.enable_deterministic_inference and "triton" in (
-            self.attention_backend,
-            self.prefill_attention_backend,
-        ):
-            # The triton backend's deterministic path ignores the sub-request plan.
-            raise AsymCacheArgsError(
-                "--enable-asymcache cannot be combined with --enable-deterministic-inference "
-                "on the triton attention backend"
-            )
-        if self.asymcache_msa_impl is not None:
-            backend = self.prefill_attention_backend or self.attention_backend
-            if backend != "flashinfer":
-                raise AsymCacheArgsError(
-                    f"--asymcache-msa-impl chooses the kernel on the flashinfer attention "
-                    f"backend; the {backend} backend runs its own"
-                )
+        self.attention_backend = attention_backend(self)
         self.page_size = 1
         # Prefill CUDA graphs capture contiguous extends; multi-segment batches are not.
         self.disable_prefill_cuda_graph = True
 
-    def _check_msa_impl(self) -> None:
-        # Only the kernel itself is checked here; the backend is checked once it is resolved.
-        if self.asymcache_msa_impl == "triton" and self.kv_cache_dtype not in (
-            "auto",
-            "bfloat16",
-            "bf16",
-        ):
-            raise AsymCacheArgsError(
-                "--asymcache-msa-impl triton reads an unquantised KV cache; "
-                f"--kv-cache-dtype {self.kv_cache_dtype} is not supported"
-            )
+
+def profiles_latency(args: object) -> bool:
+    """Whether the server runs the start-up latency profile (adaptive chunking)."""
+    return (
+        isinstance(args, AsymCacheServerArgs)
+        and args.enable_asymcache
+        and args.asymcache_chunking == "adaptive"
+    )

@@ -7,30 +7,24 @@ CPU timings on a shared 2-core machine are noisy; the demo shows the mechanism, 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
+from eval.common import asymcache_counters, summary_stats
 from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_cpu_env
 from eval.tiny_model import make_tiny_llama
-from eval.workloads import (
-    MultiTurnWorkload,
-    TurnResult,
-    asymcache_counters,
-    replay_inputs,
-    run_multi_turn,
-)
+from eval.workloads import MultiTurnWorkload, TurnResult, replay_inputs, run_multi_turn
 
 
 def _row(name: str, results: list[TurnResult], holes: int | str, match: str) -> list[str]:
-    ttft = sorted(r.ttft_s * 1000 for r in results)
+    ttft = summary_stats(r.ttft_s * 1000 for r in results)
     prompt = sum(len(r.input_ids) for r in results)
     cached = sum(r.cached_tokens for r in results)
     return [
         name,
-        f"{statistics.mean(ttft):.0f}",
-        f"{ttft[len(ttft) // 2]:.0f}",
-        f"{ttft[int(0.9 * (len(ttft) - 1))]:.0f}",
+        f"{ttft['mean']:.0f}",
+        f"{ttft['p50']:.0f}",
+        f"{ttft['p90']:.0f}",
         f"{cached / prompt:.1%}",
         str(cached),
         str(prompt - cached),

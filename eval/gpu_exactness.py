@@ -53,17 +53,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asymcache_sglang.config import MSA_IMPLS
-from eval.gpu_pressure import card, git_commit, server_health, summarize
+from asymcache_sglang.core.config import MSA_IMPLS
+from eval.common import (
+    asymcache_counters,
+    result_header,
+    server_health,
+    summarize_turns,
+    summary_stats,
+)
 from eval.server import SGLangServer, stock_env
 from eval.tiny_model import MARKER_NAME, make_tiny_llama
-from eval.workloads import (
-    MultiTurnWorkload,
-    TurnResult,
-    asymcache_counters,
-    replay_inputs,
-    run_multi_turn,
-)
+from eval.workloads import MultiTurnWorkload, TurnResult, replay_inputs, run_multi_turn
 
 # head_dim 128: the GPU host's JIT cache holds kernels for head_dim 128 only. 32 query and 8 KV
 # heads reproduce the cached Llama-3-8B kernels exactly: GQA group 4 makes FlashInfer decode run
@@ -137,14 +137,6 @@ def abs_logprob_diffs(test: TurnResult, ref: TurnResult) -> list[float]:
     return [abs(test.output_logprobs[i] - ref.output_logprobs[i]) for i in range(n)]
 
 
-def quantile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank quantile: the smallest value with at least a fraction q of values <= it."""
-    if not sorted_values:
-        raise ValueError("quantile of no values")
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
 def histogram(values: Sequence[float], edges: Sequence[float] = HIST_EDGES) -> list[dict]:
     """Counts per bucket [lo, hi); ``hi`` is None for an unbounded top bucket (JSON has no inf)."""
     counts = [0] * (len(edges) - 1)
@@ -159,19 +151,10 @@ def histogram(values: Sequence[float], edges: Sequence[float] = HIST_EDGES) -> l
 
 
 def distribution(values: Sequence[float]) -> dict[str, Any]:
-    """max, mean, p50/p90/p99, exact zeros and a histogram; the statistics are None if empty."""
+    """max, mean, nearest-rank p50/p90/p99, exact zeros, a histogram; statistics None if empty."""
     xs = sorted(values)
     stats: dict[str, Any] = {"count": len(xs), "exact_zero": sum(x == 0 for x in xs)}
-    if xs:
-        stats.update(
-            max=xs[-1],
-            mean=sum(xs) / len(xs),
-            p50=quantile(xs, 0.5),
-            p90=quantile(xs, 0.9),
-            p99=quantile(xs, 0.99),
-        )
-    else:
-        stats.update(max=None, mean=None, p50=None, p90=None, p99=None)
+    stats.update(summary_stats(xs) if xs else dict.fromkeys(("max", "mean", "p50", "p90", "p99")))
     stats["histogram"] = histogram(xs)
     return stats
 
@@ -368,7 +351,7 @@ class ReferenceRuns:
 
 
 def _run_info(results: list[TurnResult], wall_s: float, server: SGLangServer) -> dict[str, Any]:
-    return {**summarize(results), "wall_s": wall_s, **server_health(server)}
+    return {**summarize_turns(results), "wall_s": wall_s, **server_health(server)}
 
 
 def run_reference(
@@ -483,9 +466,7 @@ def run_exactness(
     )  # fmt: skip
     comparisons = exactness_comparisons(reference.no_cache, reference.lru, ours)
     return {
-        "card": card(),
-        "commit": git_commit(),
-        "date": time.strftime("%Y-%m-%d"),
+        **result_header(),
         "msa_impl": msa_impl,
         "model": _model_config(Path(model_dir)),
         "server_args": {"asymcache": ours_args, **reference.server_args},

@@ -10,26 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import requests
-
-from eval.server import REPO_ROOT, SGLangServer, stock_env
-from eval.workloads import (
-    MultiTurnWorkload,
-    TurnResult,
-    asymcache_counters,
-    replay_inputs,
-    run_multi_turn,
-)
-
-LEAK_MARKERS = ("memory leak detected", "Traceback", "KV double free", "use-after-free")
+from eval.common import asymcache_counters, result_header, server_health, summarize_turns
+from eval.server import SGLangServer, stock_env
+from eval.workloads import MultiTurnWorkload, TurnResult, replay_inputs, run_multi_turn
 
 
 def gpu_server_args(attention_backend: str, pool_tokens: int) -> list[str]:
@@ -45,62 +32,6 @@ def gpu_server_args(attention_backend: str, pool_tokens: int) -> list[str]:
         "--disable-prefill-cuda-graph",
         "--cuda-graph-max-bs-decode", "8",
     ]  # fmt: skip
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 1])."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summarize(results: list[TurnResult]) -> dict[str, float]:
-    ttft = [r.ttft_s for r in results]
-    prompt = sum(len(r.input_ids) for r in results)
-    cached = sum(r.cached_tokens for r in results)
-
-    def pct(q: float) -> float:
-        return percentile(ttft, q)
-
-    return {
-        "requests": len(results),
-        "ttft_mean_s": statistics.mean(ttft),
-        "ttft_p50_s": pct(0.5),
-        "ttft_p90_s": pct(0.9),
-        "ttft_p99_s": pct(0.99),
-        "latency_mean_s": statistics.mean(r.latency_s for r in results),
-        "prompt_tokens": prompt,
-        "cached_tokens": cached,
-        "computed_prompt_tokens": prompt - cached,
-        "token_hit_rate": cached / prompt,
-    }
-
-
-def server_health(server: SGLangServer) -> dict[str, Any]:
-    """Idle the scheduler so SGLang's strict idle memory check runs, then look for trouble."""
-    time.sleep(3)
-    healthy = requests.get(f"{server.url}/health_generate", timeout=120).status_code == 200
-    log = server.log_path.read_text(errors="replace")
-    return {
-        "healthy_after_idle": healthy,
-        "leak_or_error_lines": sum(log.count(m) for m in LEAK_MARKERS),
-    }
-
-
-def card() -> str:
-    """The GPU these numbers come from ("cpu" for dry runs)."""
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
-def git_commit() -> str:
-    env_commit = os.environ.get("ASYMCACHE_COMMIT")
-    if env_commit:
-        return env_commit
-    out = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
-    )
-    return out.stdout.strip() or "unknown"
 
 
 def run_comparison(
@@ -135,16 +66,14 @@ def run_comparison(
             else:
                 outputs[name] = run_multi_turn(server.url, workload)
             runs[name] = {
-                **summarize(outputs[name]),
+                **summarize_turns(outputs[name]),
                 "server_flags": flags,
                 "counters": asymcache_counters(server.url) if env is None else {},
                 **server_health(server),
             }
     first = next(iter(outputs.values()))
     return {
-        "card": card(),
-        "commit": git_commit(),
-        "date": time.strftime("%Y-%m-%d"),
+        **result_header(),
         "model": "Llama-3-8B geometry, --load-format dummy",
         "server_args": base,
         "workload": asdict(workload),

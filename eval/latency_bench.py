@@ -21,18 +21,23 @@ import argparse
 import json
 import os
 import random
-import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from asymcache_sglang.config import LATENCY_TRACE_ENV
-from eval.gpu_pressure import card, git_commit, percentile, server_health
+from asymcache_sglang.core.config import LATENCY_TRACE_ENV
+from eval.common import (
+    asymcache_counters,
+    asymcache_latency,
+    result_header,
+    server_health,
+    summary_stats,
+)
 from eval.report import grouped_bars
 from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_env
-from eval.workloads import TurnResult, asymcache_counters, asymcache_latency, generate_streaming
+from eval.workloads import TurnResult, generate_streaming
 
 
 @dataclass(frozen=True)
@@ -69,19 +74,19 @@ def inter_token_gaps_s(result: TurnResult) -> list[float]:
 def summarize_mixed(decodes: list[TurnResult], prefills: list[TurnResult]) -> dict[str, float]:
     """TPOT per decoding request, their inter-token gaps (where a long prefill shows as a stall),
     and the long prompts' TTFT."""
-    tpots = [t for t in map(tpot_s, decodes) if t is not None]
-    gaps = [g for r in decodes for g in inter_token_gaps_s(r)]
-    ttfts = [r.ttft_s for r in prefills]
+    tpot = summary_stats(t for t in map(tpot_s, decodes) if t is not None)
+    itl = summary_stats(g for r in decodes for g in inter_token_gaps_s(r))
+    ttft = summary_stats(r.ttft_s for r in prefills)
     return {
         "decode_requests": len(decodes),
-        "tpot_mean_s": statistics.mean(tpots),
-        "tpot_p90_s": percentile(tpots, 0.9),
-        "itl_p50_s": percentile(gaps, 0.5),
-        "itl_p99_s": percentile(gaps, 0.99),
-        "itl_max_s": max(gaps),
+        "tpot_mean_s": tpot["mean"],
+        "tpot_p90_s": tpot["p90"],
+        "itl_p50_s": itl["p50"],
+        "itl_p99_s": itl["p99"],
+        "itl_max_s": itl["max"],
         "long_prompt_requests": len(prefills),
-        "long_ttft_mean_s": statistics.mean(ttfts),
-        "long_ttft_p90_s": percentile(ttfts, 0.9),
+        "long_ttft_mean_s": ttft["mean"],
+        "long_ttft_p90_s": ttft["p90"],
     }
 
 
@@ -196,9 +201,7 @@ def run_chunking_comparison(
     )  # fmt: skip
     adaptive = [name for name in runs if name.startswith("adaptive")]
     return {
-        "card": card(),
-        "commit": git_commit(),
-        "date": time.strftime("%Y-%m-%d"),
+        **result_header(),
         "server_args": base_args,
         "workload": asdict(workload),
         "runs": runs,

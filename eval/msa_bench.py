@@ -33,7 +33,6 @@ Prints a markdown ratio table and a summary; writes JSON (and a PNG with ``--plo
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import importlib.metadata
 import json
@@ -47,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from asymcache_sglang.kernels.msa_triton import TritonMSAWrapper, reference_msa
 
-from eval.gpu_pressure import git_commit
+from asymcache_sglang.kernels.msa_triton import TritonMSAWrapper, reference_msa
+from eval.common import result_header
 
 NUM_QO_HEADS = 32
 NUM_KV_HEADS = 8
@@ -798,9 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = GPUBench(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "card": torch.cuda.get_device_name(0),
-        "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **result_header(),
         "versions": _versions(),
         "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "geometry": {

@@ -2,9 +2,10 @@
 
 A server started with ``ASYMCACHE_LATENCY_TRACE`` writes one JSON line per timed forward: its
 features, the measured seconds, and what the server's model predicted before it. Replaying the
-lines through ``OnlineLatencyModel`` scores this checkout's model on the same GPU steps, beside the
-score of the predictions as served. It is open loop: the steps are the ones the serving model's
-chunk decisions produced, so it measures prediction, not the TPOT or TTFT a new policy would get.
+lines through the server's ``LatencyRuntime`` scores this checkout's model on the same GPU steps,
+beside the score of the predictions as served. It is open loop: the steps are the ones the serving
+model's chunk decisions produced, so it measures prediction, not the TPOT or TTFT a new policy
+would get.
 
 ``python -m eval.replay_latency_trace eval/results/traces/*.jsonl.gz --out OUT.json``
 """
@@ -14,18 +15,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from asymcache_sglang.chunk_policy import pick_chunk
-from asymcache_sglang.latency_model import (
-    BatchFeatures,
-    DecodeStepTracker,
-    HeldOutScore,
-    LatencyView,
-    OnlineLatencyModel,
-)
-from eval.gpu_pressure import git_commit
+from asymcache_sglang.core.config import AsymCacheConfig
+from asymcache_sglang.core.latency_fit import BatchFeatures
+from asymcache_sglang.core.latency_score import HeldOutScore
+from asymcache_sglang.latency_runtime import LatencyRuntime
+from eval.common import git_commit
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
@@ -39,10 +37,11 @@ def replay(records: list[dict[str, Any]], max_chunk: int = 8192) -> dict[str, An
     """Held-out scores of the predictions as served and of this checkout's model, and the step
     beside decodes that the served model underpredicted most, with what this model makes of it.
 
-    Both scores skip the model's first ``min_samples`` steps, as the server's own score does.
+    The records go through the same ``LatencyRuntime`` a TP 1 server feeds. Both scores skip the
+    model's first ``min_samples`` steps, as the server's own score does.
     """
-    model = OnlineLatencyModel()
-    decode_steps = DecodeStepTracker()
+    runtime = LatencyRuntime(AsymCacheConfig())
+    model = runtime.model
     as_served = HeldOutScore()
     worst: dict[str, Any] | None = None
     for record in records:
@@ -61,14 +60,13 @@ def replay(records: list[dict[str, Any]], max_chunk: int = 8192) -> dict[str, An
                     "served_prediction_s": served,
                     "underpredicted_s": seconds - served,
                     "replayed_prediction_s": model.predict(features),
-                    **budget_chunk(model, decode_steps, features, max_chunk),
+                    **budget_chunk(runtime, features, max_chunk),
                 }
-        model.update(features, seconds)
-        decode_steps.observe(features, seconds)
+        runtime.observe_forward(features, seconds)
     return {
         "steps": len(records),
-        "as_served": as_served.state(),
-        "replayed": model.held_out.state(),
+        "as_served": asdict(as_served.state()),
+        "replayed": asdict(model.held_out.state()),
         "replayed_peak_prefill_tokens_per_s": model.peak_prefill_tokens_per_s,
         "replayed_coefficients": model.coefficients,
         "worst_underpredicted_step_beside_decodes": worst,
@@ -76,26 +74,22 @@ def replay(records: list[dict[str, Any]], max_chunk: int = 8192) -> dict[str, An
 
 
 def budget_chunk(
-    model: OnlineLatencyModel,
-    decode_steps: DecodeStepTracker,
-    features: BatchFeatures,
-    max_chunk: int,
+    runtime: LatencyRuntime, features: BatchFeatures, max_chunk: int
 ) -> dict[str, Any]:
     """The chunk the default budget rule picks before this step, as a server publishing this
     model would. The trace keeps no per-request lengths: the step is taken as one segment and
     its decodes as equally long."""
-    view = LatencyView.of(model, decode_steps)
-    if not view.ready or view.tpot_budget_s is None:
-        return {"replayed_budget_s": view.tpot_budget_s, "replayed_chunk": None}
+    budget_s = runtime.tpot_budget_s()
+    if not runtime.view.ready or budget_s is None:
+        return {"replayed_budget_s": budget_s, "replayed_chunk": None}
     mean_position = features.new_ctx / features.new_tokens
-    decision = pick_chunk(
-        view.predict,
+    decision = runtime.choose_chunk(
         prefix_len=max(0, round(mean_position - features.new_tokens / 2)),
         decode_seq_lens=[features.decode_ctx // features.decode_reqs] * features.decode_reqs,
         max_chunk=max_chunk,
-        tpot_budget_s=view.tpot_budget_s,
+        page_size=1,
     )
-    return {"replayed_budget_s": view.tpot_budget_s, "replayed_chunk": decision.chunk}
+    return {"replayed_budget_s": budget_s, "replayed_chunk": decision.chunk}
 
 
 def main() -> None:

@@ -152,19 +152,3 @@ def replay_inputs(
         res.session, res.turn = ref.session, ref.turn
         out.append(res)
     return out
-
-
-def asymcache_state(url: str, key: str) -> dict:
-    """One AsymCache entry of /get_server_info's scheduler state (empty without AsymCache)."""
-    info = requests.get(f"{url}/get_server_info", timeout=60).json()
-    return info["internal_states"][0].get(key, {})
-
-
-def asymcache_counters(url: str) -> dict:
-    """AsymCache's counters from /get_server_info (empty for a server without AsymCache)."""
-    return asymcache_state(url, "asymcache")
-
-
-def asymcache_latency(url: str) -> dict:
-    """The latency model's state and last chunk decision (empty without AsymCache)."""
-    return asymcache_state(url, "asymcache_latency")

@@ -1,1 +1,1 @@
-"""Triton kernels for AsymCache (the multi-segment attention kernel lands with the GPU issue)."""
+"""Triton kernels for AsymCache: ``msa_triton``, multi-segment attention in one launch."""

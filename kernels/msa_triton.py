@@ -21,9 +21,7 @@ import triton
 import triton.language as tl
 
 _LOG2E = 1.4426950408889634
-# Query rows (tokens x heads) per program. Measured on an H100 (eval/results/msa_microbench.json,
-# Llama-3-8B heads): 128 rows, 4 warps, 3 stages beat 64 rows, 2 stages on contiguous and
-# 2-8 segment extends.
+# Query rows (tokens x heads) per program: the fastest tile of the sweep in eval/RESULTS.md.
 _DEFAULT_ROWS = 128
 
 

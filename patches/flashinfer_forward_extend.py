@@ -13,6 +13,8 @@ from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
 
+from asymcache_sglang import handoff
+
 TARGET = "sglang.srt.layers.attention.flashinfer_backend.FlashInferAttnBackend.forward_extend"
 HOOK_TYPE = HookType.AROUND
 
@@ -27,7 +29,8 @@ def hook(
     forward_batch: Any,
     save_kv_cache: bool = True,
 ) -> Any:
-    kernel = getattr(backend, "asymcache_msa_kernel", None)
+    forward = handoff.forward_plan(backend)
+    kernel = None if forward is None else forward.msa_kernel
     if kernel is None:
         return original(backend, q, k, v, layer, forward_batch, save_kv_cache)
     from sglang.srt.mem_cache.memory_pool import KVWriteLoc

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from sglang.srt.plugins.hook_registry import HookType
 
-from asymcache_sglang.msa import SubRequestPlan, plan_sub_requests, take_pending_segments
+from asymcache_sglang import handoff
+from asymcache_sglang.msa import SubRequestPlan, plan_sub_requests
 
 TARGET = (
     "sglang.srt.layers.attention.flashinfer_backend.FlashInferAttnBackend.init_forward_metadata"
@@ -101,13 +102,16 @@ def fill_kv_indices(
 
 
 def hook(original: Callable[..., Any], backend: Any, forward_batch: Any) -> Any:
-    backend.asymcache_msa_kernel = None
-    segments = take_pending_segments(backend, forward_batch)
+    forward = handoff.forward_plan(backend)
+    if forward is None:
+        return original(backend, forward_batch)
+    forward.msa_kernel = None
+    segments = forward.take_segments(forward_batch.forward_mode.is_extend())
     if segments is None:
         return original(backend, forward_batch)
     plan = plan_sub_requests(segments)
-    if backend.asymcache_msa_impl == "triton":
-        backend.asymcache_msa_kernel = plan_triton(backend, forward_batch, plan)
+    if forward.msa_impl == "triton":
+        forward.msa_kernel = plan_triton(backend, forward_batch, plan)
     else:
         plan_flashinfer(backend, forward_batch, plan)
     return None

@@ -17,6 +17,8 @@ from typing import Any
 import requests
 from sglang.srt.plugins.hook_registry import HookType
 
+from asymcache_sglang.server_args import profiles_latency
+
 TARGET = "sglang.srt.entrypoints.http_server._wait_and_warmup"
 HOOK_TYPE = HookType.AROUND
 
@@ -75,7 +77,7 @@ def run_profile(server_args: Any) -> None:
 
 
 def hook(original: Callable[..., Any], server_args: Any, *args: Any, **kwargs: Any) -> Any:
-    if getattr(server_args, "asymcache_chunking", None) != "adaptive":
+    if not profiles_latency(server_args):
         return original(server_args, *args, **kwargs)
     bound = inspect.signature(original).bind(server_args, *args, **kwargs)
     bound.apply_defaults()

@@ -12,7 +12,7 @@ from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
 
-from asymcache_sglang.radix_cache import HoleAwareRadixCache
+from asymcache_sglang import handoff
 
 TARGET = "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req"
 HOOK_TYPE = HookType.AROUND
@@ -27,11 +27,13 @@ def _charge(adder: Any, tokens: int) -> None:
 
 
 def hook(original: Callable[..., Any], adder: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
-    cache = adder.tree_cache
-    plan = getattr(req, "asymcache_plan", None)
-    if not isinstance(cache, HoleAwareRadixCache) or plan is None:
+    cache = handoff.enabled_cache(adder.tree_cache)
+    if cache is None:
         return original(adder, req, *args, **kwargs)
-    req.asymcache_plan = None
+    request = handoff.request_plan(req)
+    plan = request.take_matched()
+    if plan is None:
+        return original(adder, req, *args, **kwargs)
     stale = req.last_node is not plan.contiguous_node or len(req.prefix_indices) != (
         plan.contiguous_len
     )
@@ -39,7 +41,7 @@ def hook(original: Callable[..., Any], adder: Any, req: Any, *args: Any, **kwarg
     new_tokens = hole_tokens + len(req.full_untruncated_fill_ids) - plan.prefix_len
     needs_chunking = adder.rem_chunk_tokens is not None and new_tokens > adder.rem_chunk_tokens
     if stale or needs_chunking:
-        cache.counters["chunk_fallbacks"] += 1
+        cache.counters.chunk_fallbacks += 1
         return original(adder, req, *args, **kwargs)
 
     contiguous = (req.prefix_indices, req.last_node)
@@ -54,7 +56,7 @@ def hook(original: Callable[..., Any], adder: Any, req: Any, *args: Any, **kwarg
         # SGLang counted M as hits; only the retained part of it is.
         adder.log_hit_tokens -= hole_tokens
         adder.log_input_tokens += hole_tokens
-        req.asymcache_admitted_plan = plan
+        request.admitted = plan
     else:
         _charge(adder, -hole_tokens)
         req.prefix_indices, req.last_node = contiguous

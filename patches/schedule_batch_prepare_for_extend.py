@@ -3,7 +3,7 @@
 Before SGLang's code: allocate KV slots for every admitted plan's holes and put them into the
 request's composite prefix, so ``req_to_token[r, 0:M]`` gets retained and hole slots. After it:
 splice hole tokens and slots in front of each request's tail, fix the lengths and
-``cached_tokens``, and stash the segments for the forward pass.
+``cached_tokens``, and leave the batch's ``handoff.ExtendPlan`` for the forward pass.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from sglang.srt.mem_cache.allocation import alloc_token_slots
 from sglang.srt.plugins.hook_registry import HookType
 from sglang.srt.utils.common import flatten_arrays_to_pinned_cpu, is_pin_memory_available
 
-from asymcache_sglang.msa import check_segments, segment_positions
+from asymcache_sglang import handoff
+from asymcache_sglang.core.segments import check_segments
+from asymcache_sglang.msa import segment_positions
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 
 TARGET = "sglang.srt.managers.schedule_batch.ScheduleBatch.prepare_for_extend"
@@ -36,25 +38,24 @@ def _fill_holes(cache: HoleAwareRadixCache, planned: list[tuple[Any, Any]]) -> N
         for s, e in plan.recompute:
             req.prefix_indices[s:e] = slots[offset : offset + e - s]
             offset += e - s
-    cache.counters["plans"] += len(planned)
-    cache.counters["planned_hole_tokens"] += total
-    cache.counters["retained_tokens"] += sum(plan.retained_tokens for _, plan in planned)
+    cache.counters.plans += len(planned)
+    cache.counters.planned_hole_tokens += total
+    cache.counters.retained_tokens += sum(plan.retained_tokens for _, plan in planned)
 
 
 def hook(original: Callable[..., Any], batch: Any, *args: Any, **kwargs: Any) -> Any:
-    cache = batch.tree_cache
-    if not isinstance(cache, HoleAwareRadixCache):
+    cache = handoff.enabled_cache(batch.tree_cache)
+    if cache is None:
         return original(batch, *args, **kwargs)
     planned = []
     for req in batch.reqs:
-        plan = getattr(req, "asymcache_admitted_plan", None)
-        req.asymcache_admitted_plan = None
+        plan = handoff.request_plan(req).take_admitted()
         if plan is not None:
             planned.append((req, plan))
         if not req.retracted_stain:
             # What meta_info.cached_tokens must add for this round: retained tokens only.
             hit = plan.retained_tokens if plan is not None else len(req.prefix_indices)
-            cache.counters["cached_tokens"] += hit - req.already_computed
+            cache.counters.cached_tokens += hit - req.already_computed
     if not planned:
         return original(batch, *args, **kwargs)
 
@@ -99,12 +100,11 @@ def hook(original: Callable[..., Any], batch: Any, *args: Any, **kwargs: Any) ->
             req.cached_tokens -= holes
             req.cached_tokens_device = max(0, req.cached_tokens_device - holes)
         req.cache_protected_len = plan.retained_tokens
-        req.asymcache_retained = plan.retained
+        handoff.request_plan(req).retained = plan.retained
     check_segments(segments, [r.extend_range.end for r in batch.reqs])
     batch.prefill_input_ids_cpu = flatten_arrays_to_pinned_cpu(
         fill_tokens, is_pin_memory_available(batch.device)
     )
     batch.out_cache_loc = torch.cat(slots)
-    batch.asymcache_segments = segments
-    batch.asymcache_positions = segment_positions(segments)
+    handoff.set_extend_plan(batch, handoff.ExtendPlan(segments, segment_positions(segments)))
     return result

@@ -11,14 +11,14 @@ from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
 
-from asymcache_sglang.radix_cache import HoleAwareRadixCache
+from asymcache_sglang import handoff
 
 TARGET = "sglang.srt.managers.scheduler.Scheduler.get_internal_state"
 HOOK_TYPE = HookType.AFTER
 
 
 def hook(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> None:
-    cache = scheduler.tree_cache
-    if isinstance(cache, HoleAwareRadixCache):
+    cache = handoff.enabled_cache(scheduler.tree_cache)
+    if cache is not None:
         result.internal_state["asymcache"] = cache.stats_snapshot()
-        result.internal_state["asymcache_latency"] = cache.latency_snapshot()
+        result.internal_state["asymcache_latency"] = cache.latency.snapshot().as_json()

@@ -3,7 +3,7 @@
 With ``--asymcache-chunking adaptive`` each scheduling pass sets the prefill chunk size from the
 online latency model (within the TPOT budget when running decodes share the forward, else the
 throughput knee), then restores the launch-time ``chunked_prefill_size``, the upper bound.
-With TP > 1 it first publishes TP rank 0's latency fit on every rank (``sync_latency``), so
+With TP > 1 it first publishes TP rank 0's latency fit on every rank (``LatencyRuntime.sync``), so
 eviction costs and chunks agree across ranks.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from sglang.srt.plugins.hook_registry import HookType
 from sglang.srt.utils import broadcast_pyobj
 
-from asymcache_sglang.radix_cache import HoleAwareRadixCache
+from asymcache_sglang import handoff
 
 TARGET = "sglang.srt.managers.scheduler.Scheduler._get_new_batch_prefill_raw"
 HOOK_TYPE = HookType.AROUND
@@ -54,12 +54,13 @@ def hook(
     prefill_delayer_single_pass: Any,
     running_batch: Any,
 ) -> Any:
-    cache = scheduler.tree_cache
-    if not isinstance(cache, HoleAwareRadixCache):
+    cache = handoff.enabled_cache(scheduler.tree_cache)
+    if cache is None:
         return original(scheduler, prefill_delayer_single_pass, running_batch)
+    latency = cache.latency
     if cache.config.tp_size > 1:
         # Every rank calls this in the same order (SGLang keeps their scheduling identical).
-        cache.sync_latency(lambda view: broadcast_from_tp_rank0(scheduler, view))
+        latency.sync(lambda view: broadcast_from_tp_rank0(scheduler, view))
     launch_chunk = scheduler.chunked_prefill_size
     if (
         cache.config.chunking != "adaptive"
@@ -67,12 +68,15 @@ def hook(
         or (not scheduler.waiting_queue and scheduler.chunked_req is None)
     ):
         return original(scheduler, prefill_delayer_single_pass, running_batch)
-    scheduler.chunked_prefill_size = cache.choose_chunk(
+    decision = latency.choose_chunk(
         prefix_len=next_prefix_len(scheduler),
-        running_reqs=decodes_beside_prefill(scheduler, running_batch),
+        decode_seq_lens=[req.seqlen for req in decodes_beside_prefill(scheduler, running_batch)],
         max_chunk=launch_chunk,
         page_size=scheduler.page_size,
     )
+    if decision is None:
+        return original(scheduler, prefill_delayer_single_pass, running_batch)
+    scheduler.chunked_prefill_size = decision.chunk
     try:
         return original(scheduler, prefill_delayer_single_pass, running_batch)
     finally:

@@ -12,6 +12,8 @@ from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
 
+from asymcache_sglang import handoff
+
 TARGET = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend"
 HOOK_TYPE = HookType.AROUND
 
@@ -27,7 +29,7 @@ def hook(
     *args: Any,
     **kwargs: Any,
 ) -> Any:
-    sub_batch = getattr(backend, "asymcache_sub_batch", None)
-    if sub_batch is not None:
-        forward_batch = sub_batch
+    forward = handoff.forward_plan(backend)
+    if forward is not None and forward.sub_batch is not None:
+        forward_batch = forward.sub_batch
     return original(backend, q, k, v, layer, forward_batch, *args, **kwargs)

@@ -13,7 +13,8 @@ from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
 
-from asymcache_sglang.msa import plan_sub_requests, sub_request_view, take_pending_segments
+from asymcache_sglang import handoff
+from asymcache_sglang.msa import plan_sub_requests, sub_request_view
 
 TARGET = (
     "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.init_forward_metadata"
@@ -23,11 +24,10 @@ HOOK_TYPE = HookType.AROUND
 
 def hook(original: Callable[..., Any], backend: Any, forward_batch: Any) -> Any:
     result = original(backend, forward_batch)
-    # Only AsymCache's ForwardBatch.init_new hook sets this attribute.
-    if hasattr(backend, "asymcache_pending_segments"):
-        segments = take_pending_segments(backend, forward_batch)
-        backend.asymcache_sub_batch = None
+    forward = handoff.forward_plan(backend)
+    if forward is not None:
+        segments = forward.take_segments(forward_batch.forward_mode.is_extend())
+        forward.sub_batch = None
         if segments is not None:
-            plan = plan_sub_requests(segments)
-            backend.asymcache_sub_batch = sub_request_view(forward_batch, plan)
+            forward.sub_batch = sub_request_view(forward_batch, plan_sub_requests(segments))
     return result

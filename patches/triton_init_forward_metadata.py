@@ -14,14 +14,18 @@ from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
 
-from asymcache_sglang.msa import plan_sub_requests, sub_request_view, take_pending_segments
+from asymcache_sglang import handoff
+from asymcache_sglang.msa import plan_sub_requests, sub_request_view
 
 TARGET = "sglang.srt.layers.attention.triton_backend.TritonAttnBackend.init_forward_metadata"
 HOOK_TYPE = HookType.AROUND
 
 
 def hook(original: Callable[..., Any], backend: Any, forward_batch: Any) -> Any:
-    segments = take_pending_segments(backend, forward_batch)
+    forward = handoff.forward_plan(backend)
+    if forward is None:
+        return original(backend, forward_batch)
+    segments = forward.take_segments(forward_batch.forward_mode.is_extend())
     if segments is None:
         return original(backend, forward_batch)
     sub = sub_request_view(forward_batch, plan_sub_requests(segments))

@@ -12,6 +12,9 @@ mkdir -p "$out"
 source .gpu/host_env.sh
 # The plugin entry point needs an installed distribution; host_env puts /tmp/site on PYTHONPATH.
 python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site .
+# The checkout's asymcache_sglang/ lacks patches/ and kernels/ (the install maps them in): keep the
+# current directory off sys.path so the installed package is the one imported.
+export PYTHONSAFEPATH=1
 export ASYMCACHE_RESULTS_DIR=$out
 status=0
 for part in $parts; do

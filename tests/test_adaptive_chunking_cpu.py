@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from asymcache_sglang.config import LATENCY_TRACE_ENV
+from asymcache_sglang.core.config import LATENCY_TRACE_ENV
+from eval.common import asymcache_counters, asymcache_latency
 from eval.server import SGLangServer, cpu_env, cpu_server_args
-from eval.workloads import asymcache_counters, asymcache_latency, generate_streaming
+from eval.workloads import generate_streaming
 
 pytestmark = pytest.mark.e2e
 

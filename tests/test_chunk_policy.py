@@ -7,13 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from asymcache_sglang.chunk_policy import ChunkDecision, pick_chunk
-from asymcache_sglang.latency_model import (
-    BatchFeatures,
-    DecodeStepTracker,
-    LatencyView,
-    OnlineLatencyModel,
-)
+from asymcache_sglang.core.chunk_policy import ChunkDecision, pick_chunk
+from asymcache_sglang.core.latency_fit import BatchFeatures, LatencyView, OnlineLatencyModel
+from asymcache_sglang.core.tpot_budget import DecodeStepTracker
 
 A, B = 0.01, 1e-5  # step time a + b * new tokens
 

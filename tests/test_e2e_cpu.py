@@ -12,9 +12,9 @@ import time
 import pytest
 import requests
 
+from eval.common import asymcache_counters
 from eval.workloads import (
     MultiTurnWorkload,
-    asymcache_counters,
     generate_streaming,
     replay_inputs,
     run_concurrent_sessions,

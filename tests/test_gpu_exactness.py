@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from asymcache_sglang.config import MSA_IMPLS
+from asymcache_sglang.core.config import MSA_IMPLS
+from eval.common import asymcache_counters, server_health
 from eval.gpu_exactness import (
     MAX_FLOOR,
     MIN_COMPARABLE_TOKENS,
@@ -32,20 +33,13 @@ from eval.gpu_exactness import (
     first_divergence,
     headline,
     histogram,
-    quantile,
     run_exactness,
     run_reference,
     spread_verdict,
 )
-from eval.gpu_pressure import server_health
 from eval.server import SGLangServer, stock_env
 from eval.tiny_model import make_tiny_llama
-from eval.workloads import (
-    TurnResult,
-    asymcache_counters,
-    generate_streaming,
-    run_concurrent_sessions,
-)
+from eval.workloads import TurnResult, generate_streaming, run_concurrent_sessions
 
 # ----- CPU: pure statistics on hand-made results -----
 
@@ -87,14 +81,6 @@ def test_first_divergence():
     assert first_divergence([1, 9, 3], [1, 2, 3]) == 1
     assert first_divergence([1, 2], [1, 2, 3]) == 2
     assert first_divergence([], []) is None
-
-
-def test_quantile_is_nearest_rank():
-    xs = [1.0, 2.0, 3.0, 4.0]
-    assert [quantile(xs, q) for q in (0.25, 0.5, 0.9, 0.99, 1.0)] == [1.0, 2.0, 4.0, 4.0, 4.0]
-    assert quantile(list(range(1, 101)), 0.99) == 99
-    with pytest.raises(ValueError):
-        quantile([], 0.5)
 
 
 def test_histogram_buckets_are_half_open():

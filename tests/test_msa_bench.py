@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from asymcache_sglang.kernels.msa_triton import reference_msa
 
+from asymcache_sglang.kernels.msa_triton import reference_msa
 from eval import msa_bench as mb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

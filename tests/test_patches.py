@@ -5,16 +5,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from asymcache_sglang.patches.forward_batch_init_new import msa_impl_for
+
+from asymcache_sglang.core.latency_fit import BatchFeatures
+from asymcache_sglang.handoff import ForwardPlan
 from asymcache_sglang.patches.http_server_wait_and_warmup import profile_lengths
 from asymcache_sglang.patches.model_runner_forward import forward_features
 from asymcache_sglang.patches.scheduler_get_new_batch_prefill_raw import decodes_beside_prefill
-
-from asymcache_sglang.latency_model import BatchFeatures
-
-
-def runner(**hf_config: object) -> SimpleNamespace:
-    return SimpleNamespace(model_config=SimpleNamespace(hf_config=SimpleNamespace(**hf_config)))
+from asymcache_sglang.plugin import msa_impl_for
 
 
 @pytest.mark.parametrize(
@@ -29,7 +26,7 @@ def runner(**hf_config: object) -> SimpleNamespace:
     ],
 )
 def test_triton_kernel_only_for_plain_causal_models(configured, hf_config, expected):
-    assert msa_impl_for(configured, runner(**hf_config)) == expected
+    assert msa_impl_for(configured, SimpleNamespace(**hf_config)) == expected
 
 
 @pytest.mark.parametrize(
@@ -87,13 +84,14 @@ def forward_batch(mode: str, prefix: list[int], new: list[int]) -> SimpleNamespa
 def test_mixed_forward_counts_running_requests_as_decodes():
     # A 100-token chunk after 50 cached tokens, then two running requests at lengths 300 and 40.
     batch = forward_batch("mixed", [50, 299, 39], [100, 1, 1])
-    backend = SimpleNamespace(asymcache_pending_segments=None, asymcache_mixed_decodes=2)
-    features = forward_features(SimpleNamespace(attn_backend=backend), batch)
+    plan = ForwardPlan(msa_impl=None, segments=None, mixed_decodes=2)
+    features = forward_features(plan, batch)
     assert features == BatchFeatures.from_segments([(50, 150)], [300, 40])
     # With a hole plan the prefill request has two segments; the decodes still one each.
-    backend.asymcache_pending_segments = [[(0, 10), (50, 150)], [(299, 300)], [(39, 40)]]
-    features = forward_features(SimpleNamespace(attn_backend=backend), batch)
+    plan.segments = [[(0, 10), (50, 150)], [(299, 300)], [(39, 40)]]
+    features = forward_features(plan, batch)
     assert features == BatchFeatures.from_segments([(0, 10), (50, 150)], [300, 40])
-    backend.asymcache_mixed_decodes = 0
-    features = forward_features(SimpleNamespace(attn_backend=backend), batch)
+    assert plan.segments is not None  # read for the timing, left for init_forward_metadata
+    plan.mixed_decodes = 0
+    features = forward_features(plan, batch)
     assert features.decode_reqs == 0 and features.new_tokens == 112

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asymcache_sglang.latency_model import BatchFeatures, ScoreSums
+from asymcache_sglang.core.latency_fit import BatchFeatures
+from asymcache_sglang.core.latency_score import ScoreSums
 from eval.replay_latency_trace import read_trace, replay
 
 TRACES = Path(__file__).resolve().parent.parent / "eval" / "results" / "traces"

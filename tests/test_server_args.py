@@ -7,8 +7,8 @@ import argparse
 import pytest
 from sglang.srt.plugins import load_plugins
 
-from asymcache_sglang.config import AsymCacheConfig
-from asymcache_sglang.server_args import AsymCacheArgsError, AsymCacheServerArgs
+from asymcache_sglang.core.config import AsymCacheArgsError, AsymCacheConfig
+from asymcache_sglang.server_args import AsymCacheServerArgs
 
 KNOBS = (
     "--enable-asymcache",

@@ -12,8 +12,9 @@ from array import array
 
 import pytest
 
-from asymcache_sglang.cost import ReuseEstimator, StaticCostModel, eviction_key
-from asymcache_sglang.tree import HoleAwareTree
+from asymcache_sglang.core.cost import StaticCostModel, eviction_key
+from asymcache_sglang.core.reuse import ReuseEstimator
+from asymcache_sglang.core.tree import HoleAwareTree
 
 
 class FakeClock:
@@ -554,10 +555,7 @@ def test_rekey_when_tau_drifts():
 # ----- cost model and reuse estimator -----
 
 
-def test_cost_model_validation_and_math():
-    for a, b in ((0.0, 0.0), (-1.0, 0.0), (1.0, -0.1)):
-        with pytest.raises(ValueError):
-            StaticCostModel(a, b)
+def test_cost_model_math():
     m = StaticCostModel(2.0, 0.5)
     assert m.cost_per_token(0, 10) == pytest.approx(2.0 + 0.5 * 4.5)
     assert 10 * m.cost_per_token(0, 10) == pytest.approx(sum(2.0 + 0.5 * p for p in range(10)))
@@ -565,10 +563,7 @@ def test_cost_model_validation_and_math():
     assert StaticCostModel(1.0, 0.0).cost_per_token(5, 50) == 1.0
 
 
-def test_reuse_estimator_validation_and_updates():
-    for tau in (0.0, -1.0):
-        with pytest.raises(ValueError):
-            ReuseEstimator(tau)
+def test_reuse_estimator_updates():
     r = ReuseEstimator(10.0, share_boost=0.5, ema=0.5)
     r.observe_gap(0.0)
     r.observe_gap(-3.0)
@@ -578,13 +573,6 @@ def test_reuse_estimator_validation_and_updates():
     assert r.log_boost(0) == r.log_boost(1) == 0.0
     assert r.log_boost(3) == pytest.approx(math.log1p(1.0))
     assert ReuseEstimator(1.0, share_boost=0.0).log_boost(5) == 0.0
-
-
-def test_tree_argument_validation():
-    with pytest.raises(ValueError):
-        HoleAwareTree(StaticCostModel(), ReuseEstimator(1.0), max_holes=-1)
-    with pytest.raises(ValueError):
-        HoleAwareTree(StaticCostModel(), ReuseEstimator(1.0), min_retained_tokens=0)
 
 
 # ----- uniform cost is LRU: replay against SGLang's stock RadixCache -----

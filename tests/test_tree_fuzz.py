@@ -20,8 +20,9 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from asymcache_sglang.cost import ReuseEstimator, StaticCostModel, eviction_key
-from asymcache_sglang.tree import CacheNode, HoleAwareTree, SegmentPlan
+from asymcache_sglang.core.cost import StaticCostModel, eviction_key
+from asymcache_sglang.core.reuse import ReuseEstimator
+from asymcache_sglang.core.tree import CacheNode, HoleAwareTree, SegmentPlan
 
 EXAMPLES = int(os.environ.get("ASYMCACHE_FUZZ_EXAMPLES", "50"))
 STEPS = int(os.environ.get("ASYMCACHE_FUZZ_STEPS", "40"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from asymcache_sglang.latency_model import BatchFeatures
+from asymcache_sglang.core.latency_fit import BatchFeatures
 
 DEFAULT_MIN_CHUNK = 64
 

@@ -8,30 +8,30 @@ A step that extends some requests (prefill segments) and decodes others takes ab
 seconds: a fixed launch/weight-read cost, linear layers per new token, prefill attention per
 (query, key) pair, per-request decode overhead, decode attention per cached key read, and the
 extra fixed cost of an extend step: SGLang replays decode-only steps as CUDA graphs but runs
-extends eagerly, so an extend of a few tokens costs more than a decode step of as many (on an H100
-with the Llama-3-8B geometry, without c5 the fit missed small extends by 100-200%). All six
+extends eagerly, so an extend of a few tokens costs more than a decode step of as many. All six
 coefficients are physically non-negative, which the fit enforces and the chunk policy relies on
 (predicted time is then monotone in every feature).
 
 The prediction is also never below new / peak, the step time at the best prefill throughput
 (tokens per second) measured so far: a throughput ceiling. The linear form alone extrapolates
 badly on a GPU, where a step takes about the larger of its launch time and its compute time, not
-their sum: a run of small, launch-bound chunks flattens c1, and on an H100 (Llama-3-8B geometry)
-the fit then predicted 49 ms for a 6,000-token extend that took 152 ms. The start-up profile
-times the largest chunk, so the ceiling is measured where it binds.
+their sum: a run of small, launch-bound chunks flattens c1, and the fit alone then badly
+underpredicts a large chunk. The start-up profile times the largest chunk, so the ceiling is
+measured where it binds.
+
+``OnlineLatencyModel`` is the fit; ``LatencyView`` is the copy of it that decisions read.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from asymcache_sglang.cost import StaticCostModel
+from asymcache_sglang.core.latency_score import HeldOutScore, HeldOutState, WindowScore
+from asymcache_sglang.core.tpot_budget import DecodeStepTracker
 
 NUM_COEFS = 6
 # Regressors are divided by these so that each is O(1..100) on real batches and the covariance
@@ -40,7 +40,7 @@ NUM_COEFS = 6
 REGRESSOR_SCALES = (1.0, 2.0**10, 2.0**20, 2.0**7, 2.0**17, 1.0)
 # The coefficients' names, in order (log, /get_server_info and Prometheus labels).
 TERMS = ("const", "new_tokens", "new_ctx", "decode_reqs", "decode_ctx", "extend_step")
-EXTEND_STEP_TERM = TERMS.index("extend_step")
+_EXTEND_STEP_TERM = TERMS.index("extend_step")
 # Every non-empty set of coefficients the non-negativity projection may pin to 0, smallest first.
 _ZERO_SETS = sorted(
     (
@@ -127,98 +127,19 @@ def _project_nonneg(u: np.ndarray, cov: np.ndarray) -> np.ndarray:
     return min(feasible, key=lambda item: item[0])[1]
 
 
-class ScoreSums:
-    """Running sums over (predicted, actual) pairs: R^2 and mean relative error in O(1) per pair.
+@dataclass(frozen=True)
+class LatencyState:
+    """The fit's coefficients and quality, for logs, /get_server_info and metrics."""
 
-    The window is rescored on every update, and the model is updated on every forward; rebuilding
-    arrays from the window each time cost about as much as the fit itself.
-    """
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._sum_actual = 0.0
-        self._sum_actual_sq = 0.0
-        self._sum_sq_error = 0.0
-        self._sum_pct_error = 0.0
-
-    def add(self, predicted: float, actual: float, sign: int = 1) -> None:
-        """Count one pair (``sign`` -1 takes one back out)."""
-        self.n += sign
-        self._sum_actual += sign * actual
-        self._sum_actual_sq += sign * actual * actual
-        self._sum_sq_error += sign * (actual - predicted) ** 2
-        self._sum_pct_error += sign * 100.0 * abs(predicted - actual) / actual
-
-    def r2(self) -> float | None:
-        """None with fewer than 2 pairs or no variance in the actual values."""
-        if self.n < 2:
-            return None
-        ss_tot = self._sum_actual_sq - self._sum_actual**2 / self.n
-        if ss_tot <= 1e-12 * self._sum_actual_sq:  # flat, up to rounding of the sums
-            return None
-        return 1.0 - self._sum_sq_error / ss_tot
-
-    def mean_abs_pct_error(self) -> float | None:
-        return self._sum_pct_error / self.n if self.n else None
-
-
-class HeldOutScore:
-    """Run-wide score of one-step-ahead predictions, split by step kind.
-
-    The sliding window answers "is the fit good now"; this answers "how good was it over the whole
-    run", which a benchmark reports, and shows whether decode-only or prefill steps carry the error.
-    """
-
-    def __init__(self) -> None:
-        self.total = ScoreSums()
-        self.by_kind = {"prefill": ScoreSums(), "decode": ScoreSums()}
-
-    @property
-    def steps(self) -> int:
-        return self.total.n
-
-    def add(self, predicted: float, actual: float, *, prefill: bool) -> None:
-        self.total.add(predicted, actual)
-        self.by_kind["prefill" if prefill else "decode"].add(predicted, actual)
-
-    def r2(self) -> float | None:
-        return self.total.r2()
-
-    def state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "steps": self.steps,
-            "r2": self.r2(),
-            "mean_abs_pct_error": self.total.mean_abs_pct_error(),
-        }
-        for kind, score in self.by_kind.items():
-            out[f"{kind}_steps"] = score.n
-            out[f"{kind}_mean_abs_pct_error"] = score.mean_abs_pct_error()
-        return out
-
-
-class WindowScore:
-    """ScoreSums over the last ``size`` pairs; rebuilt from them every ``size`` pairs so that
-    rounding in the add/remove sums cannot build up."""
-
-    def __init__(self, size: int) -> None:
-        self.pairs: deque[tuple[float, float]] = deque(maxlen=size)
-        self.sums = ScoreSums()
-        self._since_rebuild = 0
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def add(self, predicted: float, actual: float) -> None:
-        if len(self.pairs) == self.pairs.maxlen:
-            self.sums.add(*self.pairs[0], sign=-1)
-        self.pairs.append((predicted, actual))
-        self.sums.add(predicted, actual)
-        self._since_rebuild += 1
-        if self._since_rebuild >= self.pairs.maxlen:
-            self.sums = ScoreSums()
-            for pair in self.pairs:
-                self.sums.add(*pair)
-            self._since_rebuild = 0
+    coefficients: tuple[float, ...]
+    samples: int
+    ready: bool
+    # Window score of one-step-ahead predictions; None with too few or flat steps.
+    r2: float | None
+    mean_abs_pct_error: float | None
+    covariance_trace: float
+    peak_prefill_tokens_per_s: float
+    held_out: HeldOutState
 
 
 class OnlineLatencyModel:
@@ -299,6 +220,11 @@ class OnlineLatencyModel:
         return self._ready
 
     @property
+    def extend_step_s(self) -> float:
+        """c5: what an extend step costs beyond a decode step of as many tokens."""
+        return self.coefficients[_EXTEND_STEP_TERM]
+
+    @property
     def peak_prefill_tokens_per_s(self) -> float:
         """The best new tokens / step time of any extend step so far (0 before one)."""
         return self._peak_tokens_per_s
@@ -322,7 +248,7 @@ class OnlineLatencyModel:
             self._window.add(predicted, seconds)
             self.held_out.add(predicted, seconds, prefill=features.new_tokens > 0)
         # Weighted by the fit's own prediction: the ceiling bounds predictions, it does not steer
-        # the fit (steering it scored worse on the H100 traces).
+        # the fit (steering it scored worse on recorded GPU traces).
         weight = 1.0 / max(seconds, linear)
         xw = x * weight
         px = self._p @ xw
@@ -356,18 +282,18 @@ class OnlineLatencyModel:
             return None
         return self._window.sums.mean_abs_pct_error()
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> LatencyState:
         """Snapshot for logs and metrics."""
-        return {
-            "coefficients": self.coefficients,
-            "samples": self._samples,
-            "ready": self.ready,
-            "r2": self.r2(),
-            "mean_abs_pct_error": self.mean_abs_pct_error(),
-            "covariance_trace": float(np.trace(self._p)),
-            "peak_prefill_tokens_per_s": self._peak_tokens_per_s,
-            "held_out": self.held_out.state(),
-        }
+        return LatencyState(
+            coefficients=self.coefficients,
+            samples=self._samples,
+            ready=self.ready,
+            r2=self.r2(),
+            mean_abs_pct_error=self.mean_abs_pct_error(),
+            covariance_trace=float(np.trace(self._p)),
+            peak_prefill_tokens_per_s=self._peak_tokens_per_s,
+            held_out=self.held_out.state(),
+        )
 
     def _bound_covariance(self) -> None:
         self._p = (self._p + self._p.T) / 2.0  # rounding would otherwise make it drift asymmetric
@@ -392,11 +318,11 @@ class LatencyView:
 
     @classmethod
     def of(cls, model: OnlineLatencyModel, decode_steps: DecodeStepTracker) -> LatencyView:
-        coefficients = model.coefficients
+        """The model's fit now, with the TPOT budget its decode steps and extend cost give."""
         return cls(
-            coefficients,
+            model.coefficients,
             model.ready,
-            decode_steps.budget_s(coefficients[EXTEND_STEP_TERM]),
+            decode_steps.budget_s(model.extend_step_s),
             model.peak_prefill_tokens_per_s,
         )
 
@@ -404,60 +330,3 @@ class LatencyView:
         """Predicted step time in seconds, as ``OnlineLatencyModel.predict`` at publication."""
         linear = sum(c * x for c, x in zip(self.coefficients, features.vector()))
         return bounded_step_s(linear, features.new_tokens, self.peak_prefill_tokens_per_s)
-
-
-class LatencyCostModel:
-    """Recompute cost per token from the published fit, with StaticCostModel's interface.
-
-    Eviction orders nodes by log(cost), so only the cost's shape matters: c1 + c2 * p, in units of
-    the static model's per-token cost at position 0 (``fallback.a``). Static keys and model keys in
-    the same heap (it keys a node when it is pushed) are then commensurate, before and after the
-    model becomes ready. Until the view is ``ready``, or while it has no per-token cost (c1 == 0),
-    the static fallback is used.
-    """
-
-    def __init__(self, fallback: StaticCostModel) -> None:
-        self.fallback = fallback
-        self.view = LatencyView()
-
-    def cost_per_token(self, start: int, end: int) -> float:
-        """fallback.a * (1 + c2 / c1 * mean position of [start, end))."""
-        if self.view.ready:
-            _, c1, c2, *_ = self.view.coefficients
-            if c1 > 0:
-                return self.fallback.a * (1.0 + c2 / c1 * (start + end - 1) / 2.0)
-        return self.fallback.cost_per_token(start, end)
-
-
-class DecodeStepTracker:
-    """EMA of decode-only step times, and the default TPOT budget of a step that adds a chunk.
-
-    The budget is 2x the decode step plus the fixed cost of an extend step (c5, which any chunk
-    pays however small): the chunk's own work may then double the decodes' step. Without the
-    fixed cost the budget was infeasible on an H100 (a Llama-3-8B extend costs ~14 ms more than a
-    ~7 ms CUDA-graph decode step), and every chunk fell to the minimum size.
-    """
-
-    def __init__(self, factor: float = 2.0, ema: float = 0.1) -> None:
-        if factor < 1.0:
-            raise ValueError(f"budget factor must be >= 1 (a decode step itself), got {factor}")
-        if not 0.0 < ema <= 1.0:
-            raise ValueError(f"EMA weight must be in (0, 1], got {ema}")
-        self.factor = factor
-        self.ema = ema
-        self.step_s: float | None = None
-
-    def observe(self, features: BatchFeatures, seconds: float) -> None:
-        """Record one timed step; only decode-only steps (decodes, no new tokens) count."""
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise ValueError(f"step time must be finite and > 0, got {seconds}")
-        if features.new_tokens > 0 or features.decode_reqs == 0:
-            return
-        if self.step_s is None:
-            self.step_s = seconds
-        else:
-            self.step_s += self.ema * (seconds - self.step_s)
-
-    def budget_s(self, extend_fixed_s: float = 0.0) -> float | None:
-        """factor x the decode-step EMA + ``extend_fixed_s``; None until a decode step was seen."""
-        return None if self.step_s is None else self.factor * self.step_s + extend_fixed_s

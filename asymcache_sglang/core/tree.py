@@ -16,7 +16,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from asymcache_sglang.cost import CostModel, ReuseEstimator, eviction_key
+from asymcache_sglang.core.cost import CostModel, eviction_key
+from asymcache_sglang.core.reuse import ReuseEstimator
 
 Range = tuple[int, int]
 
@@ -164,8 +165,7 @@ class HoleAwareTree:
         min_retained_tokens: int = 16,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_holes < 0 or min_retained_tokens < 1:
-            raise ValueError("max_holes must be >= 0 and min_retained_tokens >= 1")
+        """``max_holes`` >= 0 (0: leaf-only eviction), ``min_retained_tokens`` >= 1."""
         self.cost = cost
         self.reuse = reuse
         self.max_holes = max_holes

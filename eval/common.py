@@ -1,0 +1,128 @@
+"""What the eval harnesses share: result header, server health and state, one percentile rule."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import requests
+
+from eval.server import REPO_ROOT, SGLangServer
+from eval.workloads import TurnResult
+
+# Server-log lines that mean a run went wrong even when every request was answered.
+LEAK_MARKERS = ("memory leak detected", "Traceback", "KV double free", "use-after-free")
+SUMMARY_QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+
+
+# ----- where the numbers come from -----
+
+
+def card() -> str:
+    """The GPU these numbers come from ("cpu" for dry runs)."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def git_commit() -> str:
+    """The commit measured: ``ASYMCACHE_COMMIT`` (hosts without the git folder), else HEAD."""
+    env_commit = os.environ.get("ASYMCACHE_COMMIT")
+    if env_commit:
+        return env_commit
+    out = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def result_header() -> dict[str, str]:
+    """Card, commit and UTC time (ISO 8601, seconds) that open every result JSON."""
+    return {
+        "card": card(),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ----- one percentile rule -----
+
+
+def _nearest_rank(ordered: Sequence[float], q: float) -> float:
+    if not ordered:
+        raise ValueError("percentile of no values")
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """Nearest rank, q in [0, 1]: the smallest value with at least a fraction q of values <= it."""
+    return _nearest_rank(sorted(values), q)
+
+
+def summary_stats(values: Iterable[float]) -> dict[str, float]:
+    """count, max, mean and nearest-rank p50/p90/p99 of values (ValueError if there are none)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("summary_stats of no values")
+    return {
+        "count": len(ordered),
+        "max": ordered[-1],
+        "mean": statistics.mean(ordered),
+        **{name: _nearest_rank(ordered, q) for name, q in SUMMARY_QUANTILES.items()},
+    }
+
+
+def summarize_turns(results: Sequence[TurnResult]) -> dict[str, float]:
+    """One run's request count, TTFT distribution and prompt-token hit rate."""
+    ttft = summary_stats(r.ttft_s for r in results)
+    prompt = sum(len(r.input_ids) for r in results)
+    cached = sum(r.cached_tokens for r in results)
+    return {
+        "requests": len(results),
+        "ttft_mean_s": ttft["mean"],
+        "ttft_p50_s": ttft["p50"],
+        "ttft_p90_s": ttft["p90"],
+        "ttft_p99_s": ttft["p99"],
+        "latency_mean_s": statistics.mean(r.latency_s for r in results),
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "computed_prompt_tokens": prompt - cached,
+        "token_hit_rate": cached / prompt,
+    }
+
+
+# ----- the server's health and state -----
+
+
+def server_health(server: SGLangServer) -> dict[str, Any]:
+    """Idle the scheduler so SGLang's strict idle memory check runs, then look for trouble."""
+    time.sleep(3)
+    healthy = requests.get(f"{server.url}/health_generate", timeout=120).status_code == 200
+    log = server.log_path.read_text(errors="replace")
+    return {
+        "healthy_after_idle": healthy,
+        "leak_or_error_lines": sum(log.count(m) for m in LEAK_MARKERS),
+    }
+
+
+def asymcache_state(url: str, key: str) -> dict:
+    """One AsymCache entry of /get_server_info's scheduler state (empty without AsymCache)."""
+    info = requests.get(f"{url}/get_server_info", timeout=60).json()
+    return info["internal_states"][0].get(key, {})
+
+
+def asymcache_counters(url: str) -> dict:
+    """AsymCache's counters from /get_server_info (empty for a server without AsymCache)."""
+    return asymcache_state(url, "asymcache")
+
+
+def asymcache_latency(url: str) -> dict:
+    """The latency model's state and last chunk decision (empty without AsymCache)."""
+    return asymcache_state(url, "asymcache_latency")

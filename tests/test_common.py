@@ -1,0 +1,46 @@
+"""The helpers every eval harness shares (``eval.common``): the percentile rule and the header."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from eval.common import percentile, result_header, summary_stats
+
+
+def test_percentile_is_nearest_rank():
+    xs = [1.0, 2.0, 3.0, 4.0]
+    assert [percentile(xs, q) for q in (0.25, 0.5, 0.9, 0.99, 1.0)] == [1.0, 2.0, 4.0, 4.0, 4.0]
+    assert percentile(list(range(1, 101)), 0.99) == 99
+    with pytest.raises(ValueError):
+        percentile([], 0.5)
+
+
+def test_percentile_sorts_its_input():
+    assert percentile([4.0, 1.0, 3.0, 2.0], 0.5) == 2.0
+    assert percentile(iter([3.0, 1.0, 2.0]), 0.0) == 1.0
+
+
+def test_summary_stats_use_the_one_rule():
+    xs = [0.5, 0.1, 0.4, 0.2, 0.3, 0.6, 0.9, 0.8, 0.7, 1.0]
+    stats = summary_stats(xs)
+    assert stats == {
+        "count": 10,
+        "max": 1.0,
+        "mean": statistics.mean(xs),
+        "p50": percentile(xs, 0.5),
+        "p90": percentile(xs, 0.9),
+        "p99": percentile(xs, 0.99),
+    }
+    assert (stats["p50"], stats["p90"], stats["p99"]) == (0.5, 0.9, 1.0)
+    with pytest.raises(ValueError):
+        summary_stats([])
+
+
+def test_result_header(monkeypatch):
+    monkeypatch.setenv("ASYMCACHE_COMMIT", "abc123")
+    header = result_header()
+    assert list(header) == ["card", "commit", "date"]
+    assert header["commit"] == "abc123"
+    assert header["date"].endswith("+00:00")
