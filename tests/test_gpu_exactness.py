@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from asymcache_sglang.core.config import MSA_IMPLS
-from eval.common import asymcache_counters, server_health
+from eval.common import asymcache_counters, result_header, server_health
 from eval.gpu_exactness import (
     MAX_FLOOR,
     MIN_COMPARABLE_TOKENS,
@@ -340,12 +340,13 @@ def test_mixed_chunk_holes_beside_decodes(hd128_model, results_dir, msa_impl):
             for r in ours
         ]
     match = compare_outputs(ours, ref)
-    result = {"msa_impl": msa_impl, **match, "counters": counters, **health}
+    header = result_header()
+    result = {**header, "msa_impl": msa_impl, **match, "counters": counters, **health}
     (results_dir / f"mixed_chunk_{msa_impl}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k not in ("counters", "diverged")}))
     assert health["healthy_after_idle"] and health["leak_or_error_lines"] == 0
     assert counters["plans"] > 0 and counters["mixed_plan_batches"] > 0, counters
     # Per-token match given the same context. Stock's own hit-vs-miss rate on this model is 95%
-    # (README); here decodes also run batched against bs-1 reference decodes. A wrong KV slot or
-    # position in a mixed batch would garble the request from that token on.
+    # (eval/RESULTS.md); here decodes also run batched against bs-1 reference decodes. A wrong KV
+    # slot or position in a mixed batch would garble the request from that token on.
     assert match["token_match_rate"] >= 0.90, result
