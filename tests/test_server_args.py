@@ -116,6 +116,14 @@ def test_off_leaves_sglang_defaults(prepare):
             ["--attention-backend", "triton", "--enable-deterministic-inference"],
             "--enable-deterministic-inference",
         ),
+        (
+            ["--attention-backend", "torch_native", "--decode-attention-backend", "triton"],
+            "--decode-attention-backend",
+        ),
+        (
+            ["--attention-backend", "triton", "--prefill-attention-backend", "torch_native"],
+            "--prefill-attention-backend",
+        ),
         (["--asymcache-tpot-budget-ms", "0"], "--asymcache-tpot-budget-ms"),
         (["--asymcache-latency-min-r2", "1.5"], "--asymcache-latency-min-r2"),
     ],

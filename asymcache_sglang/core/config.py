@@ -153,6 +153,14 @@ def refuse_unsupported_flags(args: Any) -> None:
             "on the triton attention backend"
         )
     prefill_backend = backends[-1][1]
+    decode_backend = args.decode_attention_backend or attention_backend(args)
+    if decode_backend != prefill_backend:
+        # SGLang then wraps both in one HybridAttnBackend, which the MSA hooks do not see into.
+        raise AsymCacheArgsError(
+            "--enable-asymcache needs one attention backend for prefill and decode; got "
+            f"--prefill-attention-backend {prefill_backend} and "
+            f"--decode-attention-backend {decode_backend}"
+        )
     if args.asymcache_msa_impl is not None and prefill_backend != "flashinfer":
         raise AsymCacheArgsError(
             f"--asymcache-msa-impl chooses the kernel on the flashinfer attention "
