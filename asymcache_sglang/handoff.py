@@ -12,7 +12,11 @@ A hole plan travels through SGLang 0.5.16 in these steps (owner in brackets):
 1. ``RadixCache.match_prefix`` [``radix_cache``]: a matched path with holes becomes
    ``RequestPlan.matched`` on the Req.
 2. ``PrefillAdder.add_one_req`` [``patches.prefill_adder_add_one_req``]: takes ``matched``,
-   budgets holes plus tail, and sets ``RequestPlan.admitted`` if SGLang admits the request.
+   budgets holes plus tail (the holes that fit the chunk, ``plan_admission``), and sets
+   ``RequestPlan.admitted`` if SGLang admits the request.
+   2b. A chunked request's later chunks: ``PrefillAdder.add_chunked_req``
+   [``patches.prefill_adder_add_chunked_req``] re-matches the rest of its prompt and admits the
+   plan for it the same way.
 3. ``ScheduleBatch.prepare_for_extend`` [``patches.schedule_batch_prepare_for_extend``]: takes
    ``admitted``, allocates and splices the holes, sets ``RequestPlan.retained`` (the slots the tree
    owns) and the batch's ``ExtendPlan`` (segments and their positions).
@@ -58,6 +62,8 @@ class RequestPlan:
     # Ranges of the Req's req_to_token row whose slots belong to the tree; None: the leading
     # cache_protected_len tokens, as in stock SGLang.
     retained: list[Range] | None = None
+    # Prefill chunks of this request that recomputed part of a hole plan.
+    plan_chunks: int = 0
 
     def take_matched(self) -> SegmentPlan | None:
         plan, self.matched = self.matched, None

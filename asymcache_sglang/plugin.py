@@ -16,6 +16,7 @@ _registered = False
 
 PATCH_MODULES = (
     "asymcache_sglang.patches.prefill_adder_add_one_req",
+    "asymcache_sglang.patches.prefill_adder_add_chunked_req",
     "asymcache_sglang.patches.schedule_batch_prepare_for_extend",
     "asymcache_sglang.patches.forward_batch_init_new",
     "asymcache_sglang.patches.torch_native_init_forward_metadata",

@@ -40,7 +40,15 @@ class PlanCounters:
     retained_tokens: int = 0
     # What meta_info.cached_tokens was credited: retained tokens only.
     cached_tokens: int = 0
+    # Chunks whose plan's first hole alone exceeded the chunk: that hole is computed as a plain
+    # extend from its start (the same work), and the plan resumes in the next chunk.
     chunk_fallbacks: int = 0
+    # Admitted plans SGLang cut into chunks (holes that fit first, the rest in later chunks).
+    chunked_plans: int = 0
+    # The most prefill chunks one request's hole plan was carried over.
+    longest_plan_chunks: int = 0
+    # Plans dropped because the request's prefix changed between match and admission.
+    stale_plans: int = 0
     # Extends with hole plans that also carried running decodes (--enable-mixed-chunk).
     mixed_plan_batches: int = 0
 

@@ -40,7 +40,10 @@ def _fill_holes(cache: HoleAwareRadixCache, planned: list[tuple[Any, Any]]) -> N
             offset += e - s
     cache.counters.plans += len(planned)
     cache.counters.planned_hole_tokens += total
-    cache.counters.retained_tokens += sum(plan.retained_tokens for _, plan in planned)
+    # A later chunk's plan starts with what the request's earlier chunks wrote: not reuse.
+    cache.counters.retained_tokens += sum(
+        plan.retained_tokens - req.already_computed for req, plan in planned
+    )
 
 
 def hook(original: Callable[..., Any], batch: Any, *args: Any, **kwargs: Any) -> Any:

@@ -68,6 +68,24 @@ def mixed_chunk_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLang
         yield server
 
 
+# Smaller than most hole plans of the e2e workload, so plans are carried over several chunks.
+SMALL_CHUNK_TOKENS = 96
+
+
+@pytest.fixture(scope="module", params=["chunked", "chunked-mixed"])
+def small_chunk_server(
+    request: pytest.FixtureRequest, tiny_model: Path, artifacts_dir: Path
+) -> Iterator[tuple[SGLangServer, bool]]:
+    """A server with a small chunk, and whether it mixes decodes into prefill chunks."""
+    mixed = request.param == "chunked-mixed"
+    flags = ["--chunked-prefill-size", str(SMALL_CHUNK_TOKENS)]
+    if mixed:
+        flags.append("--enable-mixed-chunk")
+    log_path = artifacts_dir / f"asymcache-{request.param}-server.log"
+    with cpu_asymcache_server(tiny_model, log_path, *flags) as server:
+        yield server, mixed
+
+
 @pytest.fixture(scope="session")
 def no_cache_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangServer]:
     server = SGLangServer(

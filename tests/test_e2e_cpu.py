@@ -90,3 +90,43 @@ def test_mixed_chunk_holes_beside_decodes_are_exact(mixed_chunk_server, no_cache
     assert requests.get(f"{mixed_chunk_server.url}/health_generate", timeout=60).status_code == 200
     log = mixed_chunk_server.log_path.read_text(errors="replace")
     assert "memory leak detected" not in log and "Traceback" not in log
+
+
+def test_hole_plans_carried_over_chunks_are_exact(small_chunk_server, no_cache_server):
+    """Hole plans larger than the chunk run over several passes, with and without mixed chunks.
+
+    With mixed chunks sessions run concurrently and without logprobs (SGLang mixes only those).
+    """
+    server, mixed = small_chunk_server
+    before = asymcache_counters(server.url)
+    ours = (
+        run_concurrent_sessions(server.url, WORKLOAD)
+        if mixed
+        else run_multi_turn(server.url, WORKLOAD)
+    )
+    time.sleep(3)
+    after = asymcache_counters(server.url)
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    ref = [
+        generate_streaming(
+            no_cache_server.url, r.input_ids, WORKLOAD.max_new_tokens, return_logprob=not mixed
+        )
+        for r in ours
+    ]
+    mismatched = [(a.session, a.turn) for a, b in zip(ours, ref) if a.output_ids != b.output_ids]
+    dlogprobs = [
+        abs(x - y) for a, b in zip(ours, ref) for x, y in zip(a.output_logprobs, b.output_logprobs)
+    ]
+    summary = {"counters": delta, "mismatched": mismatched, "max_dlogprob": max(dlogprobs or [0])}
+    print(json.dumps(summary, indent=2))
+    assert delta["interior_evicted_tokens"] > 0
+    assert delta["plans"] > 0 and delta["chunked_plans"] > 0, delta
+    assert after["longest_plan_chunks"] >= 3, after
+    if mixed:
+        assert delta["mixed_plan_batches"] > 0, delta
+    else:
+        assert dlogprobs and summary["max_dlogprob"] <= LOGPROB_TOL
+    assert not mismatched, f"outputs differ for (session, turn) {mismatched}"
+    assert requests.get(f"{server.url}/health_generate", timeout=60).status_code == 200
+    log = server.log_path.read_text(errors="replace")
+    assert "memory leak detected" not in log and "Traceback" not in log

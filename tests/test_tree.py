@@ -155,6 +155,35 @@ def test_hole_in_the_middle_and_trailing_hole_is_tail():
     check_counters(tree)
 
 
+def test_fit_keeps_the_holes_that_fit_and_ends_before_the_first_left_out():
+    tree, _ = make_tree()
+    seq = list(range(200, 260))
+    tree.insert(toks(seq), list(range(60)), [])
+    for cut in (5, 15, 20, 32, 40):
+        tree.match(toks(seq[:cut]))
+    path = tree.match(toks(seq + [1, 2]))
+    assert [(n.start, n.end) for n in path] == [
+        (0, 5), (5, 15), (15, 20), (20, 32), (32, 40), (40, 60)
+    ]  # fmt: skip
+    for node in path[0::2]:
+        node.value = None  # holes at [0, 5), [15, 20), [32, 40); only the plan reads them
+    plan = tree.plan(path)
+    assert plan.recompute == [(0, 5), (15, 20), (32, 40)]
+    assert plan.retained == [(5, 15), (20, 32), (40, 60)]
+    assert plan.retained_nodes == [path[1], path[3], path[5]]
+
+    assert plan.fit(18) is plan and plan.fit(100) is plan  # every hole fits
+    assert plan.fit(4) is None  # not even the first
+    two = plan.fit(17)  # 5 + 5 fit, the 8-token third does not
+    assert two.recompute == [(0, 5), (15, 20)] and two.recompute_tokens == 10
+    assert two.retained == [(5, 15), (20, 32)] and two.retained_nodes == [path[1], path[3]]
+    assert two.retained_values == plan.retained_values[:2]
+    assert two.prefix_len == 32 and two.last_node is path[3]  # the extend after starts at the hole
+    one = plan.fit(9)
+    assert one.recompute == [(0, 5)] and one.retained == [(5, 15)] and one.prefix_len == 15
+    assert (one.contiguous_len, one.contiguous_node) == (plan.contiguous_len, plan.contiguous_node)
+
+
 def test_plan_on_empty_path_is_empty():
     tree, _ = make_tree()
     plan = tree.plan(tree.match(toks([1, 2, 3])))

@@ -42,6 +42,9 @@ COVERAGE: dict[str, int] = {
     "interior_evicted_tokens": 0,
     "collected_holes": 0,
     "fallback_plans": 0,
+    "chunked_requests": 0,
+    "fitted_plans": 0,
+    "multi_chunk_plans": 0,
 }
 
 
@@ -303,6 +306,97 @@ class TreeMachine(RuleBasedStateMachine):
             req.row[p] in dup_set for s, e in req.plan.recompute for p in range(s, e)
         )
 
+    @rule(
+        session=st.integers(0, 4),
+        ext=st.lists(st.integers(0, 3), max_size=8),
+        chunk=st.integers(2, 12),
+    )
+    def chunked_turn(self, session, ext, chunk):
+        """A request prefilled in chunks of ``chunk`` tokens, as the scheduler runs one.
+
+        Each chunk re-matches, keeps the holes that fit (``SegmentPlan.fit``), computes them and
+        then the contiguous run after the kept part up to the chunk, and inserts what is written
+        so far with the request's prefix locked, as ``cache_unfinished_req`` does.
+        """
+        COVERAGE["steps"] += 1
+        ns, tokens = self._sequence(session, ext, None)
+        locked, written, plan_chunks = self.tree.root, 0, 0
+        self.tree.inc_lock(locked)
+        while written < len(tokens):
+            path = self.tree.match(tokens, ns)
+            plan = self.tree.plan(path)
+            self._check_plan(tokens, path, plan)
+            assert plan.contiguous_len >= written, "a locked prefix lost its KV"
+            fitted = plan
+            if plan.recompute_tokens + len(tokens) - plan.prefix_len > chunk:
+                fitted = plan.fit(chunk - 1)
+                self._check_fit(plan, fitted, chunk - 1)
+            if fitted is None or not fitted.has_holes:
+                retained = [(0, plan.contiguous_len)] if plan.contiguous_len else []
+                recompute, prefix, last = [], plan.contiguous_len, plan.contiguous_node
+            else:
+                retained, recompute = fitted.retained, fitted.recompute
+                prefix, last = fitted.prefix_len, fitted.last_node
+                COVERAGE["fitted_plans"] += fitted is not plan
+            plan_chunks += bool(plan.recompute)
+            self.tree.inc_lock(last)
+            self.tree.dec_lock(locked)
+            locked = last
+            hole_tokens = sum(e - s for s, e in recompute)
+            end = min(len(tokens), prefix + chunk - hole_tokens)
+            work = [p for s, e in recompute for p in range(s, e)] + list(range(prefix, end))
+            shortfall = len(work) - self.pool.available()
+            if shortfall > 0:
+                self._evict(shortfall)
+            if len(work) > self.pool.available():
+                COVERAGE["starved"] += 1
+                self.tree.dec_lock(locked)
+                return
+            row: list[int | None] = [None] * end
+            for (s, e), values in zip(retained, self._retained_values(plan, retained)):
+                for p, slot in zip(range(s, e), values, strict=True):
+                    assert self.content[slot] == (ns, tuple(tokens[: p + 1]))
+                    row[p] = slot
+            for p, slot in zip(work, self.pool.alloc(len(work)), strict=True):
+                row[p] = slot
+                self.content[slot] = (ns, tuple(tokens[: p + 1]))
+            assert all(slot is not None for slot in row)
+            out = self.tree.insert(tokens[:end], row, retained, ns, count_hit=end == len(tokens))
+            self._free(flat(out.duplicates))
+            assert out.last_node.end == end
+            for k in range(1, end + 1):
+                self.inserted_prefixes.add((ns, tuple(tokens[:k])))
+            self.tree.inc_lock(out.last_node)
+            self.tree.dec_lock(locked)
+            locked, written = out.last_node, end
+        self.tree.dec_lock(locked)
+        COVERAGE["chunked_requests"] += 1
+        COVERAGE["multi_chunk_plans"] += plan_chunks >= 2
+
+    @staticmethod
+    def _retained_values(plan, retained):
+        """The slots of each of ``retained``, a leading part of ``plan.retained``."""
+        flat_by_range = {r: flat(v) for r, v in zip(plan.retained, plan.retained_values)}
+        return [flat_by_range[r] for r in retained]
+
+    def _check_fit(self, plan, fitted, budget):
+        """``fitted`` is the leading part of ``plan`` whose holes fit ``budget``."""
+        sizes = [e - s for s, e in plan.recompute]
+        kept = 0
+        while kept < len(sizes) and sum(sizes[: kept + 1]) <= budget:
+            kept += 1
+        if kept == len(sizes):
+            assert fitted is plan
+            return
+        if kept == 0:
+            assert fitted is None
+            return
+        assert fitted.recompute == plan.recompute[:kept]
+        cut = plan.recompute[kept][0]
+        assert fitted.retained == [r for r in plan.retained if r[1] <= cut]
+        assert fitted.prefix_len == cut and fitted.last_node.end == cut
+        assert fitted.last_node is fitted.retained_nodes[-1]
+
     @precondition(lambda self: self.inflight)
     @rule(which=st.integers(0, MAX_IN_FLIGHT))
     def abort(self, which):
@@ -482,4 +576,41 @@ def test_seeded_random_walk_reaches_holes():
         "aborted",
         "starved",
     ):
+        assert gained[key] > 0, (key, gained)
+
+
+def test_seeded_chunked_walk_carries_plans_over_chunks():
+    """Chunked requests among the others: plans cut to the chunk, and carried over several."""
+    rng = random.Random(20261201)
+    before = dict(COVERAGE)
+    for _ in range(30):
+        m = TreeMachine()
+        m.setup(
+            cost_b=rng.choice([1.0, 0.05, 0.0]),
+            tau=rng.choice([1000.0, 50.0, 0.5]),
+            share_boost=rng.choice([0.0, 1.0]),
+            # Paths with several holes: short retained islands count, small pools evict often.
+            max_holes=rng.choice([2, 3]),
+            min_retained=1,
+            pool_size=rng.randint(32, 96),
+            sessions=[
+                [rng.randrange(4) for _ in range(rng.randint(4, 12))]
+                for _ in range(rng.randint(1, 4))
+            ],
+        )
+        for _ in range(80):
+            ext = [rng.randrange(4) for _ in range(rng.randint(0, 8))]
+            action = rng.choice(["turn", "chunked", "chunked", "evict", "evict", "tick"])
+            if action == "turn":
+                m.turn(rng.randrange(5), ext)
+            elif action == "chunked":
+                m.chunked_turn(rng.randrange(5), ext, rng.randint(2, 12))
+            elif action == "evict":
+                m.evict(rng.randint(1, 8))
+            else:
+                m.tick(rng.choice([0.5, 1.0, 3.0, 50.0]))
+            m.tree_is_consistent()
+        m.teardown()
+    gained = {k: COVERAGE[k] - before[k] for k in COVERAGE}
+    for key in ("chunked_requests", "fitted_plans", "multi_chunk_plans", "adopted_tokens"):
         assert gained[key] > 0, (key, gained)

@@ -13,7 +13,7 @@ import itertools
 import time
 from array import array
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from asymcache_sglang.core.cost import CostModel, eviction_key
@@ -67,6 +67,8 @@ class SegmentPlan:
     prefix_len: int
     retained: list[Range]
     retained_values: list[list[Any]]
+    # The deepest node of each retained range.
+    retained_nodes: list[CacheNode]
     recompute: list[Range]
     last_node: CacheNode
     contiguous_len: int
@@ -83,6 +85,33 @@ class SegmentPlan:
     @property
     def has_holes(self) -> bool:
         return bool(self.recompute)
+
+    def fit(self, max_recompute_tokens: int) -> SegmentPlan | None:
+        """The leading part of this plan whose holes total at most ``max_recompute_tokens``.
+
+        It ends with the retained range before the first hole left out, so a contiguous extend
+        after it starts with that hole. None when not even the first hole fits.
+        """
+        kept, total = 0, 0
+        for s, e in self.recompute:
+            if total + e - s > max_recompute_tokens:
+                break
+            kept, total = kept + 1, total + e - s
+        if kept == len(self.recompute):
+            return self
+        if kept == 0:
+            return None
+        cut = self.recompute[kept][0]
+        n = sum(1 for _, e in self.retained if e <= cut)
+        return replace(
+            self,
+            prefix_len=self.retained[n - 1][1],
+            retained=self.retained[:n],
+            retained_values=self.retained_values[:n],
+            retained_nodes=self.retained_nodes[:n],
+            recompute=self.recompute[:kept],
+            last_node=self.retained_nodes[n - 1],
+        )
 
 
 @dataclass
@@ -314,6 +343,7 @@ class HoleAwareTree:
             runs.pop()
         retained: list[Range] = []
         retained_values: list[list[Any]] = []
+        retained_nodes: list[CacheNode] = []
         recompute: list[Range] = []
         last_node = self.root
         bounded = False
@@ -321,6 +351,7 @@ class HoleAwareTree:
             if run[0]:
                 retained.append((run[1], run[2]))
                 retained_values.append([n.value for n in run[3]])
+                retained_nodes.append(run[3][-1])
                 last_node = run[3][-1]
             elif len(recompute) < self.max_holes:
                 recompute.append((run[1], run[2]))
@@ -335,6 +366,7 @@ class HoleAwareTree:
             prefix_len=prefix_len,
             retained=retained,
             retained_values=retained_values,
+            retained_nodes=retained_nodes,
             recompute=recompute,
             last_node=last_node,
             contiguous_len=contiguous_len,
