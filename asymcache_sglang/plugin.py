@@ -26,6 +26,7 @@ PATCH_MODULES = (
     "asymcache_sglang.patches.triton_init_forward_metadata",
     "asymcache_sglang.patches.scheduler_get_internal_state",
     "asymcache_sglang.patches.model_runner_forward",
+    "asymcache_sglang.patches.prefill_cuda_graph_runner_can_run_graph",
     "asymcache_sglang.patches.scheduler_get_new_batch_prefill_raw",
     "asymcache_sglang.patches.http_server_wait_and_warmup",
 )

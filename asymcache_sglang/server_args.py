@@ -108,8 +108,6 @@ class AsymCacheServerArgs(ServerArgs):
         self.radix_cache_backend = "asymcache"
         self.attention_backend = attention_backend(self)
         self.page_size = 1
-        # Prefill CUDA graphs capture contiguous extends; multi-segment batches are not.
-        self.disable_prefill_cuda_graph = True
 
 
 def profiles_latency(args: object) -> bool:

@@ -318,14 +318,13 @@ def per_request_rows(
 
 
 def exactness_server_args(pool_tokens: int, attention_backend: str = "flashinfer") -> list[str]:
-    """Flags shared by all servers of one comparison: bf16, real weights, bounded KV pool."""
+    """Flags shared by all servers of one comparison: bf16, real weights, bounded KV pool; CUDA
+    graphs at SGLang's defaults."""
     return [
         "--dtype", "bfloat16",
         "--attention-backend", attention_backend,
         "--skip-tokenizer-init",
         "--grammar-backend", "none",
-        # AsymCache needs prefill CUDA graphs off; stock gets the same so kernels match.
-        "--disable-prefill-cuda-graph",
         "--cuda-graph-max-bs-decode", "8",
         "--max-total-tokens", str(pool_tokens),
     ]  # fmt: skip

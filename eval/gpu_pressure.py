@@ -20,7 +20,7 @@ from eval.workloads import MultiTurnWorkload, TurnResult, replay_inputs, run_mul
 
 
 def gpu_server_args(attention_backend: str, pool_tokens: int) -> list[str]:
-    """Flags shared by both servers; prefill CUDA graphs off for both (AsymCache needs it)."""
+    """Flags shared by both servers; CUDA graphs at SGLang's defaults."""
     # torch_native attention has no CUDA-graph decode path.
     decode_graph = ["--disable-decode-cuda-graph"] if attention_backend == "torch_native" else []
     return decode_graph + [
@@ -29,7 +29,6 @@ def gpu_server_args(attention_backend: str, pool_tokens: int) -> list[str]:
         "--grammar-backend", "none",
         "--attention-backend", attention_backend,
         "--max-total-tokens", str(pool_tokens),
-        "--disable-prefill-cuda-graph",
         "--cuda-graph-max-bs-decode", "8",
     ]  # fmt: skip
 

@@ -7,9 +7,12 @@ from types import SimpleNamespace
 import pytest
 
 from asymcache_sglang.core.latency_fit import BatchFeatures
-from asymcache_sglang.handoff import ForwardPlan
+from asymcache_sglang.handoff import ForwardPlan, attach_forward_plan, forward_plan
 from asymcache_sglang.patches.http_server_wait_and_warmup import profile_lengths
 from asymcache_sglang.patches.model_runner_forward import forward_features
+from asymcache_sglang.patches.prefill_cuda_graph_runner_can_run_graph import (
+    hook as can_run_prefill_graph,
+)
 from asymcache_sglang.patches.scheduler_get_new_batch_prefill_raw import decodes_beside_prefill
 from asymcache_sglang.plugin import msa_impl_for
 
@@ -95,3 +98,17 @@ def test_mixed_forward_counts_running_requests_as_decodes():
     plan.mixed_decodes = 0
     features = forward_features(plan, batch)
     assert features.decode_reqs == 0 and features.new_tokens == 112
+
+
+def test_only_forwards_with_hole_segments_skip_the_prefill_graph():
+    backend = SimpleNamespace()
+    runner = SimpleNamespace(model_runner=SimpleNamespace(attn_backend=backend))
+
+    def stock(_runner, _batch):
+        return True
+
+    assert can_run_prefill_graph(stock, runner, "batch")  # AsymCache off: SGLang decides
+    attach_forward_plan(backend, ForwardPlan(msa_impl=None))
+    assert can_run_prefill_graph(stock, runner, "batch")  # a contiguous extend
+    forward_plan(backend).segments = [[(0, 10), (50, 150)]]
+    assert not can_run_prefill_graph(stock, runner, "batch")

@@ -56,7 +56,8 @@ def test_enable_sets_the_backend_and_defaults(prepare):
     assert args.enable_asymcache and args.asymcache_max_holes == 3
     assert args.radix_cache_backend == "asymcache"
     assert args.attention_backend == "torch_native" and args.page_size == 1
-    assert args.disable_prefill_cuda_graph
+    # Prefill CUDA graphs stay at SGLang's default; only batches with holes run eagerly.
+    assert not args.disable_prefill_cuda_graph
 
 
 @pytest.mark.parametrize(
