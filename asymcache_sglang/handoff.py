@@ -24,6 +24,8 @@ A hole plan travels through SGLang 0.5.16 in these steps (owner in brackets):
    the positions, and puts this forward's segments and mixed-in decodes on the ``ForwardPlan``.
 5. ``ModelRunner.forward`` [``patches.model_runner_forward``]: reads the ``ForwardPlan`` for the
    step's features and times the forward, which runs steps 6 and 7, with the ``ForwardTimer``.
+   ``PrefillCudaGraphRunner.can_run_graph`` [``patches.prefill_cuda_graph_runner_can_run_graph``]
+   sends a forward whose ``ForwardPlan`` has segments down the eager path.
 6. ``<backend>.init_forward_metadata`` [``patches.{flashinfer,triton,torch_native}_init_forward_
    metadata``]: takes the segments and plans sub-requests, leaving ``ForwardPlan.msa_kernel``
    (flashinfer with the Triton kernel) or ``ForwardPlan.sub_batch`` (torch_native).

@@ -69,7 +69,7 @@ def mixed_chunk_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLang
 
 
 # Smaller than most hole plans of the e2e workload, so plans are carried over several chunks.
-SMALL_CHUNK_TOKENS = 96
+SMALL_CHUNK_TOKENS = 64
 
 
 @pytest.fixture(scope="module", params=["chunked", "chunked-mixed"])

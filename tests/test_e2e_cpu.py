@@ -92,24 +92,28 @@ def test_mixed_chunk_holes_beside_decodes_are_exact(mixed_chunk_server, no_cache
     assert "memory leak detected" not in log and "Traceback" not in log
 
 
+# More, shorter turns than WORKLOAD's: plans then have more holes than two chunks can take.
+LONG_WORKLOAD = MultiTurnWorkload(
+    num_sessions=8, turns=14, first_prompt_tokens=120, user_tokens_per_turn=16
+)
+
+
 def test_hole_plans_carried_over_chunks_are_exact(small_chunk_server, no_cache_server):
     """Hole plans larger than the chunk run over several passes, with and without mixed chunks.
 
     With mixed chunks sessions run concurrently and without logprobs (SGLang mixes only those).
     """
     server, mixed = small_chunk_server
+    workload = LONG_WORKLOAD
     before = asymcache_counters(server.url)
-    ours = (
-        run_concurrent_sessions(server.url, WORKLOAD)
-        if mixed
-        else run_multi_turn(server.url, WORKLOAD)
-    )
+    run = run_concurrent_sessions if mixed else run_multi_turn
+    ours = run(server.url, workload)
     time.sleep(3)
     after = asymcache_counters(server.url)
     delta = {k: after[k] - before.get(k, 0) for k in after}
     ref = [
         generate_streaming(
-            no_cache_server.url, r.input_ids, WORKLOAD.max_new_tokens, return_logprob=not mixed
+            no_cache_server.url, r.input_ids, workload.max_new_tokens, return_logprob=not mixed
         )
         for r in ours
     ]
