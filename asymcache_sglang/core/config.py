@@ -79,7 +79,7 @@ class AsymCacheConfig:
     def from_server_args(cls, args: Any) -> AsymCacheConfig:
         """The settings of SGLang ServerArgs ``args``, after refusing what AsymCache cannot run."""
         refuse_unsupported_flags(args)
-        backend = args.prefill_attention_backend or attention_backend(args)
+        backend = prefill_attention_backend(args)
         return cls(
             max_holes=args.asymcache_max_holes,
             min_retained_tokens=args.asymcache_min_retained_tokens,
@@ -113,6 +113,11 @@ def attention_backend(args: Any) -> str:
     return "torch_native" if args.device == "cpu" else "flashinfer"
 
 
+def prefill_attention_backend(args: Any) -> str:
+    """The backend that runs extends, hole plans included."""
+    return args.prefill_attention_backend or attention_backend(args)
+
+
 def refuse_unsupported_flags(args: Any) -> None:
     """Raise for the first SGLang flag AsymCache cannot honour."""
     refused = [
@@ -138,31 +143,27 @@ def refuse_unsupported_flags(args: Any) -> None:
             "--asymcache-msa-impl triton reads an unquantised KV cache; "
             f"--kv-cache-dtype {args.kv_cache_dtype} is not supported"
         )
-    backends = [("--attention-backend", attention_backend(args))]
-    if args.prefill_attention_backend is not None:
-        backends.append(("--prefill-attention-backend", args.prefill_attention_backend))
-    for flag, backend in backends:
-        if backend not in ATTENTION_BACKENDS:
-            raise AsymCacheArgsError(
-                f"--enable-asymcache supports {flag} in {ATTENTION_BACKENDS}, got {backend}"
-            )
-    if args.enable_deterministic_inference and "triton" in (b for _, b in backends):
+    backend = prefill_attention_backend(args)
+    decode_backend = args.decode_attention_backend or attention_backend(args)
+    if decode_backend != backend:
+        # SGLang then wraps both in one HybridAttnBackend, which the MSA hooks do not see into.
+        raise AsymCacheArgsError(
+            "--enable-asymcache needs one attention backend for prefill and decode; got "
+            f"--prefill-attention-backend {backend} and --decode-attention-backend {decode_backend}"
+        )
+    if backend not in ATTENTION_BACKENDS:
+        raise AsymCacheArgsError(
+            f"--enable-asymcache supports --attention-backend in {ATTENTION_BACKENDS}, "
+            f"got {backend}"
+        )
+    if args.enable_deterministic_inference and backend == "triton":
         # The triton backend's deterministic path ignores the sub-request plan.
         raise AsymCacheArgsError(
             "--enable-asymcache cannot be combined with --enable-deterministic-inference "
             "on the triton attention backend"
         )
-    prefill_backend = backends[-1][1]
-    decode_backend = args.decode_attention_backend or attention_backend(args)
-    if decode_backend != prefill_backend:
-        # SGLang then wraps both in one HybridAttnBackend, which the MSA hooks do not see into.
-        raise AsymCacheArgsError(
-            "--enable-asymcache needs one attention backend for prefill and decode; got "
-            f"--prefill-attention-backend {prefill_backend} and "
-            f"--decode-attention-backend {decode_backend}"
-        )
-    if args.asymcache_msa_impl is not None and prefill_backend != "flashinfer":
+    if args.asymcache_msa_impl is not None and backend != "flashinfer":
         raise AsymCacheArgsError(
             f"--asymcache-msa-impl chooses the kernel on the flashinfer attention "
-            f"backend; the {prefill_backend} backend runs its own"
+            f"backend; the {backend} backend runs its own"
         )
