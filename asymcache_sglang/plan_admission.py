@@ -19,23 +19,64 @@ from asymcache_sglang.radix_cache import HoleAwareRadixCache
 T = TypeVar("T")
 
 
-def fit_to_chunk(
-    cache: HoleAwareRadixCache, plan: SegmentPlan, tail_tokens: int, chunk_tokens: int | None
-) -> SegmentPlan | None:
-    """``plan``, or its leading part that leaves at least one chunk token for the tail.
+def admit(
+    cache: HoleAwareRadixCache,
+    adder: Any,
+    req: Any,
+    plan: SegmentPlan,
+    add: Callable[[], T],
+    *,
+    chunk_tokens: int | None,
+    logs_prefix_as_hits: bool,
+) -> T:
+    """Run SGLang's ``add`` for ``req`` with ``plan`` cut to ``chunk_tokens``; its result.
 
-    None when not even the first hole fits: the contiguous extend then starts with that hole.
+    If SGLang admits the request, the plan is its ``admitted`` plan; if not, it is as before.
+    ``logs_prefix_as_hits``: ``add`` logs the prefix as cache hits (add_one_req does).
     """
-    if chunk_tokens is None or plan.recompute_tokens + tail_tokens <= chunk_tokens:
-        return plan
-    fitted = plan.fit(chunk_tokens - 1)
-    if fitted is None:
-        # The same work as the plan's first chunk: that hole, from its start, as a plain extend.
-        cache.counters.chunk_fallbacks += 1
-    return fitted
+    tail_tokens = len(req.full_untruncated_fill_ids) - plan.prefix_len
+    if chunk_tokens is not None and plan.recompute_tokens + tail_tokens > chunk_tokens:
+        fitted = plan.fit(chunk_tokens - 1)
+        if fitted is None:
+            # The same work as the plan's first chunk: that hole, from its start, as an extend.
+            cache.counters.chunk_fallbacks += 1
+            return _counted(cache, adder, req, add)
+        plan = fitted
+    contiguous = (req.prefix_indices, req.last_node)
+    req.prefix_indices = cache.composite_prefix(plan)
+    req.last_node = plan.last_node
+    hole_tokens = plan.recompute_tokens
+    _charge(adder, hole_tokens)
+    admitted_before = len(adder.can_run_list)
+    result = add()
+    if _admitted(adder, req, admitted_before):
+        # The holes in the composite prefix are computed, not hits.
+        if logs_prefix_as_hits:
+            adder.log_hit_tokens -= hole_tokens
+        adder.log_input_tokens += hole_tokens
+        handoff.request_plan(req).admitted = plan
+        _count_plan_chunk(cache, req)
+        cache.counters.chunked_plans += req.extend_range.end < len(req.full_untruncated_fill_ids)
+    else:
+        _charge(adder, -hole_tokens)
+        req.prefix_indices, req.last_node = contiguous
+    return result
 
 
-def charge(adder: Any, tokens: int) -> None:
+def _counted(cache: HoleAwareRadixCache, adder: Any, req: Any, add: Callable[[], T]) -> T:
+    """SGLang's ``add`` on the contiguous prefix, counted as a chunk of the plan if admitted."""
+    admitted_before = len(adder.can_run_list)
+    result = add()
+    if _admitted(adder, req, admitted_before):
+        _count_plan_chunk(cache, req)
+    return result
+
+
+def _admitted(adder: Any, req: Any, admitted_before: int) -> bool:
+    return len(adder.can_run_list) > admitted_before and adder.can_run_list[-1] is req
+
+
+def _charge(adder: Any, tokens: int) -> None:
     """Count ``tokens`` of extend against every PrefillAdder budget (negative: give back)."""
     adder.rem_total_token_offset += tokens
     adder.cur_rem_token_offset += tokens
@@ -44,42 +85,7 @@ def charge(adder: Any, tokens: int) -> None:
         adder.rem_chunk_tokens -= tokens
 
 
-def run_with_plan(
-    cache: HoleAwareRadixCache,
-    adder: Any,
-    req: Any,
-    plan: SegmentPlan,
-    add: Callable[[], T],
-    *,
-    logs_prefix_as_hits: bool,
-) -> tuple[T, bool]:
-    """Run SGLang's ``add`` with the plan's composite prefix; whether it admitted the request.
-
-    If it did, the plan is the request's ``admitted`` plan; if not, the request is as before.
-    ``logs_prefix_as_hits``: ``add`` logs the prefix as cache hits (add_one_req does).
-    """
-    contiguous = (req.prefix_indices, req.last_node)
-    req.prefix_indices = cache.composite_prefix(plan)
-    req.last_node = plan.last_node
-    hole_tokens = plan.recompute_tokens
-    charge(adder, hole_tokens)
-    admitted_before = len(adder.can_run_list)
-    result = add()
-    admitted = len(adder.can_run_list) > admitted_before and adder.can_run_list[-1] is req
-    if admitted:
-        # The holes in the composite prefix are computed, not hits.
-        if logs_prefix_as_hits:
-            adder.log_hit_tokens -= hole_tokens
-        adder.log_input_tokens += hole_tokens
-        handoff.request_plan(req).admitted = plan
-        count_plan_chunk(cache, req)
-    else:
-        charge(adder, -hole_tokens)
-        req.prefix_indices, req.last_node = contiguous
-    return result, admitted
-
-
-def count_plan_chunk(cache: HoleAwareRadixCache, req: Any) -> None:
+def _count_plan_chunk(cache: HoleAwareRadixCache, req: Any) -> None:
     """One more prefill chunk of ``req`` recomputes part of its hole plan."""
     request = handoff.request_plan(req)
     request.plan_chunks += 1

@@ -13,7 +13,7 @@ from typing import Any
 from sglang.srt.plugins.hook_registry import HookType
 
 from asymcache_sglang import handoff
-from asymcache_sglang.plan_admission import count_plan_chunk, fit_to_chunk, run_with_plan
+from asymcache_sglang.plan_admission import admit
 
 TARGET = "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req"
 HOOK_TYPE = HookType.AROUND
@@ -32,21 +32,12 @@ def hook(original: Callable[..., Any], adder: Any, req: Any, *args: Any, **kwarg
     if stale:
         cache.counters.stale_plans += 1
         return original(adder, req, *args, **kwargs)
-    tail_tokens = len(req.full_untruncated_fill_ids) - plan.prefix_len
-    plan = fit_to_chunk(cache, plan, tail_tokens, adder.rem_chunk_tokens)
-    if plan is None:
-        result = original(adder, req, *args, **kwargs)
-        if adder.new_chunked_req is req:
-            count_plan_chunk(cache, req)
-        return result
-    result, admitted = run_with_plan(
+    return admit(
         cache,
         adder,
         req,
         plan,
         lambda: original(adder, req, *args, **kwargs),
+        chunk_tokens=adder.rem_chunk_tokens,
         logs_prefix_as_hits=True,
     )
-    if admitted and adder.new_chunked_req is req:
-        cache.counters.chunked_plans += 1
-    return result
