@@ -80,12 +80,14 @@ def summarize_mixed(decodes: list[TurnResult], prefills: list[TurnResult]) -> di
     return {
         "decode_requests": len(decodes),
         "tpot_mean_s": tpot["mean"],
+        "tpot_p50_s": tpot["p50"],
         "tpot_p90_s": tpot["p90"],
         "itl_p50_s": itl["p50"],
         "itl_p99_s": itl["p99"],
         "itl_max_s": itl["max"],
         "long_prompt_requests": len(prefills),
         "long_ttft_mean_s": ttft["mean"],
+        "long_ttft_p50_s": ttft["p50"],
         "long_ttft_p90_s": ttft["p90"],
     }
 

@@ -527,25 +527,36 @@ TreeMachine.TestCase.settings = settings(
 TestTreeMachine = TreeMachine.TestCase
 
 
+def seeded_machine(
+    rng: random.Random,
+    *,
+    max_holes: list[int],
+    min_retained: tuple[int, int],
+    pool: tuple[int, int],
+) -> TreeMachine:
+    """A machine set up from ``rng``: hole bound, retained-island bound and pool from the ranges."""
+    m = TreeMachine()
+    m.setup(
+        cost_b=rng.choice([1.0, 0.05, 0.0]),
+        tau=rng.choice([1000.0, 50.0, 0.5]),
+        share_boost=rng.choice([0.0, 1.0]),
+        max_holes=rng.choice(max_holes),
+        min_retained=rng.randint(*min_retained),
+        pool_size=rng.randint(*pool),
+        sessions=[
+            [rng.randrange(4) for _ in range(rng.randint(4, 12))] for _ in range(rng.randint(1, 4))
+        ],
+    )
+    return m
+
+
 def test_seeded_random_walk_reaches_holes():
     """The same machine driven by a seeded random walk: deterministic coverage of hole paths."""
     rng = random.Random(20240611)
     before = dict(COVERAGE)
     for _ in range(60):
-        m = TreeMachine()
-        m.setup(
-            cost_b=rng.choice([1.0, 0.05, 0.0]),
-            tau=rng.choice([1000.0, 50.0, 0.5]),
-            share_boost=rng.choice([0.0, 1.0]),
-            # 0: leaf-only eviction; 1 makes paths with more holes than allowed (fallbacks) common.
-            max_holes=rng.choice([0, 1, 1, 2, 3]),
-            min_retained=rng.randint(1, 4),
-            pool_size=rng.randint(48, 160),
-            sessions=[
-                [rng.randrange(4) for _ in range(rng.randint(4, 12))]
-                for _ in range(rng.randint(1, 4))
-            ],
-        )
+        # 0: leaf-only eviction; 1 makes paths with more holes than allowed (fallbacks) common.
+        m = seeded_machine(rng, max_holes=[0, 1, 1, 2, 3], min_retained=(1, 4), pool=(48, 160))
         for _ in range(40):
             ext = [rng.randrange(4) for _ in range(rng.randint(0, 8))]
             which = rng.randrange(MAX_IN_FLIGHT + 1)
@@ -584,20 +595,8 @@ def test_seeded_chunked_walk_carries_plans_over_chunks():
     rng = random.Random(20261201)
     before = dict(COVERAGE)
     for _ in range(30):
-        m = TreeMachine()
-        m.setup(
-            cost_b=rng.choice([1.0, 0.05, 0.0]),
-            tau=rng.choice([1000.0, 50.0, 0.5]),
-            share_boost=rng.choice([0.0, 1.0]),
-            # Paths with several holes: short retained islands count, small pools evict often.
-            max_holes=rng.choice([2, 3]),
-            min_retained=1,
-            pool_size=rng.randint(32, 96),
-            sessions=[
-                [rng.randrange(4) for _ in range(rng.randint(4, 12))]
-                for _ in range(rng.randint(1, 4))
-            ],
-        )
+        # Paths with several holes: short retained islands count, small pools evict often.
+        m = seeded_machine(rng, max_holes=[2, 3], min_retained=(1, 1), pool=(32, 96))
         for _ in range(80):
             ext = [rng.randrange(4) for _ in range(rng.randint(0, 8))]
             action = rng.choice(["turn", "chunked", "chunked", "evict", "evict", "tick"])
