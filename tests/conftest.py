@@ -70,6 +70,9 @@ def mixed_chunk_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLang
 
 # Smaller than most hole plans of the e2e workload, so plans are carried over several chunks.
 SMALL_CHUNK_TOKENS = 64
+# Holds about four of the longer sessions of that test: a returning session finds its path
+# partly evicted (a plan) more often than wholly (no match).
+SMALL_CHUNK_POOL_TOKENS = 2400
 
 
 @pytest.fixture(scope="module", params=["chunked", "chunked-mixed"])
@@ -78,7 +81,10 @@ def small_chunk_server(
 ) -> Iterator[tuple[SGLangServer, bool]]:
     """A server with a small chunk, and whether it mixes decodes into prefill chunks."""
     mixed = request.param == "chunked-mixed"
-    flags = ["--chunked-prefill-size", str(SMALL_CHUNK_TOKENS)]
+    flags = [
+        "--chunked-prefill-size", str(SMALL_CHUNK_TOKENS),
+        "--max-total-tokens", str(SMALL_CHUNK_POOL_TOKENS),  # the later flag wins
+    ]  # fmt: skip
     if mixed:
         flags.append("--enable-mixed-chunk")
     log_path = artifacts_dir / f"asymcache-{request.param}-server.log"

@@ -89,9 +89,10 @@ def test_mixed_chunk_holes_beside_decodes_are_exact(mixed_chunk_server, no_cache
     assert server_health(mixed_chunk_server) == HEALTHY
 
 
-# More, shorter turns than WORKLOAD's: plans then have more holes than two chunks can take.
+# A first prompt of almost four chunks: an evicted head alone is recomputed over four (cheap heads
+# go first), and the plan for the rest of the path is admitted in the last of them.
 LONG_WORKLOAD = MultiTurnWorkload(
-    num_sessions=8, turns=14, first_prompt_tokens=120, user_tokens_per_turn=16
+    num_sessions=8, turns=14, first_prompt_tokens=240, user_tokens_per_turn=16
 )
 
 
