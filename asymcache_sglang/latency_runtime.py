@@ -22,6 +22,7 @@ from asymcache_sglang.core.latency_fit import (
     LatencyState,
     LatencyView,
     OnlineLatencyModel,
+    extend_cost_model,
 )
 from asymcache_sglang.core.tpot_budget import DecodeStepTracker
 from asymcache_sglang.metrics import LatencyMetrics
@@ -52,6 +53,8 @@ class LatencySnapshot:
     """The fit, and what decisions use: with TP > 1 rank 0's fit as of the last broadcast."""
 
     fit: LatencyState
+    # The extend-only fit whose c1 and c2 give eviction its position-aware cost.
+    extend_fit: LatencyState
     published_ready: bool
     tpot_budget_s: float | None
     last_chunk: int | None
@@ -68,6 +71,7 @@ class LatencyRuntime:
     def __init__(self, config: AsymCacheConfig) -> None:
         self.config = config
         self.model = OnlineLatencyModel(min_r2=config.latency_min_r2)
+        self.extend_model = extend_cost_model(config.latency_min_r2)
         self.decode_steps = DecodeStepTracker()
         # The eviction cost of the cache's tree; its view is what every decision reads.
         self.cost = LatencyCostModel(config.cost_model())
@@ -85,11 +89,14 @@ class LatencyRuntime:
         return self.cost.view
 
     def observe_forward(self, features: BatchFeatures, seconds: float) -> None:
-        """One timed forward: refit the model; decode-only steps set the TPOT default."""
+        """One timed forward: refit the model (and the extend cost model on a pure extend);
+        decode-only steps set the TPOT default."""
         if not seconds > 0:
             return
         self.counters.timed_forwards += 1
         predicted = self.model.update(features, seconds)
+        if features.pure_extend:
+            self.extend_model.update(features, seconds)
         if self._trace is not None:
             record = {**asdict(features), "seconds": seconds, "predicted": predicted}
             self._trace.write(json.dumps(record) + "\n")
@@ -147,10 +154,11 @@ class LatencyRuntime:
     def snapshot(self) -> LatencySnapshot:
         return LatencySnapshot(
             fit=self.model.state(),
+            extend_fit=self.extend_model.state(),
             published_ready=self.view.ready,
             tpot_budget_s=self.tpot_budget_s(),
             last_chunk=self.last_chunk,
         )
 
     def _local_view(self) -> LatencyView:
-        return LatencyView.of(self.model, self.decode_steps)
+        return LatencyView.of(self.model, self.decode_steps, self.extend_model)

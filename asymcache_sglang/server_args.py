@@ -111,9 +111,6 @@ class AsymCacheServerArgs(ServerArgs):
 
 
 def profiles_latency(args: object) -> bool:
-    """Whether the server runs the start-up latency profile (adaptive chunking)."""
-    return (
-        isinstance(args, AsymCacheServerArgs)
-        and args.enable_asymcache
-        and args.asymcache_chunking == "adaptive"
-    )
+    """Whether the server runs the start-up latency profile (every AsymCache server: eviction
+    prices KV with the extend fit it calibrates)."""
+    return isinstance(args, AsymCacheServerArgs) and args.enable_asymcache

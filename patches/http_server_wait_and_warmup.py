@@ -1,8 +1,12 @@
 """AROUND ``sglang.srt.entrypoints.http_server._wait_and_warmup`` (SGLang 0.5.16).
 
-After SGLang's own warmup request, and before the server reports ready, a server with adaptive
-chunking runs a short profile: prefills of a few lengths, then a few concurrent decodes. The
-scheduler times these forwards like any other, so the latency model starts fitted, not blind.
+After SGLang's own warmup request, and before the server reports ready, an AsymCache server runs
+a short latency profile through its own HTTP API: prefills of a few lengths, a few concurrent
+decodes, then the position calibration: one long prompt (chunked like any other), and extends of
+two sizes behind cached prefixes of it, from 0 to what the pool allows. The scheduler times these
+forwards like any other, so both latency fits start fitted, and the extend cost model has seen
+the position term, which later traffic at one context length cannot identify. The cache is
+flushed afterwards: the server starts serving with an empty tree.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +33,10 @@ PROFILE_CONCURRENT_DECODES = 4
 PROFILE_DECODE_TOKENS = 16
 # Token ids every vocabulary has.
 PROFILE_TOKEN_RANGE = (10, 500)
+# The calibration's extends: these many new tokens behind prefixes up to this long.
+CALIBRATION_NEW_TOKENS = (2048, 512)
+CALIBRATION_MAX_PREFIX = 48 * 1024
+CALIBRATION_PREFIXES = 5
 
 
 def profile_lengths(server_args: Any) -> list[int]:
@@ -45,18 +53,41 @@ def profile_lengths(server_args: Any) -> list[int]:
     return [n for n in PROFILE_PREFILL_TOKENS if n < limit] + [limit]
 
 
+def calibration_extends(
+    pool_tokens: int, max_input_tokens: int
+) -> tuple[int, list[tuple[int, int]]]:
+    """The calibration prompt's length, and the (cached prefix, new tokens) extends behind it.
+
+    The prompt takes at most half the pool, so it stays cached while the extends add theirs.
+    """
+    base = min(
+        CALIBRATION_MAX_PREFIX + max(CALIBRATION_NEW_TOKENS), pool_tokens // 2, max_input_tokens - 1
+    )
+    extends = []
+    for new in CALIBRATION_NEW_TOKENS:
+        new = max(1, min(new, base // 4))
+        top = base - new
+        steps = CALIBRATION_PREFIXES - 1
+        extends += [(top * k // steps, new) for k in range(CALIBRATION_PREFIXES)]
+    return base, extends
+
+
 def run_profile(server_args: Any) -> None:
     """Synthetic requests through the real server; the scheduler fits on their forwards."""
-    url = f"{server_args.url()}/generate"
+    base_url = server_args.url()
     headers = {"Authorization": f"Bearer {server_args.api_key}"} if server_args.api_key else {}
     rng = random.Random(0)
 
-    def generate(num_tokens: int, max_new_tokens: int) -> None:
+    def random_ids(num_tokens: int) -> list[int]:
+        return [rng.randrange(*PROFILE_TOKEN_RANGE) for _ in range(num_tokens)]
+
+    def generate(num_tokens: int, max_new_tokens: int, prefix: Sequence[int] = ()) -> None:
         payload = {
-            "input_ids": [rng.randrange(*PROFILE_TOKEN_RANGE) for _ in range(num_tokens)],
+            "input_ids": [*prefix, *random_ids(num_tokens)],
             "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0.0},
         }
-        requests.post(url, json=payload, headers=headers, timeout=600).raise_for_status()
+        post = requests.post(f"{base_url}/generate", json=payload, headers=headers, timeout=600)
+        post.raise_for_status()
 
     lengths = profile_lengths(server_args)
     for num_tokens in lengths:
@@ -69,10 +100,23 @@ def run_profile(server_args: Any) -> None:
                 range(PROFILE_CONCURRENT_DECODES),
             )
         )
+    info = requests.get(f"{base_url}/get_server_info", headers=headers, timeout=60)
+    info.raise_for_status()
+    base, extends = calibration_extends(
+        info.json()["max_total_num_tokens"], info.json()["max_req_input_len"]
+    )
+    prompt = random_ids(base)
+    generate(0, 1, prompt)
+    for prefix, new in extends:
+        generate(new, 1, prompt[:prefix])
+    requests.post(f"{base_url}/flush_cache", headers=headers, timeout=60).raise_for_status()
     logger.info(
-        "AsymCache latency profile: prefills of %s tokens, %d decodes",
+        "AsymCache latency profile: prefills of %s tokens, %d decodes, extends (prefix, new) %s "
+        "behind a %d-token prompt",
         lengths,
         PROFILE_CONCURRENT_DECODES,
+        extends,
+        base,
     )
 
 

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from asymcache_sglang.core.cost import LatencyCostModel, StaticCostModel
-from asymcache_sglang.core.latency_fit import BatchFeatures, LatencyView, OnlineLatencyModel
+from asymcache_sglang.core.latency_fit import (
+    BatchFeatures,
+    LatencyView,
+    OnlineLatencyModel,
+    extend_cost_model,
+)
 from asymcache_sglang.core.latency_score import HeldOutScore, ScoreSums, WindowScore
 from asymcache_sglang.core.tpot_budget import DecodeStepTracker
 
@@ -217,37 +222,74 @@ def test_held_out_score_covers_the_whole_run_by_step_kind():
     assert score.r2() is None  # actual times flat: no variance to explain
 
 
-def test_latency_cost_model_uses_static_until_ready():
+def test_latency_cost_model_uses_static_until_the_extend_fit_is_ready():
     static = StaticCostModel(a=1.0, b=1.0 / 1024)
-    model = OnlineLatencyModel()
+    model, extend = OnlineLatencyModel(), extend_cost_model()
     steps = DecodeStepTracker()
     cost = LatencyCostModel(static)
     assert cost.cost_per_token(1000, 1100) == static.cost_per_token(1000, 1100)
     rng = np.random.default_rng(8)
-    train(model, rng, 31)
-    cost.view = LatencyView.of(model, steps)
-    assert not model.ready and cost.cost_per_token(0, 10) == static.cost_per_token(0, 10)
-    train(model, rng, 200)
-    assert model.ready and not cost.view.ready  # decisions change only when a view is published
-    cost.view = LatencyView.of(model, steps)
-    _, c1, c2, *_ = model.coefficients
+    train(extend, rng, 15, kind="prefill")
+    cost.view = LatencyView.of(model, steps, extend)
+    assert not extend.ready and cost.cost_per_token(0, 10) == static.cost_per_token(0, 10)
+    train(extend, rng, 100, kind="prefill")
+    assert extend.ready and not cost.view.extend_ready  # decisions change only when published
+    cost.view = LatencyView.of(model, steps, extend)
+    _, c1, c2, *_ = extend.coefficients
+    assert cost.view.extend_coefficients == (c1, c2) and not cost.view.ready
     assert cost.cost_per_token(1000, 1100) == 1.0 + c2 / c1 * 1049.5
     # About the truth, relative to position 0: (6e-5 + 1e-9 * 8191.5) / 6e-5 at [8000, 8384).
     assert cost.cost_per_token(8000, 8384) == pytest.approx(1.1365, rel=0.03)
     assert cost.cost_per_token(0, 1) == 1.0
+    # The step model alone, however ready, never prices eviction.
+    train(model, rng, 300)
+    assert model.ready and LatencyView.of(model, steps).extend_ready is False
 
 
 def test_latency_cost_model_never_returns_zero():
     static = StaticCostModel(a=2.0, b=0.0)
-    model = OnlineLatencyModel()
-    # Decode-only traffic: the fit becomes ready with no per-token prefill cost learned (c1 is 0
-    # up to rounding, whose sign depends on the BLAS build).
-    train(model, np.random.default_rng(9), 500, kind="decode")
-    assert model.ready and abs(model.coefficients[1]) < 1e-12
-    assert model.peak_prefill_tokens_per_s == 0.0
     cost = LatencyCostModel(static)
-    cost.view = LatencyView.of(model, DecodeStepTracker())
+    cost.view = LatencyView(extend_coefficients=(0.0, 1e-9), extend_ready=True)
     assert cost.cost_per_token(0, 64) == 2.0
+
+
+def calibration_steps(max_prefix: int, chunk: int = 8192) -> list[BatchFeatures]:
+    """What the start-up calibration times: its prompt in chunks, then 2,048- and 512-token
+    extends behind cached prefixes of it (``http_server_wait_and_warmup``)."""
+    base = max_prefix + 2048
+    chunks = [(s, min(s + chunk, base)) for s in range(0, base, chunk)]
+    extends = [(p, p + new) for new in (2048, 512) for p in range(0, base - new + 1, base // 4)]
+    return [BatchFeatures.from_segments([seg], []) for seg in chunks + extends]
+
+
+def test_extend_fit_keeps_the_position_term_that_decode_traffic_hides():
+    """Calibration, then hours of serving at one context length: thousands of decode steps and
+    extends whose new * ctx is collinear with new. The extend fit's per-token cost still follows
+    position within 5% from 0 to 48K, and eviction reads it."""
+    rng = np.random.default_rng(21)
+    model, extend, steps = OnlineLatencyModel(), extend_cost_model(), DecodeStepTracker()
+
+    def step(features: BatchFeatures) -> None:
+        seconds = measured(features, rng)
+        model.update(features, seconds)
+        if features.pure_extend:
+            extend.update(features, seconds)
+
+    for features in calibration_steps(48 * 1024):
+        step(features)
+    for _ in range(40):
+        for _ in range(100):
+            step(BatchFeatures.from_segments([], rng.integers(24000, 26000, 8).tolist()))
+        ctx = int(rng.integers(24000, 26000))
+        step(BatchFeatures.from_segments([(ctx, ctx + int(rng.integers(64, 512)))], []))
+    assert extend.ready and extend.samples < 100 < model.samples
+    cost = LatencyCostModel(StaticCostModel())
+    cost.view = LatencyView.of(model, steps, extend)
+    _, c1, c2, *_ = TRUTH
+    for prefix in (8192, 16384, 32768, 49152):
+        true_ratio = (c1 + c2 * (prefix + 1023.5)) / (c1 + c2 * 1023.5)
+        ratio = cost.cost_per_token(prefix, prefix + 2048) / cost.cost_per_token(0, 2048)
+        assert ratio == pytest.approx(true_ratio, rel=0.05), prefix
 
 
 def test_view_predicts_as_the_model_did_and_carries_the_budget():

@@ -21,13 +21,13 @@ def runtime(tp_size: int) -> LatencyRuntime:
 
 
 def feed(target: LatencyRuntime, rng: np.random.Generator, n: int, slowdown: float) -> None:
-    """``n`` timed forwards, alternating prefill-with-decodes and decode-only steps."""
+    """``n`` timed forwards: decode-only steps between extends, every other one with decodes."""
     for i in range(n):
         decodes = rng.integers(100, 4000, int(rng.integers(1, 64))).tolist()
         if i % 2:
             start = int(rng.integers(0, 8000))
             features = BatchFeatures.from_segments(
-                [(start, start + int(rng.integers(64, 4096)))], decodes
+                [(start, start + int(rng.integers(64, 4096)))], decodes if i % 4 == 3 else []
             )
         else:
             features = BatchFeatures.from_segments([], decodes)
@@ -52,7 +52,7 @@ def test_the_cache_evicts_by_the_runtimes_published_cost():
     cache = HoleAwareRadixCache(params, latency.config, latency)
     assert cache.tree.cost is latency.cost
     feed(latency, np.random.default_rng(0), 200, 1.0)
-    assert latency.view.ready
+    assert latency.view.ready and latency.view.extend_ready
     expected = latency.cost.cost_per_token(4000, 4064)
     assert cache.tree.cost.cost_per_token(4000, 4064) == expected
     assert expected != latency.config.cost_model().cost_per_token(4000, 4064)

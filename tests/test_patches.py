@@ -8,7 +8,10 @@ import pytest
 
 from asymcache_sglang.core.latency_fit import BatchFeatures
 from asymcache_sglang.handoff import ForwardPlan, attach_forward_plan, forward_plan
-from asymcache_sglang.patches.http_server_wait_and_warmup import profile_lengths
+from asymcache_sglang.patches.http_server_wait_and_warmup import (
+    calibration_extends,
+    profile_lengths,
+)
 from asymcache_sglang.patches.model_runner_forward import forward_features
 from asymcache_sglang.patches.prefill_cuda_graph_runner_can_run_graph import (
     hook as can_run_prefill_graph,
@@ -46,6 +49,19 @@ def test_triton_kernel_only_for_plain_causal_models(configured, hf_config, expec
 def test_profile_fits_the_chunk_and_the_pool(chunk, pool, expected):
     args = SimpleNamespace(chunked_prefill_size=chunk, max_total_tokens=pool)
     assert profile_lengths(args) == expected
+
+
+def test_calibration_spans_the_positions_the_pool_allows():
+    base, extends = calibration_extends(pool_tokens=400_000, max_input_tokens=131_000)
+    assert base == 48 * 1024 + 2048
+    assert extends[:5] == [(0, 2048), (12288, 2048), (24576, 2048), (36864, 2048), (49152, 2048)]
+    assert [new for _, new in extends[5:]] == [512] * 5 and extends[-1] == (base - 512, 512)
+    # A small pool: the prompt is half of it, the extends a quarter of the prompt at most.
+    base, extends = calibration_extends(pool_tokens=2400, max_input_tokens=131_000)
+    assert base == 1200 and extends[0] == (0, 300) and extends[4] == (900, 300)
+    assert all(prefix + new <= base for prefix, new in extends)
+    base, _ = calibration_extends(pool_tokens=400_000, max_input_tokens=4096)
+    assert base == 4095
 
 
 def scheduler(*, mixed: bool, head_logprob: bool = False, chunked: bool = False) -> SimpleNamespace:

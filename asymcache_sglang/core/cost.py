@@ -35,12 +35,11 @@ class StaticCostModel:
 class LatencyCostModel:
     """Recompute cost per token from the published latency fit, with StaticCostModel's interface.
 
-    Eviction orders nodes by log(cost), so only the cost's shape matters: c1 + c2 * p, in units of
-    the static model's per-token cost at position 0 (``fallback.a``). Static keys and model keys in
-    the same heap (it keys a node when it is pushed) are then commensurate, before and after the
-    model becomes ready. Until the view is ``ready`` and has timed an extend step (before one, c1
-    and c2 are rounding noise around their prior of 0), or while c1 == 0, the static fallback is
-    used.
+    Eviction orders nodes by log(cost), so only the cost's shape matters: c1 + c2 * p from the
+    extend cost model, in units of the static model's per-token cost at position 0
+    (``fallback.a``). Static keys and model keys in the same heap (it keys a node when it is
+    pushed) are then commensurate, before and after the model becomes ready. Until the extend fit
+    is ready, or while its c1 == 0, the static fallback is used.
     """
 
     def __init__(self, fallback: StaticCostModel) -> None:
@@ -49,8 +48,8 @@ class LatencyCostModel:
 
     def cost_per_token(self, start: int, end: int) -> float:
         """fallback.a * (1 + c2 / c1 * mean position of [start, end))."""
-        if self.view.ready and self.view.peak_prefill_tokens_per_s > 0:
-            _, c1, c2, *_ = self.view.coefficients
+        if self.view.extend_ready:
+            c1, c2 = self.view.extend_coefficients
             if c1 > 0:
                 return self.fallback.a * (1.0 + c2 / c1 * (start + end - 1) / 2.0)
         return self.fallback.cost_per_token(start, end)

@@ -19,7 +19,14 @@ their sum: a run of small, launch-bound chunks flattens c1, and the fit alone th
 underpredicts a large chunk. The start-up profile times the largest chunk, so the ceiling is
 measured where it binds.
 
-``OnlineLatencyModel`` is the fit; ``LatencyView`` is the copy of it that decisions read.
+Eviction reads a second fit of the same form, ``extend_cost_model()``: extend steps alone, with
+no forgetting. Fed every step, the one fit learns mostly decode steps (thousands per prefill), and
+with every context near one length ``new`` and ``new * ctx`` are collinear, so its c2 (what makes
+recompute cost grow with position) drifts to 0. Extend-only data never sees a decode step, and
+without forgetting the start-up calibration (extends behind cached prefixes of several lengths)
+keeps identifying c2 however collinear the later traffic is.
+
+``OnlineLatencyModel`` is the fit; ``LatencyView`` is the copy of both fits that decisions read.
 """
 
 from __future__ import annotations
@@ -59,6 +66,11 @@ class BatchFeatures:
     new_ctx: float
     decode_reqs: int
     decode_ctx: int
+
+    @property
+    def pure_extend(self) -> bool:
+        """An extend step with no decodes in its forward: what the extend cost model learns."""
+        return self.new_tokens > 0 and self.decode_reqs == 0
 
     def vector(self) -> tuple[float, float, float, float, float, float]:
         """[1, new, new_ctx, decode_reqs, decode_ctx, new > 0], the order of the coefficients."""
@@ -302,6 +314,17 @@ class OnlineLatencyModel:
             self._p = (eigvecs * np.clip(eigvals, 0.0, self._eig_cap)) @ eigvecs.T
 
 
+def extend_cost_model(min_r2: float = 0.9) -> OnlineLatencyModel:
+    """The fit of pure extend steps (``BatchFeatures.pure_extend``) whose c1 and c2 price eviction.
+
+    No forgetting: the kernels' cost per token and per attention pair does not drift, and what the
+    calibration taught about position must outlast any stretch of same-length traffic. Scored on
+    its last 32 extends, so the poor predictions of its first few leave the window soon; the
+    start-up calibration times about 20.
+    """
+    return OnlineLatencyModel(forgetting=1.0, window=32, min_samples=8, min_window=8, min_r2=min_r2)
+
+
 @dataclass(frozen=True)
 class LatencyView:
     """The fit that decisions (eviction cost, chunk size) read: a copy, published where it is safe.
@@ -315,15 +338,27 @@ class LatencyView:
     ready: bool = False
     tpot_budget_s: float | None = None
     peak_prefill_tokens_per_s: float = 0.0
+    # The extend cost model's (c1, c2): seconds per new token and per attention pair.
+    extend_coefficients: tuple[float, float] = (0.0, 0.0)
+    extend_ready: bool = False
 
     @classmethod
-    def of(cls, model: OnlineLatencyModel, decode_steps: DecodeStepTracker) -> LatencyView:
-        """The model's fit now, with the TPOT budget its decode steps and extend cost give."""
+    def of(
+        cls,
+        model: OnlineLatencyModel,
+        decode_steps: DecodeStepTracker,
+        extend_model: OnlineLatencyModel | None = None,
+    ) -> LatencyView:
+        """The step model's fit now, with the TPOT budget its decode steps and extend cost give,
+        and the extend cost model's per-token terms (none without one)."""
+        _, c1, c2, *_ = extend_model.coefficients if extend_model else (0.0,) * NUM_COEFS
         return cls(
             model.coefficients,
             model.ready,
             decode_steps.budget_s(model.extend_step_s),
             model.peak_prefill_tokens_per_s,
+            (c1, c2),
+            extend_model is not None and extend_model.ready,
         )
 
     def predict(self, features: BatchFeatures) -> float:

@@ -1,0 +1,399 @@
+"""Do holes engage in real serving? Stock SGLang 0.5.16 (radix, LRU) and AsymCache on one GPU.
+
+Parts, each one call on the GPU host (``source .gpu/host_env.sh`` and the install first; a
+config-only Llama-3-8B folder from ``.gpu/make_model.py DIR --preset llama3-8b``):
+
+- ``pressure``: a long multi-turn workload (20-28K-token documents, short follow-ups, think times
+  of seconds) on a pool that holds less than half of the live sessions' KV, at the default chunk
+  size. Then the AsymCache server's position cost (below), after the run.
+- ``no_pressure``: the same workload on a pool that holds everything, with CUDA graphs at
+  SGLang's defaults and again with ``--disable-cuda-graph``; AsymCache / stock ratios.
+- ``overhead``: both servers eager under a decode-only load, TPOT at batch sizes 1 and 8, with
+  ``eval.stack_sampler`` profiling their schedulers during the load.
+
+Position cost: an extend of 2,048 new tokens behind a cached prefix of 0 / 8K / 16K / 32K / 48K
+tokens, each timed several times by the AsymCache server's own forward timer (CUDA events, its
+latency trace), as measured per-token cost normalised to prefix 0; beside it, what the extend cost
+model gives eviction for the same tokens, from the fit as it was right after start-up and after
+the run.
+
+Servers run with the same flags except ``--enable-asymcache``, are started together a little
+apart and measured one at a time. Each part writes ``<out>/engage_<part>.json``; ``merge`` joins
+them into ``eval/results/<card>_engage.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from asymcache_sglang.core.config import LATENCY_TRACE_ENV
+from asymcache_sglang.core.cost import LatencyCostModel, StaticCostModel
+from asymcache_sglang.core.latency_fit import LatencyView
+from eval.common import (
+    asymcache_counters,
+    asymcache_latency,
+    result_header,
+    server_health,
+    summarize_turns,
+    summary_stats,
+)
+from eval.latency_bench import tpot_s
+from eval.server import SGLangServer, stock_env
+from eval.workloads import TurnResult, generate_streaming
+
+POSITION_PREFIXES = (0, 8192, 16384, 32768, 49152)
+POSITION_NEW_TOKENS = 2048
+POSITION_REPEATS = 3
+# Start-up gap between servers sharing the card, so their memory profiling does not overlap.
+STAGGER_S = 20.0
+
+
+@dataclass(frozen=True)
+class LongMultiTurn:
+    """Sessions that each read a long document, then ask short follow-ups after thinking.
+
+    Every session runs in its own thread; its next turn appends this server's answer and a new
+    question, so two servers see the same lengths and timing, if not the same answer tokens.
+    """
+
+    sessions: int = 8
+    turns: int = 6
+    doc_tokens: tuple[int, int] = (20000, 28000)
+    question_tokens: tuple[int, int] = (64, 256)
+    answer_tokens: int = 32
+    think_s: tuple[float, float] = (2.0, 5.0)
+    arrival_gap_s: float = 1.5
+    vocab: tuple[int, int] = (10, 120000)
+    seed: int = 0
+
+    def max_live_tokens(self) -> int:
+        """KV of every session at its last turn, at most."""
+        per_turn = self.question_tokens[1] + self.answer_tokens
+        return self.sessions * (self.doc_tokens[1] + self.turns * per_turn)
+
+
+def run_long_multi_turn(url: str, workload: LongMultiTurn) -> list[TurnResult]:
+    """Replay ``workload`` against ``url``; results in session, turn order."""
+
+    def session(index: int) -> list[TurnResult]:
+        rng = random.Random(workload.seed * 1000 + index)
+        lo, hi = workload.vocab
+        history = [rng.randrange(lo, hi) for _ in range(rng.randint(*workload.doc_tokens))]
+        time.sleep(index * workload.arrival_gap_s)
+        results = []
+        for turn in range(workload.turns):
+            res = generate_streaming(url, history, workload.answer_tokens, return_logprob=False)
+            res.session, res.turn = index, turn
+            results.append(res)
+            history += res.output_ids
+            history += [
+                rng.randrange(lo, hi) for _ in range(rng.randint(*workload.question_tokens))
+            ]
+            time.sleep(rng.uniform(*workload.think_s))
+        return results
+
+    with ThreadPoolExecutor(workload.sessions) as pool:
+        return [r for per in pool.map(session, range(workload.sessions)) for r in per]
+
+
+def summarize(results: Sequence[TurnResult]) -> dict[str, Any]:
+    """TTFT and hit rate (``summarize_turns``) with TPOT mean and percentiles."""
+    tpot = summary_stats(t for t in map(tpot_s, results) if t is not None)
+    return {
+        **summarize_turns(results),
+        "tpot_mean_s": tpot["mean"],
+        "tpot_p50_s": tpot["p50"],
+        "tpot_p90_s": tpot["p90"],
+        "tpot_p99_s": tpot["p99"],
+    }
+
+
+def server_args(pool_tokens: int, *extra: str) -> list[str]:
+    """Flags every server gets: CUDA graphs and chunk size at SGLang's defaults."""
+    return [
+        "--load-format", "dummy",
+        "--skip-tokenizer-init",
+        "--grammar-backend", "none",
+        "--attention-backend", "flashinfer",
+        "--max-total-tokens", str(pool_tokens),
+        "--mem-fraction-static", "0.88",
+        *extra,
+    ]  # fmt: skip
+
+
+def make_servers(
+    model: str, log_dir: Path, flags: list[str], *, sampler_dirs: dict[str, Path] | None = None
+) -> dict[str, SGLangServer]:
+    """Stock and AsymCache servers with ``flags``; AsymCache writes its latency trace."""
+    servers = {}
+    for name in ("stock", "asymcache"):
+        env = stock_env() if name == "stock" else dict(os.environ)
+        if name == "asymcache":
+            env[LATENCY_TRACE_ENV] = str(log_dir / f"{name}.trace.jsonl")
+        if sampler_dirs is not None:
+            site = Path(__file__).resolve().parent / "stack_sampler_site"
+            env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+            env["ASYMCACHE_STACK_SAMPLES"] = str(sampler_dirs[name])
+        extra = flags + (["--enable-asymcache"] if name == "asymcache" else [])
+        servers[name] = SGLangServer(
+            model, extra_args=extra, env=env, log_path=log_dir / f"{name}.log", timeout_s=900
+        )
+    return servers
+
+
+def start_together(servers: dict[str, SGLangServer]) -> None:
+    """Start every server, each ``STAGGER_S`` after the one before; wait until all are healthy."""
+
+    def start(item: tuple[int, SGLangServer]) -> None:
+        time.sleep(item[0] * STAGGER_S)
+        item[1].start()
+
+    with ThreadPoolExecutor(len(servers)) as pool:
+        list(pool.map(start, enumerate(servers.values())))
+
+
+def stop_all(servers: dict[str, SGLangServer]) -> None:
+    for server in servers.values():
+        server.stop()
+
+
+def extend_fit(url: str) -> dict[str, Any]:
+    """The extend cost model's state as /get_server_info reports it."""
+    return asymcache_latency(url)["extend_fit"]
+
+
+def model_relative_cost(fit: dict[str, Any], prefix: int, new: int) -> float | None:
+    """Eviction's per-token cost of positions [prefix, prefix + new) over [0, new), from a
+    reported extend fit; None while the fit is not ready (eviction then uses the static cost)."""
+    if not fit["ready"]:
+        return None
+    _, c1, c2, *_ = fit["coefficients"]
+    cost = LatencyCostModel(StaticCostModel())
+    cost.view = LatencyView(extend_coefficients=(c1, c2), extend_ready=True)
+    return cost.cost_per_token(prefix, prefix + new) / cost.cost_per_token(0, new)
+
+
+def measure_position_cost(url: str, trace: Path, vocab_high: int = 120000) -> dict[int, float]:
+    """Median step time (s) of a ``POSITION_NEW_TOKENS`` extend behind each cached prefix, from
+    the server's latency trace (the forward timer's CUDA-event times)."""
+    requests.post(f"{url}/flush_cache", timeout=60).raise_for_status()
+    rng = random.Random(7)
+    new = POSITION_NEW_TOKENS
+    prompt = [rng.randrange(10, vocab_high) for _ in range(max(POSITION_PREFIXES) + new)]
+    start_offset = trace.stat().st_size
+    generate_streaming(url, prompt, 1, return_logprob=False)
+    for _ in range(POSITION_REPEATS):
+        for prefix in POSITION_PREFIXES:
+            fresh = [rng.randrange(10, vocab_high) for _ in range(new)]
+            res = generate_streaming(url, prompt[:prefix] + fresh, 1, return_logprob=False)
+            if res.cached_tokens != prefix:
+                raise RuntimeError(f"prefix {prefix}: {res.cached_tokens} tokens were cached")
+    times: dict[int, list[float]] = {prefix: [] for prefix in POSITION_PREFIXES}
+    with trace.open() as f:
+        f.seek(start_offset)
+        for line in f:
+            step = json.loads(line)
+            if step["new_tokens"] != new or step["decode_reqs"]:
+                continue
+            prefix = round(step["new_ctx"] / new - new / 2)
+            if prefix in times:
+                times[prefix].append(step["seconds"])
+    for prefix, seconds in times.items():
+        if len(seconds) < POSITION_REPEATS:
+            raise RuntimeError(f"prefix {prefix}: {len(seconds)} timed extends in the trace")
+    return {prefix: statistics.median(seconds) for prefix, seconds in times.items()}
+
+
+def position_cost(measured_s: dict[int, float], fits: dict[str, dict[str, Any]]) -> dict:
+    """Measured and modelled per-token cost, normalised to prefix 0, and their worst gap."""
+    base = measured_s[0]
+    out: dict[str, Any] = {
+        "new_tokens": POSITION_NEW_TOKENS,
+        "repeats": POSITION_REPEATS,
+        "measured_step_s": {str(p): t for p, t in measured_s.items()},
+        "measured_relative": {str(p): t / base for p, t in measured_s.items()},
+    }
+    for when, fit in fits.items():
+        model = {p: model_relative_cost(fit, p, POSITION_NEW_TOKENS) for p in measured_s}
+        errors = [
+            abs(m / (measured_s[p] / base) - 1.0) if m is not None else None
+            for p, m in model.items()
+        ]
+        out[when] = {
+            "extend_fit": fit,
+            "model_relative": {str(p): m for p, m in model.items()},
+            "max_rel_err": None if None in errors else max(errors),
+        }
+    return out
+
+
+def run_workload(server: SGLangServer, workload: LongMultiTurn, asym: bool) -> dict[str, Any]:
+    results = run_long_multi_turn(server.url, workload)
+    out = {**summarize(results), **server_health(server)}
+    if asym:
+        out["counters"] = asymcache_counters(server.url)
+    return out
+
+
+def ratios(stock: dict[str, Any], asym: dict[str, Any]) -> dict[str, float]:
+    return {
+        "ttft_ratio": asym["ttft_mean_s"] / stock["ttft_mean_s"],
+        "ttft_p50_ratio": asym["ttft_p50_s"] / stock["ttft_p50_s"],
+        "tpot_ratio": asym["tpot_mean_s"] / stock["tpot_mean_s"],
+        "tpot_p50_ratio": asym["tpot_p50_s"] / stock["tpot_p50_s"],
+    }
+
+
+def part_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> dict[str, Any]:
+    servers = make_servers(model, out, server_args(pool))
+    try:
+        start_together(servers)
+        asym = servers["asymcache"]
+        at_startup = extend_fit(asym.url)
+        runs = {name: run_workload(s, workload, name == "asymcache") for name, s in servers.items()}
+        after_run = extend_fit(asym.url)
+        measured = measure_position_cost(asym.url, out / "asymcache.trace.jsonl")
+    finally:
+        stop_all(servers)
+    return {
+        "pool_tokens": pool,
+        "max_live_tokens": workload.max_live_tokens(),
+        "server_args": server_args(pool),
+        "runs": runs,
+        "ratios": ratios(runs["stock"], runs["asymcache"]),
+        "position_cost": position_cost(measured, {"startup": at_startup, "after_run": after_run}),
+    }
+
+
+def part_no_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"pool_tokens": pool, "max_live_tokens": workload.max_live_tokens()}
+    for setting, extra in (
+        ("cuda_graph_default", []),
+        ("disable_cuda_graph", ["--disable-cuda-graph"]),
+    ):
+        flags = server_args(pool, *extra)
+        log_dir = out / setting
+        log_dir.mkdir(parents=True, exist_ok=True)
+        servers = make_servers(model, log_dir, flags)
+        try:
+            start_together(servers)
+            runs = {n: run_workload(s, workload, n == "asymcache") for n, s in servers.items()}
+        finally:
+            stop_all(servers)
+        result[setting] = {
+            "server_args": flags,
+            "runs": runs,
+            **ratios(runs["stock"], runs["asymcache"]),
+        }
+    return result
+
+
+def decode_probe(url: str, batch_size: int, output_tokens: int = 256) -> dict[str, float]:
+    """TPOT of ``batch_size`` concurrent 1,024-token requests decoding ``output_tokens`` each."""
+    rng = random.Random(batch_size)
+    prompts = [[rng.randrange(10, 120000) for _ in range(1024)] for _ in range(batch_size)]
+    with ThreadPoolExecutor(batch_size) as pool:
+        results = list(
+            pool.map(
+                lambda p: generate_streaming(url, p, output_tokens, return_logprob=False), prompts
+            )
+        )
+    tpot = summary_stats(t for t in map(tpot_s, results) if t is not None)
+    return {"tpot_mean_s": tpot["mean"], "tpot_p50_s": tpot["p50"], "tpot_max_s": tpot["max"]}
+
+
+def part_overhead(model: str, out: Path, pool: int) -> dict[str, Any]:
+    flags = server_args(pool, "--disable-cuda-graph")
+    sampler_dirs = {name: out / f"samples_{name}" for name in ("stock", "asymcache")}
+    servers = make_servers(model, out, flags, sampler_dirs=sampler_dirs)
+    runs: dict[str, Any] = {}
+    try:
+        start_together(servers)
+        for name, server in servers.items():
+            decode_probe(server.url, 1, 16)  # warm
+            flag = sampler_dirs[name] / "on"
+            flag.touch()
+            runs[name] = {f"bs{bs}": decode_probe(server.url, bs) for bs in (1, 8)}
+            flag.unlink()
+            time.sleep(3)  # the sampler's last write
+        measured = measure_position_cost(servers["asymcache"].url, out / "asymcache.trace.jsonl")
+        fit = extend_fit(servers["asymcache"].url)
+    finally:
+        stop_all(servers)
+    return {
+        "server_args": flags,
+        "runs": runs,
+        "tpot_ratio_bs1": runs["asymcache"]["bs1"]["tpot_mean_s"]
+        / runs["stock"]["bs1"]["tpot_mean_s"],
+        "tpot_ratio_bs8": runs["asymcache"]["bs8"]["tpot_mean_s"]
+        / runs["stock"]["bs8"]["tpot_mean_s"],
+        "position_cost": position_cost(measured, {"after_probe": fit}),
+    }
+
+
+def merge(parts: Sequence[Path], dest_dir: Path) -> Path:
+    """Join part JSONs into ``<dest_dir>/<card>_engage.json`` (card from the first part)."""
+    loaded = [json.loads(p.read_text()) for p in parts]
+    card = loaded[0]["card"]
+    slug = (
+        "h200" if "H200" in card else "h100" if "H100" in card else card.lower().replace(" ", "_")
+    )
+    merged = {"card": card, "parts": {}}
+    for part in loaded:
+        merged["parts"][part["part"]] = part
+    dest = dest_dir / f"{slug}_engage.json"
+    dest.write_text(json.dumps(merged, indent=2) + "\n")
+    return dest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("part", choices=("pressure", "no_pressure", "overhead"))
+    run.add_argument("--model", required=True)
+    run.add_argument("--out", type=Path, required=True)
+    run.add_argument("--pool-tokens", type=int)
+    join = sub.add_parser("merge")
+    join.add_argument("parts", type=Path, nargs="+")
+    join.add_argument("--dest", type=Path, default=Path("eval/results"))
+    args = parser.parse_args()
+    if args.command == "merge":
+        print(merge(args.parts, args.dest))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    workload = LongMultiTurn()
+    if args.part == "pressure":
+        pool = args.pool_tokens or 100_000
+        body = part_pressure(args.model, args.out, workload, pool)
+    elif args.part == "no_pressure":
+        pool = args.pool_tokens or workload.max_live_tokens() + 16_000
+        body = part_no_pressure(args.model, args.out, workload, pool)
+    else:
+        body = part_overhead(args.model, args.out, args.pool_tokens or 64_000)
+    result = {
+        **result_header(),
+        "part": args.part,
+        "model": "Llama-3-8B geometry, --load-format dummy",
+        "workload": asdict(workload) if args.part != "overhead" else None,
+        **body,
+    }
+    path = args.out / f"engage_{args.part}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
