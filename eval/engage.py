@@ -185,21 +185,22 @@ def model_relative_cost(fit: dict[str, Any], prefix: int, new: int) -> float | N
     return cost.cost_per_token(prefix, prefix + new) / cost.cost_per_token(0, new)
 
 
-def measure_position_cost(url: str, trace: Path, vocab_high: int = 120000) -> dict[int, float]:
+def measure_position_cost(url: str, trace: Path, vocab_high: int = 120000) -> dict[str, Any]:
     """Median step time (s) of a ``POSITION_NEW_TOKENS`` extend behind each cached prefix, from
-    the server's latency trace (the forward timer's CUDA-event times)."""
-    requests.post(f"{url}/flush_cache", timeout=60).raise_for_status()
+    the server's latency trace (the forward timer's CUDA-event times), and the cached tokens each
+    request reported (an extend whose prefix was not all cached is not a sample)."""
+    requests.post(f"{url}/flush_cache?timeout=30", timeout=60).raise_for_status()
     rng = random.Random(7)
     new = POSITION_NEW_TOKENS
     prompt = [rng.randrange(10, vocab_high) for _ in range(max(POSITION_PREFIXES) + new)]
     start_offset = trace.stat().st_size
-    generate_streaming(url, prompt, 1, return_logprob=False)
+    first = generate_streaming(url, prompt, 1, return_logprob=False)
+    cached: dict[str, list[int]] = {"prompt": [first.cached_tokens]}
     for _ in range(POSITION_REPEATS):
         for prefix in POSITION_PREFIXES:
             fresh = [rng.randrange(10, vocab_high) for _ in range(new)]
             res = generate_streaming(url, prompt[:prefix] + fresh, 1, return_logprob=False)
-            if res.cached_tokens != prefix:
-                raise RuntimeError(f"prefix {prefix}: {res.cached_tokens} tokens were cached")
+            cached.setdefault(str(prefix), []).append(res.cached_tokens)
     times: dict[int, list[float]] = {prefix: [] for prefix in POSITION_PREFIXES}
     with trace.open() as f:
         f.seek(start_offset)
@@ -210,25 +211,30 @@ def measure_position_cost(url: str, trace: Path, vocab_high: int = 120000) -> di
             prefix = round(step["new_ctx"] / new - new / 2)
             if prefix in times:
                 times[prefix].append(step["seconds"])
-    for prefix, seconds in times.items():
-        if len(seconds) < POSITION_REPEATS:
-            raise RuntimeError(f"prefix {prefix}: {len(seconds)} timed extends in the trace")
-    return {prefix: statistics.median(seconds) for prefix, seconds in times.items()}
+    return {
+        "step_s": {p: statistics.median(t) if t else None for p, t in times.items()},
+        "samples": {str(p): len(t) for p, t in times.items()},
+        "cached_tokens": cached,
+        "counters": asymcache_counters(url),
+    }
 
 
-def position_cost(measured_s: dict[int, float], fits: dict[str, dict[str, Any]]) -> dict:
+def position_cost(measured: dict[str, Any], fits: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Measured and modelled per-token cost, normalised to prefix 0, and their worst gap."""
-    base = measured_s[0]
+    step_s = measured["step_s"]
+    base = step_s[0]
+    relative = {p: t / base if t and base else None for p, t in step_s.items()}
     out: dict[str, Any] = {
         "new_tokens": POSITION_NEW_TOKENS,
         "repeats": POSITION_REPEATS,
-        "measured_step_s": {str(p): t for p, t in measured_s.items()},
-        "measured_relative": {str(p): t / base for p, t in measured_s.items()},
+        "measured_step_s": {str(p): t for p, t in step_s.items()},
+        "measured_relative": {str(p): r for p, r in relative.items()},
+        "measurement": {k: v for k, v in measured.items() if k != "step_s"},
     }
     for when, fit in fits.items():
-        model = {p: model_relative_cost(fit, p, POSITION_NEW_TOKENS) for p in measured_s}
+        model = {p: model_relative_cost(fit, p, POSITION_NEW_TOKENS) for p in step_s}
         errors = [
-            abs(m / (measured_s[p] / base) - 1.0) if m is not None else None
+            abs(m / relative[p] - 1.0) if m is not None and relative[p] else None
             for p, m in model.items()
         ]
         out[when] = {
@@ -278,25 +284,40 @@ def part_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> 
 
 
 def part_no_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> dict[str, Any]:
+    """The workload with CUDA graphs at SGLang's defaults, then eager. The first pair's AsymCache
+    server also measures the position cost; the eager pair also runs the decode probe."""
     result: dict[str, Any] = {"pool_tokens": pool, "max_live_tokens": workload.max_live_tokens()}
-    for setting, extra in (
-        ("cuda_graph_default", []),
-        ("disable_cuda_graph", ["--disable-cuda-graph"]),
-    ):
+    settings = (("cuda_graph_default", []), ("disable_cuda_graph", ["--disable-cuda-graph"]))
+    for setting, extra in settings:
         flags = server_args(pool, *extra)
         log_dir = out / setting
         log_dir.mkdir(parents=True, exist_ok=True)
         servers = make_servers(model, log_dir, flags)
         try:
             start_together(servers)
+            asym = servers["asymcache"]
+            at_startup = extend_fit(asym.url)
             runs = {n: run_workload(s, workload, n == "asymcache") for n, s in servers.items()}
+            entry = {"server_args": flags, "runs": runs, **ratios(runs["stock"], runs["asymcache"])}
+            if extra:
+                probes = {
+                    n: {f"bs{bs}": decode_probe(s.url, bs) for bs in (1, 8)}
+                    for n, s in servers.items()
+                }
+                entry["decode_probe"] = probes
+                entry["decode_probe_tpot_ratio"] = {
+                    bs: probes["asymcache"][bs]["tpot_mean_s"] / probes["stock"][bs]["tpot_mean_s"]
+                    for bs in ("bs1", "bs8")
+                }
+            else:
+                after_run = extend_fit(asym.url)
+                measured = measure_position_cost(asym.url, log_dir / "asymcache.trace.jsonl")
+                entry["position_cost"] = position_cost(
+                    measured, {"startup": at_startup, "after_run": after_run}
+                )
         finally:
             stop_all(servers)
-        result[setting] = {
-            "server_args": flags,
-            "runs": runs,
-            **ratios(runs["stock"], runs["asymcache"]),
-        }
+        result[setting] = entry
     return result
 
 
@@ -382,7 +403,7 @@ def main() -> None:
         pool = args.pool_tokens or workload.max_live_tokens() + 16_000
         body = part_no_pressure(args.model, args.out, workload, pool)
     else:
-        body = part_overhead(args.model, args.out, args.pool_tokens or 64_000)
+        body = part_overhead(args.model, args.out, args.pool_tokens or 100_000)
     result = {
         **result_header(),
         "part": args.part,

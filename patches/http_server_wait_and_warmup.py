@@ -109,7 +109,9 @@ def run_profile(server_args: Any) -> None:
     generate(0, 1, prompt)
     for prefix, new in extends:
         generate(new, 1, prompt[:prefix])
-    requests.post(f"{base_url}/flush_cache", headers=headers, timeout=60).raise_for_status()
+    # The last response can reach us a moment before the scheduler is idle; SGLang waits for it.
+    flushed = requests.post(f"{base_url}/flush_cache?timeout=30", headers=headers, timeout=60)
+    flushed.raise_for_status()
     logger.info(
         "AsymCache latency profile: prefills of %s tokens, %d decodes, extends (prefix, new) %s "
         "behind a %d-token prompt",
@@ -130,11 +132,20 @@ def hook(original: Callable[..., Any], server_args: Any, *args: Any, **kwargs: A
     def warmup_then_profile(args: Any) -> bool:
         if not stock_warmup(args):
             return False
+        from sglang.srt.entrypoints.http_server import _global_state
+        from sglang.srt.managers.tokenizer_manager import ServerStatus
+
+        # Stock warmup marked the server Up; health checks answer 503 until the profile is done,
+        # so no client request races it (or finds its prompts in the cache).
+        manager = _global_state.tokenizer_manager
+        manager.server_status = ServerStatus.Starting
         try:
             run_profile(args)
         except requests.RequestException as exc:
             # The profile only speeds up the fit; serving does not depend on it.
             logger.warning("AsymCache latency profile failed: %s", exc)
+        finally:
+            manager.server_status = ServerStatus.Up
         return True
 
     bound.arguments["execute_warmup_func"] = warmup_then_profile
