@@ -74,7 +74,7 @@ class LatencyRuntime:
         self.extend_model = extend_cost_model(config.latency_min_r2)
         self.decode_steps = DecodeStepTracker()
         # The eviction cost of the cache's tree; its view is what every decision reads.
-        self.cost = LatencyCostModel(config.cost_model())
+        self.cost = LatencyCostModel(config.cost_model(), config.recompute_chunk_tokens)
         self.counters = ChunkCounters()
         self.last_chunk: int | None = None
         self.metrics = LatencyMetrics() if config.enable_metrics else None

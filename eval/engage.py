@@ -54,7 +54,10 @@ from eval.server import SGLangServer, stock_env
 from eval.workloads import TurnResult, generate_streaming
 
 POSITION_PREFIXES = (0, 8192, 16384, 32768, 49152)
-POSITION_NEW_TOKENS = 2048
+# 2,048 new tokens (the issue's yardstick); and a whole default chunk, the size evicted KV is
+# recomputed in, where the pool holds the extra KV.
+POSITION_NEW_TOKENS = (2048,)
+POSITION_NEW_TOKENS_BIG_POOL = (2048, 8192)
 POSITION_REPEATS = 3
 # Start-up gap between servers sharing the card, so their memory profiling does not overlap.
 STAGGER_S = 20.0
@@ -175,73 +178,83 @@ def extend_fit(url: str) -> dict[str, Any]:
 
 
 def model_relative_cost(fit: dict[str, Any], prefix: int, new: int) -> float | None:
-    """Eviction's per-token cost of positions [prefix, prefix + new) over [0, new), from a
-    reported extend fit; None while the fit is not ready (eviction then uses the static cost)."""
+    """The extend cost model's per-token cost of positions [prefix, prefix + new) over [0, new),
+    for KV recomputed in extends of ``new`` tokens: what eviction gets with a chunk of ``new``.
+    None while the fit is not ready (eviction then uses the static cost)."""
     if not fit["ready"]:
         return None
-    _, c1, c2, *_ = fit["coefficients"]
-    cost = LatencyCostModel(StaticCostModel())
-    cost.view = LatencyView(extend_coefficients=(c1, c2), extend_ready=True)
+    c0, c1, c2, _, _, c5 = fit["coefficients"]
+    cost = LatencyCostModel(StaticCostModel(), recompute_chunk_tokens=new)
+    cost.view = LatencyView(extend_coefficients=(c0 + c5, c1, c2), extend_ready=True)
     return cost.cost_per_token(prefix, prefix + new) / cost.cost_per_token(0, new)
 
 
-def measure_position_cost(url: str, trace: Path, vocab_high: int = 120000) -> dict[str, Any]:
-    """Median step time (s) of a ``POSITION_NEW_TOKENS`` extend behind each cached prefix, from
-    the server's latency trace (the forward timer's CUDA-event times), and the cached tokens each
-    request reported (an extend whose prefix was not all cached is not a sample)."""
+def measure_position_cost(
+    url: str, trace: Path, sizes: Sequence[int], vocab_high: int = 120000
+) -> dict[str, Any]:
+    """Median step time (s) of extends of each size behind each cached prefix, from the server's
+    latency trace (the forward timer's CUDA-event times), and the cached tokens each request
+    reported (an extend whose prefix was not all cached is not a sample)."""
     requests.post(f"{url}/flush_cache?timeout=30", timeout=60).raise_for_status()
     rng = random.Random(7)
-    new = POSITION_NEW_TOKENS
-    prompt = [rng.randrange(10, vocab_high) for _ in range(max(POSITION_PREFIXES) + new)]
+    prompt = [rng.randrange(10, vocab_high) for _ in range(max(POSITION_PREFIXES) + max(sizes))]
     start_offset = trace.stat().st_size
     first = generate_streaming(url, prompt, 1, return_logprob=False)
     cached: dict[str, list[int]] = {"prompt": [first.cached_tokens]}
-    for _ in range(POSITION_REPEATS):
-        for prefix in POSITION_PREFIXES:
-            fresh = [rng.randrange(10, vocab_high) for _ in range(new)]
-            res = generate_streaming(url, prompt[:prefix] + fresh, 1, return_logprob=False)
-            cached.setdefault(str(prefix), []).append(res.cached_tokens)
-    times: dict[int, list[float]] = {prefix: [] for prefix in POSITION_PREFIXES}
+    for new in sizes:
+        for _ in range(POSITION_REPEATS):
+            for prefix in POSITION_PREFIXES:
+                fresh = [rng.randrange(10, vocab_high) for _ in range(new)]
+                res = generate_streaming(url, prompt[:prefix] + fresh, 1, return_logprob=False)
+                cached.setdefault(f"{new}@{prefix}", []).append(res.cached_tokens)
+    times: dict[tuple[int, int], list[float]] = {
+        (new, prefix): [] for new in sizes for prefix in POSITION_PREFIXES
+    }
     with trace.open() as f:
         f.seek(start_offset)
         for line in f:
             step = json.loads(line)
-            if step["new_tokens"] != new or step["decode_reqs"]:
+            new = step["new_tokens"]
+            if new not in sizes or step["decode_reqs"]:
                 continue
-            prefix = round(step["new_ctx"] / new - new / 2)
-            if prefix in times:
-                times[prefix].append(step["seconds"])
+            key = (new, round(step["new_ctx"] / new - new / 2))
+            if key in times:
+                times[key].append(step["seconds"])
     return {
-        "step_s": {p: statistics.median(t) if t else None for p, t in times.items()},
-        "samples": {str(p): len(t) for p, t in times.items()},
+        "step_s": {k: statistics.median(t) if t else None for k, t in times.items()},
+        "samples": {f"{n}@{p}": len(t) for (n, p), t in times.items()},
         "cached_tokens": cached,
-        "counters": asymcache_counters(url),
     }
 
 
 def position_cost(measured: dict[str, Any], fits: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Measured and modelled per-token cost, normalised to prefix 0, and their worst gap."""
-    step_s = measured["step_s"]
-    base = step_s[0]
-    relative = {p: t / base if t and base else None for p, t in step_s.items()}
+    """Per size: measured and modelled per-token cost, normalised to prefix 0, and the worst
+    relative gap of the model (right after start-up, after the run) from the measurement."""
     out: dict[str, Any] = {
-        "new_tokens": POSITION_NEW_TOKENS,
         "repeats": POSITION_REPEATS,
-        "measured_step_s": {str(p): t for p, t in step_s.items()},
-        "measured_relative": {str(p): r for p, r in relative.items()},
-        "measurement": {k: v for k, v in measured.items() if k != "step_s"},
+        "samples": measured["samples"],
+        "cached_tokens": measured["cached_tokens"],
     }
-    for when, fit in fits.items():
-        model = {p: model_relative_cost(fit, p, POSITION_NEW_TOKENS) for p in step_s}
-        errors = [
-            abs(m / relative[p] - 1.0) if m is not None and relative[p] else None
-            for p, m in model.items()
-        ]
-        out[when] = {
-            "extend_fit": fit,
-            "model_relative": {str(p): m for p, m in model.items()},
-            "max_rel_err": None if None in errors else max(errors),
+    for new in sorted({n for n, _ in measured["step_s"]}):
+        step_s = {p: t for (n, p), t in measured["step_s"].items() if n == new}
+        base = step_s[0]
+        relative = {p: t / base if t and base else None for p, t in step_s.items()}
+        entry: dict[str, Any] = {
+            "measured_step_s": {str(p): t for p, t in step_s.items()},
+            "measured_relative": {str(p): r for p, r in relative.items()},
         }
+        for when, fit in fits.items():
+            model = {p: model_relative_cost(fit, p, new) for p in step_s}
+            errors = [
+                abs(m / relative[p] - 1.0) if m is not None and relative[p] else None
+                for p, m in model.items()
+            ]
+            entry[when] = {
+                "model_relative": {str(p): m for p, m in model.items()},
+                "max_rel_err": None if None in errors else max(errors),
+            }
+        out[f"new_{new}"] = entry
+    out["extend_fits"] = fits
     return out
 
 
@@ -270,7 +283,9 @@ def part_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> 
         at_startup = extend_fit(asym.url)
         runs = {name: run_workload(s, workload, name == "asymcache") for name, s in servers.items()}
         after_run = extend_fit(asym.url)
-        measured = measure_position_cost(asym.url, out / "asymcache.trace.jsonl")
+        measured = measure_position_cost(
+            asym.url, out / "asymcache.trace.jsonl", POSITION_NEW_TOKENS
+        )
     finally:
         stop_all(servers)
     return {
@@ -311,7 +326,9 @@ def part_no_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) 
                 }
             else:
                 after_run = extend_fit(asym.url)
-                measured = measure_position_cost(asym.url, log_dir / "asymcache.trace.jsonl")
+                measured = measure_position_cost(
+                    asym.url, log_dir / "asymcache.trace.jsonl", POSITION_NEW_TOKENS_BIG_POOL
+                )
                 entry["position_cost"] = position_cost(
                     measured, {"startup": at_startup, "after_run": after_run}
                 )
@@ -349,7 +366,9 @@ def part_overhead(model: str, out: Path, pool: int) -> dict[str, Any]:
             runs[name] = {f"bs{bs}": decode_probe(server.url, bs) for bs in (1, 8)}
             flag.unlink()
             time.sleep(3)  # the sampler's last write
-        measured = measure_position_cost(servers["asymcache"].url, out / "asymcache.trace.jsonl")
+        measured = measure_position_cost(
+            servers["asymcache"].url, out / "asymcache.trace.jsonl", POSITION_NEW_TOKENS
+        )
         fit = extend_fit(servers["asymcache"].url)
     finally:
         stop_all(servers)

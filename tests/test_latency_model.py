@@ -235,11 +235,13 @@ def test_latency_cost_model_uses_static_until_the_extend_fit_is_ready():
     train(extend, rng, 100, kind="prefill")
     assert extend.ready and not cost.view.extend_ready  # decisions change only when published
     cost.view = LatencyView.of(model, steps, extend)
-    _, c1, c2, *_ = extend.coefficients
-    assert cost.view.extend_coefficients == (c1, c2) and not cost.view.ready
-    assert cost.cost_per_token(1000, 1100) == 1.0 + c2 / c1 * 1049.5
-    # About the truth, relative to position 0: (6e-5 + 1e-9 * 8191.5) / 6e-5 at [8000, 8384).
-    assert cost.cost_per_token(8000, 8384) == pytest.approx(1.1365, rel=0.03)
+    c0, c1, c2, _, _, c5 = extend.coefficients
+    assert cost.view.extend_coefficients == (c0 + c5, c1, c2) and not cost.view.ready
+    at_zero = (c0 + c5) / 8192 + c1  # the fixed cost of an extend, spread over a chunk
+    assert cost.cost_per_token(1000, 1100) == pytest.approx(1.0 + c2 / at_zero * 1049.5)
+    # About the truth, relative to position 0: the step's 8 ms over 8,192 tokens, 6e-5 per token,
+    # 1e-9 per key: (9.77e-7 + 6e-5 + 1e-9 * 8191.5) / (9.77e-7 + 6e-5) at [8000, 8384).
+    assert cost.cost_per_token(8000, 8384) == pytest.approx(1.1343, rel=0.03)
     assert cost.cost_per_token(0, 1) == 1.0
     # The step model alone, however ready, never prices eviction.
     train(model, rng, 300)
@@ -249,8 +251,10 @@ def test_latency_cost_model_uses_static_until_the_extend_fit_is_ready():
 def test_latency_cost_model_never_returns_zero():
     static = StaticCostModel(a=2.0, b=0.0)
     cost = LatencyCostModel(static)
-    cost.view = LatencyView(extend_coefficients=(0.0, 1e-9), extend_ready=True)
+    cost.view = LatencyView(extend_coefficients=(0.0, 0.0, 1e-9), extend_ready=True)
     assert cost.cost_per_token(0, 64) == 2.0
+    with pytest.raises(ValueError, match="recompute chunk"):
+        LatencyCostModel(static, recompute_chunk_tokens=0)
 
 
 def calibration_steps(max_prefix: int, chunk: int = 8192) -> list[BatchFeatures]:
@@ -283,11 +287,12 @@ def test_extend_fit_keeps_the_position_term_that_decode_traffic_hides():
         ctx = int(rng.integers(24000, 26000))
         step(BatchFeatures.from_segments([(ctx, ctx + int(rng.integers(64, 512)))], []))
     assert extend.ready and extend.samples < 100 < model.samples
-    cost = LatencyCostModel(StaticCostModel())
+    cost = LatencyCostModel(StaticCostModel(), recompute_chunk_tokens=2048)
     cost.view = LatencyView.of(model, steps, extend)
-    _, c1, c2, *_ = TRUTH
+    c0, c1, c2, _, _, c5 = TRUTH
+    fixed = (c0 + c5) / 2048
     for prefix in (8192, 16384, 32768, 49152):
-        true_ratio = (c1 + c2 * (prefix + 1023.5)) / (c1 + c2 * 1023.5)
+        true_ratio = (fixed + c1 + c2 * (prefix + 1023.5)) / (fixed + c1 + c2 * 1023.5)
         ratio = cost.cost_per_token(prefix, prefix + 2048) / cost.cost_per_token(0, 2048)
         assert ratio == pytest.approx(true_ratio, rel=0.05), prefix
 

@@ -83,6 +83,18 @@ def test_chunking_mode(prepare, argv, chunking):
     assert config.chunking == chunking and config.tp_size == 1
 
 
+@pytest.mark.parametrize(
+    ("argv", "tokens"),
+    [
+        (["--chunked-prefill-size", "2048"], 2048),
+        (["--chunked-prefill-size", "-1", "--max-prefill-tokens", "20000"], 20000),
+    ],
+)
+def test_evicted_kv_is_priced_at_the_chunk_it_is_recomputed_in(prepare, argv, tokens):
+    config = AsymCacheConfig.from_server_args(prepare("--enable-asymcache", *argv))
+    assert config.recompute_chunk_tokens == tokens
+
+
 def test_off_leaves_sglang_defaults(prepare):
     args = prepare()
     assert not args.enable_asymcache and args.radix_cache_backend is None

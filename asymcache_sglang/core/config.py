@@ -53,6 +53,8 @@ class AsymCacheConfig:
     tp_size: int = 1
     # Where every timed forward is appended as JSON (ASYMCACHE_LATENCY_TRACE); None: nowhere.
     latency_trace_path: str | None = None
+    # The extend size evicted KV is recomputed in: --chunked-prefill-size (else the prefill cap).
+    recompute_chunk_tokens: int = 8192
 
     def __post_init__(self) -> None:
         checks = [
@@ -70,6 +72,7 @@ class AsymCacheConfig:
             ),
             (0.0 <= self.latency_min_r2 <= 1.0, "--asymcache-latency-min-r2 must be in [0, 1]"),
             (self.tp_size >= 1, "--tp-size must be >= 1"),
+            (self.recompute_chunk_tokens >= 1, "--chunked-prefill-size must be >= 1 or -1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -94,6 +97,7 @@ class AsymCacheConfig:
             enable_metrics=args.enable_metrics,
             tp_size=args.tp_size,
             latency_trace_path=os.environ.get(LATENCY_TRACE_ENV) or None,
+            recompute_chunk_tokens=recompute_chunk_tokens(args),
         )
 
     def cost_model(self) -> StaticCostModel:
@@ -101,6 +105,17 @@ class AsymCacheConfig:
 
     def reuse_estimator(self) -> ReuseEstimator:
         return ReuseEstimator(self.reuse_horizon_s, self.share_boost)
+
+
+def recompute_chunk_tokens(args: Any) -> int:
+    """The largest extend SGLang runs: the chunk, or with chunking off the prefill token cap.
+
+    Before ServerArgs resolves its GPU-dependent default chunk, 8192 (SGLang's H100/H200 value).
+    """
+    chunk = args.chunked_prefill_size
+    if chunk is None:
+        return 8192
+    return chunk if chunk > 0 else args.max_prefill_tokens
 
 
 def attention_backend(args: Any) -> str:

@@ -35,23 +35,30 @@ class StaticCostModel:
 class LatencyCostModel:
     """Recompute cost per token from the published latency fit, with StaticCostModel's interface.
 
-    Eviction orders nodes by log(cost), so only the cost's shape matters: c1 + c2 * p from the
-    extend cost model, in units of the static model's per-token cost at position 0
-    (``fallback.a``). Static keys and model keys in the same heap (it keys a node when it is
-    pushed) are then commensurate, before and after the model becomes ready. Until the extend fit
-    is ready, or while its c1 == 0, the static fallback is used.
+    Evicted KV comes back in extends of up to a chunk of ``recompute_chunk_tokens`` (SGLang's
+    --chunked-prefill-size), so a token at position p costs fixed / chunk + c1 + c2 * p: the
+    extend step's fixed cost amortised over the chunk, the per-token layers, and attention over
+    the p keys before it, all from the extend cost model. Eviction orders nodes by log(cost), so
+    only the cost's shape matters: it is given in units of the static model's per-token cost at
+    position 0 (``fallback.a``). Static keys and model keys in the same heap (it keys a node when
+    it is pushed) are then commensurate, before and after the model becomes ready. Until the
+    extend fit is ready, or while it has no per-token cost, the static fallback is used.
     """
 
-    def __init__(self, fallback: StaticCostModel) -> None:
+    def __init__(self, fallback: StaticCostModel, recompute_chunk_tokens: int = 8192) -> None:
+        if recompute_chunk_tokens < 1:
+            raise ValueError(f"recompute chunk must be >= 1 token, got {recompute_chunk_tokens}")
         self.fallback = fallback
+        self.recompute_chunk_tokens = recompute_chunk_tokens
         self.view = LatencyView()
 
     def cost_per_token(self, start: int, end: int) -> float:
-        """fallback.a * (1 + c2 / c1 * mean position of [start, end))."""
+        """fallback.a * cost at the mean position of [start, end) / cost at position 0."""
         if self.view.extend_ready:
-            c1, c2 = self.view.extend_coefficients
-            if c1 > 0:
-                return self.fallback.a * (1.0 + c2 / c1 * (start + end - 1) / 2.0)
+            fixed, c1, c2 = self.view.extend_coefficients
+            at_zero = fixed / self.recompute_chunk_tokens + c1
+            if at_zero > 0:
+                return self.fallback.a * (1.0 + c2 / at_zero * (start + end - 1) / 2.0)
         return self.fallback.cost_per_token(start, end)
 
 

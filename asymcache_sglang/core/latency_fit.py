@@ -338,8 +338,9 @@ class LatencyView:
     ready: bool = False
     tpot_budget_s: float | None = None
     peak_prefill_tokens_per_s: float = 0.0
-    # The extend cost model's (c1, c2): seconds per new token and per attention pair.
-    extend_coefficients: tuple[float, float] = (0.0, 0.0)
+    # The extend cost model's (c0 + c5, c1, c2): seconds per extend step, per new token and per
+    # attention pair.
+    extend_coefficients: tuple[float, float, float] = (0.0, 0.0, 0.0)
     extend_ready: bool = False
 
     @classmethod
@@ -351,13 +352,13 @@ class LatencyView:
     ) -> LatencyView:
         """The step model's fit now, with the TPOT budget its decode steps and extend cost give,
         and the extend cost model's per-token terms (none without one)."""
-        _, c1, c2, *_ = extend_model.coefficients if extend_model else (0.0,) * NUM_COEFS
+        c0, c1, c2, _, _, c5 = extend_model.coefficients if extend_model else (0.0,) * NUM_COEFS
         return cls(
             model.coefficients,
             model.ready,
             decode_steps.budget_s(model.extend_step_s),
             model.peak_prefill_tokens_per_s,
-            (c1, c2),
+            (c0 + c5, c1, c2),
             extend_model is not None and extend_model.ready,
         )
 
