@@ -95,7 +95,7 @@ class LatencyRuntime:
             return
         self.counters.timed_forwards += 1
         predicted = self.model.update(features, seconds)
-        if features.pure_extend:
+        if features.prices_recompute:
             self.extend_model.update(features, seconds)
         if self._trace is not None:
             record = {**asdict(features), "seconds": seconds, "predicted": predicted}

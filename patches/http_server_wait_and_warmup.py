@@ -34,7 +34,7 @@ PROFILE_DECODE_TOKENS = 16
 # Token ids every vocabulary has.
 PROFILE_TOKEN_RANGE = (10, 500)
 # The calibration's extends: these many new tokens behind prefixes up to this long.
-CALIBRATION_NEW_TOKENS = (2048, 512)
+CALIBRATION_NEW_TOKENS = (2048, 1024)
 CALIBRATION_MAX_PREFIX = 48 * 1024
 CALIBRATION_PREFIXES = 5
 

@@ -229,7 +229,7 @@ def test_latency_cost_model_uses_static_until_the_extend_fit_is_ready():
     cost = LatencyCostModel(static)
     assert cost.cost_per_token(1000, 1100) == static.cost_per_token(1000, 1100)
     rng = np.random.default_rng(8)
-    train(extend, rng, 15, kind="prefill")
+    train(extend, rng, 11, kind="prefill")  # 4 warm-up steps and 7 scored: no full window yet
     cost.view = LatencyView.of(model, steps, extend)
     assert not extend.ready and cost.cost_per_token(0, 10) == static.cost_per_token(0, 10)
     train(extend, rng, 100, kind="prefill")
@@ -258,11 +258,11 @@ def test_latency_cost_model_never_returns_zero():
 
 
 def calibration_steps(max_prefix: int, chunk: int = 8192) -> list[BatchFeatures]:
-    """What the start-up calibration times: its prompt in chunks, then 2,048- and 512-token
+    """What the start-up calibration times: its prompt in chunks, then 2,048- and 1,024-token
     extends behind cached prefixes of it (``http_server_wait_and_warmup``)."""
     base = max_prefix + 2048
     chunks = [(s, min(s + chunk, base)) for s in range(0, base, chunk)]
-    extends = [(p, p + new) for new in (2048, 512) for p in range(0, base - new + 1, base // 4)]
+    extends = [(p, p + new) for new in (2048, 1024) for p in range(0, base - new + 1, base // 4)]
     return [BatchFeatures.from_segments([seg], []) for seg in chunks + extends]
 
 
@@ -276,7 +276,7 @@ def test_extend_fit_keeps_the_position_term_that_decode_traffic_hides():
     def step(features: BatchFeatures) -> None:
         seconds = measured(features, rng)
         model.update(features, seconds)
-        if features.pure_extend:
+        if features.prices_recompute:
             extend.update(features, seconds)
 
     for features in calibration_steps(48 * 1024):
@@ -369,3 +369,19 @@ def test_window_score_matches_a_direct_computation():
     for _ in range(10):
         flat.add(0.0071, 0.007)
     assert flat.r2() is None and flat.mean_abs_pct_error() == pytest.approx(100 * 0.0001 / 0.007)
+
+
+def test_extend_fit_stays_ready_through_a_poor_window():
+    rng = np.random.default_rng(5)
+    extend, step_model = extend_cost_model(), OnlineLatencyModel(min_samples=4, min_window=8)
+    for model in (extend, step_model):
+        train(model, rng, 40, kind="prefill")
+        assert model.ready
+        # Steps the linear form cannot fit (times off by 2x either way): the window goes bad.
+        for i in range(16):
+            features = random_batch(rng, "prefill")
+            model.update(features, true_seconds(features) * (2.0 if i % 2 else 0.5))
+    assert extend.ready and not step_model.ready
+    assert not BatchFeatures.from_segments([(0, 1023)], []).prices_recompute
+    assert not BatchFeatures.from_segments([(0, 4096)], [100]).prices_recompute
+    assert BatchFeatures.from_segments([(0, 1024)], []).prices_recompute

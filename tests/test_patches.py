@@ -55,7 +55,7 @@ def test_calibration_spans_the_positions_the_pool_allows():
     base, extends = calibration_extends(pool_tokens=400_000, max_input_tokens=131_000)
     assert base == 48 * 1024 + 2048
     assert extends[:5] == [(0, 2048), (12288, 2048), (24576, 2048), (36864, 2048), (49152, 2048)]
-    assert [new for _, new in extends[5:]] == [512] * 5 and extends[-1] == (base - 512, 512)
+    assert [new for _, new in extends[5:]] == [1024] * 5 and extends[-1] == (base - 1024, 1024)
     # A small pool: the prompt is half of it, the extends a quarter of the prompt at most.
     base, extends = calibration_extends(pool_tokens=2400, max_input_tokens=131_000)
     assert base == 1200 and extends[0] == (0, 300) and extends[4] == (900, 300)

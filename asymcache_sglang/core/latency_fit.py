@@ -68,9 +68,10 @@ class BatchFeatures:
     decode_ctx: int
 
     @property
-    def pure_extend(self) -> bool:
-        """An extend step with no decodes in its forward: what the extend cost model learns."""
-        return self.new_tokens > 0 and self.decode_reqs == 0
+    def prices_recompute(self) -> bool:
+        """A compute-bound extend step with no decodes in its forward: what the extend cost model
+        learns."""
+        return self.new_tokens >= EXTEND_FIT_MIN_TOKENS and self.decode_reqs == 0
 
     def vector(self) -> tuple[float, float, float, float, float, float]:
         """[1, new, new_ctx, decode_reqs, decode_ctx, new > 0], the order of the coefficients."""
@@ -177,7 +178,8 @@ class OnlineLatencyModel:
     Readiness: the window's R^2 >= ``min_r2``, or its mean relative error is at most
     ``max_window_error_pct``. R^2 alone would drop the model during steady decoding, where the
     window's step times barely vary and R^2 measures noise, just when the next long prompt needs a
-    chunk decision.
+    chunk decision. With ``stays_ready`` (a fit without forgetting: it never unlearns what made it
+    ready) a later poor window does not take readiness back.
     """
 
     def __init__(
@@ -189,6 +191,7 @@ class OnlineLatencyModel:
         min_window: int = 16,
         covariance_trace_cap: float = 6.0,
         max_window_error_pct: float = 10.0,
+        stays_ready: bool = False,
     ) -> None:
         if not 0.0 < forgetting <= 1.0:
             raise ValueError(f"forgetting factor must be in (0, 1], got {forgetting}")
@@ -203,6 +206,7 @@ class OnlineLatencyModel:
         self.min_r2 = min_r2
         self.max_window_error_pct = max_window_error_pct
         self.min_window = min_window
+        self.stays_ready = stays_ready
         self.covariance_trace_cap = covariance_trace_cap
         self._eig_cap = covariance_trace_cap / NUM_COEFS
         self._theta_ls = np.zeros(NUM_COEFS)
@@ -272,7 +276,8 @@ class OnlineLatencyModel:
         if features.new_tokens > 0:
             self._peak_tokens_per_s = max(self._peak_tokens_per_s, features.new_tokens / seconds)
         self._samples += 1
-        self._ready = self._samples >= self.min_samples and self._fit_is_good()
+        was_ready = self.stays_ready and self._ready
+        self._ready = was_ready or (self._samples >= self.min_samples and self._fit_is_good())
         return predicted
 
     def _fit_is_good(self) -> bool:
@@ -314,15 +319,23 @@ class OnlineLatencyModel:
             self._p = (eigvecs * np.clip(eigvals, 0.0, self._eig_cap)) @ eigvecs.T
 
 
+# Extends shorter than this are launch- and weight-read-bound (and often replayed as prefill CUDA
+# graphs): their step time says little about the compute-bound chunks evicted KV is rebuilt in.
+EXTEND_FIT_MIN_TOKENS = 1024
+
+
 def extend_cost_model(min_r2: float = 0.9) -> OnlineLatencyModel:
-    """The fit of pure extend steps (``BatchFeatures.pure_extend``) whose c1 and c2 price eviction.
+    """The fit of pure extend steps of at least ``EXTEND_FIT_MIN_TOKENS`` new tokens
+    (``BatchFeatures.prices_recompute``), whose fixed cost, c1 and c2 price eviction.
 
     No forgetting: the kernels' cost per token and per attention pair does not drift, and what the
-    calibration taught about position must outlast any stretch of same-length traffic. Scored on
-    its last 32 extends, so the poor predictions of its first few leave the window soon; the
-    start-up calibration times about 20.
+    calibration taught about position must outlast any stretch of same-length traffic. Ready once
+    its last 8 predictions (each made before its step was absorbed) are good, after at least 4
+    steps; the start-up calibration times about 15 such extends. It stays ready.
     """
-    return OnlineLatencyModel(forgetting=1.0, window=32, min_samples=8, min_window=8, min_r2=min_r2)
+    return OnlineLatencyModel(
+        forgetting=1.0, window=8, min_samples=4, min_window=8, min_r2=min_r2, stays_ready=True
+    )
 
 
 @dataclass(frozen=True)
