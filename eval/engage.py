@@ -50,6 +50,7 @@ from eval.common import (
     summary_stats,
 )
 from eval.latency_bench import tpot_s
+from eval.report import grouped_bars
 from eval.server import SGLangServer, stock_env
 from eval.workloads import TurnResult, generate_streaming
 
@@ -383,18 +384,101 @@ def part_overhead(model: str, out: Path, pool: int) -> dict[str, Any]:
     }
 
 
+PRESSURE_METRICS = (
+    "ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_mean_s", "tpot_p50_s",
+    "tpot_p90_s", "tpot_p99_s", "token_hit_rate",
+)  # fmt: skip
+PLAN_COUNTERS = ("plans", "chunk_fallbacks", "planned_hole_tokens", "retained_tokens")
+
+
+def summary(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's fields from the parts: pressure metrics and counters, no-pressure ratios, and
+    the position cost per extend size (a size measured only on the no-pressure server is compared
+    with the pressure server's fits, both from the same card)."""
+    out: dict[str, Any] = {}
+    if "pressure" in parts:
+        runs = parts["pressure"]["runs"]
+        out["pressure"] = {
+            name: {
+                **{k: run[k] for k in PRESSURE_METRICS},
+                **{k: run["counters"][k] for k in PLAN_COUNTERS if "counters" in run},
+            }
+            for name, run in runs.items()
+        }
+        out["pressure"]["ratios"] = parts["pressure"]["ratios"]
+    if "no_pressure" in parts:
+        out["no_pressure"] = {
+            setting: {k: v for k, v in parts["no_pressure"][setting].items() if "ratio" in k}
+            for setting in ("cuda_graph_default", "disable_cuda_graph")
+        }
+    fits = parts.get("pressure", {}).get("position_cost", {}).get("extend_fits")
+    if fits:
+        position: dict[str, Any] = {}
+        sources = [parts["pressure"]["position_cost"]]
+        if "no_pressure" in parts:
+            sources.append(parts["no_pressure"]["cuda_graph_default"]["position_cost"])
+        for source in sources:
+            for key, entry in source.items():
+                if not key.startswith("new_") or key in position:
+                    continue
+                new = int(key.removeprefix("new_"))
+                measured = {int(p): r for p, r in entry["measured_relative"].items()}
+                position[key] = {"measured_relative": entry["measured_relative"]}
+                for when, fit in fits.items():
+                    model = {p: model_relative_cost(fit, p, new) for p in measured}
+                    position[key][when] = {
+                        "model_relative": {str(p): m for p, m in model.items()},
+                        "max_rel_err": max(abs(model[p] / measured[p] - 1.0) for p in measured),
+                    }
+        out["position_cost"] = position
+    return out
+
+
+def plot(merged: dict[str, Any], out: Path) -> None:
+    """Pressure TTFT per server; per-token extend cost by prefix, measured and modelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = merged["summary"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    runs = {k: v for k, v in result["pressure"].items() if k != "ratios"}
+    grouped_bars(left, runs, PRESSURE_METRICS[:4], ["mean", "p50", "p90", "p99"])
+    left.set_ylabel("TTFT, ms")
+    left.set_title("Long multi-turn under pressure", fontsize=8)
+    for key, entry in result["position_cost"].items():
+        prefixes = [int(p) / 1024 for p in entry["measured_relative"]]
+        line = right.plot(
+            prefixes, entry["measured_relative"].values(), "o", label=f"{key} measured"
+        )
+        model = entry["after_run"]["model_relative"].values()
+        right.plot(prefixes, model, "-", color=line[0].get_color(), label=f"{key} model")
+    right.set_xlabel("cached prefix, K tokens")
+    right.set_ylabel("per-token cost / at prefix 0")
+    right.legend(fontsize=6)
+    right.set_title("Extend cost by position", fontsize=8)
+    fig.suptitle(merged["card"], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+
+
 def merge(parts: Sequence[Path], dest_dir: Path) -> Path:
-    """Join part JSONs into ``<dest_dir>/<card>_engage.json`` (card from the first part)."""
-    loaded = [json.loads(p.read_text()) for p in parts]
-    card = loaded[0]["card"]
+    """Join part JSONs into ``<dest_dir>/<card>_engage.json`` with the issue's summary first."""
+    loaded = {(body := json.loads(p.read_text()))["part"]: body for p in parts}
+    card = next(iter(loaded.values()))["card"]
     slug = (
         "h200" if "H200" in card else "h100" if "H100" in card else card.lower().replace(" ", "_")
     )
-    merged = {"card": card, "parts": {}}
-    for part in loaded:
-        merged["parts"][part["part"]] = part
+    merged = {
+        "card": card,
+        "commits": {name: part["commit"] for name, part in loaded.items()},
+        "summary": summary(loaded),
+        "parts": loaded,
+    }
     dest = dest_dir / f"{slug}_engage.json"
     dest.write_text(json.dumps(merged, indent=2) + "\n")
+    plot(merged, dest.with_suffix(".png"))
     return dest
 
 

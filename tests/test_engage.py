@@ -1,0 +1,41 @@
+"""The engage benchmark's pure parts: workload size, the model's position cost, the summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.engage import LongMultiTurn, model_relative_cost, summary
+
+RECORDED = Path(__file__).resolve().parents[1] / "eval" / "results" / "h200_engage.json"
+
+
+def fit(coefficients: list[float], ready: bool = True) -> dict:
+    return {"coefficients": coefficients, "ready": ready}
+
+
+def test_live_tokens_bound_every_session_at_its_last_turn():
+    workload = LongMultiTurn(sessions=2, turns=3, doc_tokens=(100, 200), question_tokens=(5, 10))
+    assert workload.max_live_tokens() == 2 * (200 + 3 * (10 + 32))
+
+
+def test_model_relative_cost_is_evictions_cost_at_that_extend_size():
+    assert (
+        model_relative_cost(fit([1e-3, 2e-5, 1.5e-9, 0, 0, 1e-3], ready=False), 8192, 2048) is None
+    )
+    # No position term: every position costs the same.
+    assert model_relative_cost(fit([1e-3, 2e-5, 0.0, 0, 0, 1e-3]), 49152, 2048) == 1.0
+    # fixed / new + c1 + c2 * mean position, over the same at [0, new).
+    fixed, c1, c2 = 2e-3, 2e-5, 1.5e-9
+    expected = (fixed / 2048 + c1 + c2 * (8192 + 1023.5)) / (fixed / 2048 + c1 + c2 * 1023.5)
+    got = model_relative_cost(fit([1e-3, c1, c2, 0, 0, 1e-3]), 8192, 2048)
+    assert got == pytest.approx(expected)
+    # A larger extend spreads the fixed cost thinner: position weighs more.
+    assert model_relative_cost(fit([1e-3, c1, c2, 0, 0, 1e-3]), 8192, 8192) > 1.0
+
+
+def test_recorded_summary_follows_from_its_parts():
+    merged = json.loads(RECORDED.read_text())
+    assert summary(merged["parts"]) == merged["summary"]
