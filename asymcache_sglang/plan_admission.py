@@ -4,7 +4,8 @@ The request gets a composite prefix of length M, the end of its last retained ra
 budgets and chunks the tail [M, L) as it would any extend, while the hole tokens are charged to
 the same budgets here. A plan whose holes and tail exceed the pass's chunk keeps the holes that
 fit (``SegmentPlan.fit``); the chunk SGLang then cuts from the tail starts with the first hole
-left out, and later chunks re-match and carry on from what this one recomputed.
+left out, and later chunks re-match and carry on from what this one recomputed. The request's
+lock is on the whole plan's last node, so the retained ranges a later chunk reaches stay resident.
 """
 
 from __future__ import annotations
@@ -35,16 +36,17 @@ def admit(
     ``logs_prefix_as_hits``: ``add`` logs the prefix as cache hits (add_one_req does).
     """
     tail_tokens = len(req.full_untruncated_fill_ids) - plan.prefix_len
+    # The whole plan's last node carries the request's lock: retained ranges that only a later
+    # chunk reaches stay resident until it does.
+    locked_node = plan.last_node
     if chunk_tokens is not None and plan.recompute_tokens + tail_tokens > chunk_tokens:
         fitted = plan.fit(chunk_tokens - 1)
         if fitted is None:
-            # The same work as the plan's first chunk: that hole, from its start, as an extend.
-            cache.counters.chunk_fallbacks += 1
-            return _counted(cache, adder, req, add)
+            return _inside_first_hole(cache, adder, req, locked_node, add)
         plan = fitted
     contiguous = (req.prefix_indices, req.last_node)
     req.prefix_indices = cache.composite_prefix(plan)
-    req.last_node = plan.last_node
+    req.last_node = locked_node
     hole_tokens = plan.recompute_tokens
     _charge(adder, hole_tokens)
     admitted_before = len(adder.can_run_list)
@@ -63,12 +65,21 @@ def admit(
     return result
 
 
-def _counted(cache: HoleAwareRadixCache, adder: Any, req: Any, add: Callable[[], T]) -> T:
-    """SGLang's ``add`` on the contiguous prefix, counted as a chunk of the plan if admitted."""
+def _inside_first_hole(
+    cache: HoleAwareRadixCache, adder: Any, req: Any, locked_node: Any, add: Callable[[], T]
+) -> T:
+    """A chunk that lies inside the plan's first hole: SGLang's ``add`` on the contiguous prefix
+    (the same work as the plan's first chunk: that hole, from its start, as an extend), with the
+    lock on ``locked_node``, the plan's last. Counted in ``chunk_fallbacks`` and, if admitted, as
+    a plan chunk."""
+    cache.counters.chunk_fallbacks += 1
+    contiguous_node, req.last_node = req.last_node, locked_node
     admitted_before = len(adder.can_run_list)
     result = add()
     if _admitted(adder, req, admitted_before):
         _count_plan_chunk(cache, req)
+    else:
+        req.last_node = contiguous_node
     return result
 
 

@@ -40,8 +40,8 @@ class PlanCounters:
     retained_tokens: int = 0
     # What meta_info.cached_tokens was credited: retained tokens only.
     cached_tokens: int = 0
-    # Chunks whose plan's first hole alone exceeded the chunk: that hole is computed as a plain
-    # extend from its start (the same work), and the plan resumes in the next chunk.
+    # Chunks inside a plan's first hole (it alone exceeded the chunk): computed as a plain extend
+    # from the hole's start (the same work), the plan's retained tail locked until it resumes.
     chunk_fallbacks: int = 0
     # Admitted plans SGLang cut into chunks (holes that fit first, the rest in later chunks).
     chunked_plans: int = 0
