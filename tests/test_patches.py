@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from array import array
 from types import SimpleNamespace
 
 import pytest
+import torch
 
+from asymcache_sglang import handoff
+from asymcache_sglang.core.cost import StaticCostModel
 from asymcache_sglang.core.latency_fit import BatchFeatures
+from asymcache_sglang.core.reuse import ReuseEstimator
+from asymcache_sglang.core.tree import HoleAwareTree
 from asymcache_sglang.handoff import ForwardPlan, attach_forward_plan, forward_plan
 from asymcache_sglang.patches.http_server_wait_and_warmup import (
     calibration_extends,
@@ -17,7 +23,9 @@ from asymcache_sglang.patches.prefill_cuda_graph_runner_can_run_graph import (
     hook as can_run_prefill_graph,
 )
 from asymcache_sglang.patches.scheduler_get_new_batch_prefill_raw import decodes_beside_prefill
+from asymcache_sglang.plan_admission import admit
 from asymcache_sglang.plugin import msa_impl_for
+from asymcache_sglang.radix_cache import PlanCounters
 
 
 @pytest.mark.parametrize(
@@ -128,3 +136,59 @@ def test_only_forwards_with_hole_segments_skip_the_prefill_graph():
     assert can_run_prefill_graph(stock, runner, "batch")  # a contiguous extend
     forward_plan(backend).segments = [[(0, 10), (50, 150)]]
     assert not can_run_prefill_graph(stock, runner, "batch")
+
+
+def holed_plan():
+    """A 60-token path with holes at [0, 5), [15, 20) and [32, 40) (as ``test_tree`` builds it)."""
+    tree = HoleAwareTree(StaticCostModel(), ReuseEstimator(60.0), min_retained_tokens=1)
+    seq = array("l", range(200, 260))
+    tree.insert(seq, list(range(60)), [])
+    for cut in (5, 15, 20, 32, 40):
+        tree.match(seq[:cut])
+    path = tree.match(seq + array("l", [1, 2]))
+    for node in path[0::2]:
+        node.value = None
+    return tree.plan(path), path
+
+
+@pytest.mark.parametrize(
+    ("chunk", "admitted", "fallbacks"),
+    [(None, True, 0), (15, True, 0), (4, True, 1), (15, False, 0), (4, False, 1)],
+)
+def test_admission_locks_the_whole_plans_last_node(chunk, admitted, fallbacks):
+    """Whether the plan fits the chunk, is cut to it, or the chunk lies inside its first hole,
+    SGLang locks the node the request names, and that is the whole plan's last: the retained
+    ranges a later chunk reaches stay resident. A request SGLang turns away is left as it was."""
+    plan, path = holed_plan()
+    cache = SimpleNamespace(
+        counters=PlanCounters(), composite_prefix=lambda p: torch.zeros(p.prefix_len)
+    )
+    adder = SimpleNamespace(
+        can_run_list=[], rem_total_token_offset=0, cur_rem_token_offset=0, rem_input_tokens=100,
+        rem_chunk_tokens=chunk, log_hit_tokens=0, log_input_tokens=0,
+    )  # fmt: skip
+    contiguous = torch.zeros(plan.contiguous_len)
+    req = SimpleNamespace(
+        full_untruncated_fill_ids=list(range(62)),
+        prefix_indices=contiguous,
+        last_node=plan.contiguous_node,
+        extend_range=SimpleNamespace(end=62),
+    )
+    locked = []
+
+    def add() -> str:
+        if admitted:
+            locked.append(req.last_node)  # what PrefillAdder._req_inc_lock_ref locks
+            adder.can_run_list.append(req)
+        return "result"
+
+    result = admit(cache, adder, req, plan, add, chunk_tokens=chunk, logs_prefix_as_hits=True)
+    assert result == "result" and cache.counters.chunk_fallbacks == fallbacks
+    if admitted:
+        assert locked == [path[5]] and req.last_node is path[5]
+        holes = {None: plan.recompute, 15: [(0, 5), (15, 20)], 4: None}[chunk]
+        admitted_plan = handoff.request_plan(req).admitted
+        assert (admitted_plan.recompute if admitted_plan else None) == holes
+    else:
+        assert req.last_node is plan.contiguous_node and req.prefix_indices is contiguous
+        assert adder.rem_total_token_offset == 0 and adder.rem_input_tokens == 100
