@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
 
 from eval.mooncake_trace import (
     BLOCK_TOKENS,
@@ -82,6 +83,7 @@ def test_replay_against_a_cpu_server_reuses_the_shared_block(asymcache_server):
     cut = TraceCut(time_scale=0.001, max_requests=6, max_input_tokens=1000, max_output_tokens=4,
                    vocab=(10, 500))  # fmt: skip
     reqs = load_trace(cut)
+    requests.post(f"{asymcache_server.url}/flush_cache?timeout=30", timeout=60).raise_for_status()
     results = replay(asymcache_server.url, reqs, max_in_flight=2)
     assert [r.meta["trace_index"] for r in results] == [r.index for r in reqs]
     assert all(len(r.output_ids) == q.output_tokens for r, q in zip(results, reqs))
