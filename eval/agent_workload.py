@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from eval.common import summary_stats
+from eval.common import seconds_fields
 from eval.workloads import TurnResult, generate_streaming
 
 
@@ -120,11 +120,4 @@ def run_agent_programs(url: str, workload: AgentPrograms) -> list[AgentJob]:
 
 def summarize_jobs(jobs: list[AgentJob]) -> dict[str, float]:
     """Job completion time mean and percentiles, and the number of jobs."""
-    jct = summary_stats(job.completion_s for job in jobs)
-    return {
-        "jobs": len(jobs),
-        "jct_mean_s": jct["mean"],
-        "jct_p50_s": jct["p50"],
-        "jct_p90_s": jct["p90"],
-        "jct_p99_s": jct["p99"],
-    }
+    return {"jobs": len(jobs), **seconds_fields("jct", (job.completion_s for job in jobs))}

@@ -79,17 +79,19 @@ def summary_stats(values: Iterable[float]) -> dict[str, float]:
     }
 
 
+def seconds_fields(name: str, values: Iterable[float]) -> dict[str, float]:
+    """``<name>_mean_s`` and ``<name>_p50_s`` / ``_p90_s`` / ``_p99_s`` of values in seconds."""
+    stats = summary_stats(values)
+    return {f"{name}_{key}_s": stats[key] for key in ("mean", *SUMMARY_QUANTILES)}
+
+
 def summarize_turns(results: Sequence[TurnResult]) -> dict[str, float]:
     """One run's request count, TTFT distribution and prompt-token hit rate."""
-    ttft = summary_stats(r.ttft_s for r in results)
     prompt = sum(len(r.input_ids) for r in results)
     cached = sum(r.cached_tokens for r in results)
     return {
         "requests": len(results),
-        "ttft_mean_s": ttft["mean"],
-        "ttft_p50_s": ttft["p50"],
-        "ttft_p90_s": ttft["p90"],
-        "ttft_p99_s": ttft["p99"],
+        **seconds_fields("ttft", (r.ttft_s for r in results)),
         "latency_mean_s": statistics.mean(r.latency_s for r in results),
         "prompt_tokens": prompt,
         "cached_tokens": cached,

@@ -45,6 +45,7 @@ from eval.common import (
     asymcache_counters,
     asymcache_latency,
     result_header,
+    seconds_fields,
     server_health,
     summarize_turns,
     summary_stats,
@@ -114,14 +115,8 @@ def run_long_multi_turn(url: str, workload: LongMultiTurn) -> list[TurnResult]:
 
 def summarize(results: Sequence[TurnResult]) -> dict[str, Any]:
     """TTFT and hit rate (``summarize_turns``) with TPOT mean and percentiles."""
-    tpot = summary_stats(t for t in map(tpot_s, results) if t is not None)
-    return {
-        **summarize_turns(results),
-        "tpot_mean_s": tpot["mean"],
-        "tpot_p50_s": tpot["p50"],
-        "tpot_p90_s": tpot["p90"],
-        "tpot_p99_s": tpot["p99"],
-    }
+    tpots = (t for t in map(tpot_s, results) if t is not None)
+    return {**summarize_turns(results), **seconds_fields("tpot", tpots)}
 
 
 def server_args(pool_tokens: int, *extra: str) -> list[str]:

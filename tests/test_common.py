@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from eval.common import percentile, result_header, summary_stats
+from eval.common import percentile, result_header, seconds_fields, summary_stats
 
 
 def test_percentile_is_nearest_rank():
@@ -44,3 +44,10 @@ def test_result_header(monkeypatch):
     assert list(header) == ["card", "commit", "date"]
     assert header["commit"] == "abc123"
     assert header["date"].endswith("+00:00")
+
+
+def test_seconds_fields_name_mean_and_percentiles():
+    fields = seconds_fields("jct", [4.0, 1.0, 3.0, 2.0])
+    assert fields == {"jct_mean_s": 2.5, "jct_p50_s": 2.0, "jct_p90_s": 4.0, "jct_p99_s": 4.0}
+    with pytest.raises(ValueError):
+        seconds_fields("ttft", [])
