@@ -1,0 +1,168 @@
+"""Point a workload at any SGLang server and get one JSON of what it measured.
+
+    python -m eval.bench --url http://127.0.0.1:30000 --workload agents --out run.json \\
+        --set sessions=8 --set tool_delay_median_s=1.5
+
+Workloads, each seeded and recorded with every setting in the result:
+
+- ``long-multi-turn``: sessions reading a long document, then short follow-ups after thinking
+  (``eval.engage.LongMultiTurn``);
+- ``agents``: Poisson-arriving agent programs waiting on tools (``eval.agent_workload``), with
+  job completion times;
+- ``mooncake``: the shared Mooncake conversation trace, cut and time-scaled
+  (``eval.mooncake_trace.TraceCut``), replayed open loop;
+- ``generated-shared-prefix``: SGLang's shape of that name, groups of prompts sharing a system
+  prompt (``SharedPrefixGroups``), all sent at once.
+
+``--set name=value`` overrides a field of the workload's settings (a pair as ``a,b``). The
+result holds the card, commit and date, the server's cache settings from /get_server_info, the
+workload's settings, TTFT / TPOT / hit-rate statistics, and AsymCache's counters when the server
+runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from eval.agent_workload import AgentPrograms, run_agent_programs, summarize_jobs
+from eval.common import asymcache_counters, result_header
+from eval.engage import LongMultiTurn, run_long_multi_turn, summarize
+from eval.mooncake_trace import TraceCut, load_trace, replay
+from eval.workloads import TurnResult, generate_streaming
+
+# What /get_server_info says about the cache, copied into every result.
+SERVER_FIELDS = (
+    "model_path", "max_total_num_tokens", "chunked_prefill_size", "radix_eviction_policy",
+    "disable_radix_cache", "enable_asymcache", "attention_backend", "page_size",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SharedPrefixGroups:
+    """SGLang bench_serving's ``generated-shared-prefix``: ``groups`` system prompts, each shared
+    by ``prompts_per_group`` prompts that add their own question."""
+
+    groups: int = 8
+    prompts_per_group: int = 16
+    system_prompt_tokens: int = 2048
+    question_tokens: int = 128
+    output_tokens: int = 64
+    max_in_flight: int = 32
+    vocab: tuple[int, int] = (10, 120000)
+    seed: int = 0
+
+    def prompts(self) -> list[list[int]]:
+        """Group by group, in order."""
+        rng = random.Random(self.seed)
+        lo, hi = self.vocab
+        out = []
+        for _ in range(self.groups):
+            system = [rng.randrange(lo, hi) for _ in range(self.system_prompt_tokens)]
+            for _ in range(self.prompts_per_group):
+                out.append(system + [rng.randrange(lo, hi) for _ in range(self.question_tokens)])
+        return out
+
+
+def run_shared_prefix(url: str, workload: SharedPrefixGroups) -> list[TurnResult]:
+    def send(prompt: list[int]) -> TurnResult:
+        return generate_streaming(url, prompt, workload.output_tokens, return_logprob=False)
+
+    with ThreadPoolExecutor(workload.max_in_flight) as pool:
+        return list(pool.map(send, workload.prompts()))
+
+
+@dataclass(frozen=True)
+class Workload:
+    settings: type
+    run: Callable[[str, Any], dict[str, Any]]
+
+
+def _agents(url: str, workload: AgentPrograms) -> dict[str, Any]:
+    jobs = run_agent_programs(url, workload)
+    return {**summarize([c for job in jobs for c in job.calls]), **summarize_jobs(jobs)}
+
+
+def _mooncake(url: str, cut: TraceCut) -> dict[str, Any]:
+    return summarize(replay(url, load_trace(cut)))
+
+
+WORKLOADS = {
+    "long-multi-turn": Workload(
+        LongMultiTurn, lambda url, w: summarize(run_long_multi_turn(url, w))
+    ),
+    "agents": Workload(AgentPrograms, _agents),
+    "mooncake": Workload(TraceCut, _mooncake),
+    "generated-shared-prefix": Workload(
+        SharedPrefixGroups, lambda url, w: summarize(run_shared_prefix(url, w))
+    ),
+}
+
+
+def parse_overrides(settings: type, pairs: Sequence[str]) -> dict[str, Any]:
+    """``name=value`` pairs as typed keyword arguments for the ``settings`` dataclass."""
+    defaults = settings()
+    fields = {f.name for f in dataclasses.fields(settings)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--set {pair!r}: expected name=value, name one of {sorted(fields)}")
+        default = getattr(defaults, name)
+        if isinstance(default, tuple):
+            out[name] = tuple(type(d)(part) for d, part in zip(default, text.split(",")))
+            if len(out[name]) != len(default):
+                raise ValueError(f"--set {pair!r}: expected {len(default)} comma-separated values")
+        elif default is None:
+            out[name] = int(text)
+        else:
+            out[name] = type(default)(text)
+    return out
+
+
+def server_settings(url: str) -> dict[str, Any]:
+    info = requests.get(f"{url}/get_server_info", timeout=60)
+    info.raise_for_status()
+    return {key: info.json().get(key) for key in SERVER_FIELDS}
+
+
+def run_bench(url: str, name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """One run of workload ``name`` against the server at ``url``: the result JSON's content."""
+    workload = WORKLOADS[name]
+    settings = workload.settings(**parse_overrides(workload.settings, overrides))
+    return {
+        **result_header(),
+        "url": url,
+        "server": server_settings(url),
+        "workload": {"name": name, **dataclasses.asdict(settings)},
+        "metrics": workload.run(url, settings),
+        "asymcache": asymcache_counters(url),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True, help="the SGLang server, e.g. http://host:30000")
+    parser.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    try:
+        result = run_bench(args.url, args.workload, args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["metrics"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
