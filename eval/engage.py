@@ -52,7 +52,7 @@ from eval.common import (
 )
 from eval.latency_bench import tpot_s
 from eval.report import grouped_bars
-from eval.server import SGLangServer, stock_env
+from eval.server import SGLangServer, start_staggered, stock_env
 from eval.workloads import TurnResult, generate_streaming
 
 POSITION_PREFIXES = (0, 8192, 16384, 32768, 49152)
@@ -150,17 +150,6 @@ def make_servers(
             model, extra_args=extra, env=env, log_path=log_dir / f"{name}.log", timeout_s=900
         )
     return servers
-
-
-def start_together(servers: dict[str, SGLangServer]) -> None:
-    """Start every server, each ``STAGGER_S`` after the one before; wait until all are healthy."""
-
-    def start(item: tuple[int, SGLangServer]) -> None:
-        time.sleep(item[0] * STAGGER_S)
-        item[1].start()
-
-    with ThreadPoolExecutor(len(servers)) as pool:
-        list(pool.map(start, enumerate(servers.values())))
 
 
 def stop_all(servers: dict[str, SGLangServer]) -> None:
@@ -274,7 +263,7 @@ def ratios(stock: dict[str, Any], asym: dict[str, Any]) -> dict[str, float]:
 def part_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> dict[str, Any]:
     servers = make_servers(model, out, server_args(pool))
     try:
-        start_together(servers)
+        start_staggered(list(servers.values()), STAGGER_S)
         asym = servers["asymcache"]
         at_startup = extend_fit(asym.url)
         runs = {name: run_workload(s, workload, name == "asymcache") for name, s in servers.items()}
@@ -305,7 +294,7 @@ def part_no_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) 
         log_dir.mkdir(parents=True, exist_ok=True)
         servers = make_servers(model, log_dir, flags)
         try:
-            start_together(servers)
+            start_staggered(list(servers.values()), STAGGER_S)
             asym = servers["asymcache"]
             at_startup = extend_fit(asym.url)
             runs = {n: run_workload(s, workload, n == "asymcache") for n, s in servers.items()}
@@ -354,7 +343,7 @@ def part_overhead(model: str, out: Path, pool: int) -> dict[str, Any]:
     servers = make_servers(model, out, flags, sampler_dirs=sampler_dirs)
     runs: dict[str, Any] = {}
     try:
-        start_together(servers)
+        start_staggered(list(servers.values()), STAGGER_S)
         for name, server in servers.items():
             decode_probe(server.url, 1, 16)  # warm
             flag = sampler_dirs[name] / "on"

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
@@ -210,3 +211,15 @@ class SGLangServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def start_staggered(servers: Sequence[SGLangServer], stagger_s: float) -> None:
+    """Start every server, each ``stagger_s`` after the one before (so their memory profiling
+    does not overlap on one GPU); return when all are healthy, raise if one is not."""
+
+    def start(item: tuple[int, SGLangServer]) -> None:
+        time.sleep(item[0] * stagger_s)
+        item[1].start()
+
+    with ThreadPoolExecutor(max(1, len(servers))) as pool:
+        list(pool.map(start, enumerate(servers)))

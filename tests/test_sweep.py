@@ -1,0 +1,36 @@
+"""The sweep's CPU smoke: real servers, two configurations at two pool sizes, one workload."""
+
+from __future__ import annotations
+
+import json
+
+from eval.sweep import CONFIGURATIONS, UNLIMITED, run_sweep
+
+SETTINGS = ["groups=2", "prompts_per_group=3", "system_prompt_tokens=200", "question_tokens=20",
+            "output_tokens=4", "max_in_flight=2", "vocab=10,500"]  # fmt: skip
+
+
+def test_every_policy_is_a_stock_flag_or_asymcache():
+    assert set(CONFIGURATIONS) >= {"lru", "lfu", "slru", "priority", "no-radix", "asymcache"}
+    stock = [c for c, flags in CONFIGURATIONS.items() if "--enable-asymcache" not in flags]
+    assert all(CONFIGURATIONS[c][0].startswith("--") for c in stock)
+
+
+def test_sweep_two_configurations_two_pools_on_the_cpu(tiny_model, tmp_path):
+    sweep = run_sweep(
+        str(tiny_model), "generated-shared-prefix", SETTINGS, ["lru", "asymcache"],
+        [1200, 2400], tmp_path, cpu=True,
+    )  # fmt: skip
+    runs = {(r["config"], r["pool"]): r for r in sweep["runs"]}
+    assert set(runs) == {(c, p) for c in ("lru", "asymcache") for p in ("1200", "2400")}
+    for (config, pool), run in runs.items():
+        assert run["server"]["max_total_num_tokens"] == int(pool)
+        assert run["server"]["radix_eviction_policy"] == "lru"
+        assert run["metrics"]["requests"] == 6 and run["metrics"]["cached_tokens"] > 0
+        assert bool(run["asymcache"]) == (config == "asymcache")
+        assert json.loads((tmp_path / f"{config}_{pool}.json").read_text()) == json.loads(
+            json.dumps(run)
+        )
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 4
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+    assert UNLIMITED not in {r["pool"] for r in sweep["runs"]}
