@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from eval.bench import WORKLOADS, run_bench
 from eval.common import result_header
 from eval.server import (
@@ -77,6 +79,7 @@ def run_sweep(
     """Run every configuration at every pool size; ``None`` in ``pools`` is the unlimited pool."""
     out.mkdir(parents=True, exist_ok=True)
     runs = []
+    progress = tqdm(total=len(pools) * len(configs), desc="sweep", unit="run")
     for pool in pools:
         label = UNLIMITED if pool is None else str(pool)
         servers = {
@@ -88,13 +91,16 @@ def run_sweep(
                     server.start()
                     runs.append(_measure(server, config, label, workload, overrides, out))
                     server.stop()
+                    progress.update()
             else:
                 start_staggered(list(servers.values()), stagger_s)
                 for config, server in servers.items():
                     runs.append(_measure(server, config, label, workload, overrides, out))
+                    progress.update()
         finally:
             for server in servers.values():
                 server.stop()
+    progress.close()
     sweep = {
         **result_header(),
         "model": model,
