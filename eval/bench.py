@@ -6,7 +6,7 @@
 Workloads, each seeded and recorded with every setting in the result:
 
 - ``long-multi-turn``: sessions reading a long document, then short follow-ups after thinking
-  (``eval.engage.LongMultiTurn``);
+  (``eval.workloads.LongMultiTurn``);
 - ``agents``: Poisson-arriving agent programs waiting on tools (``eval.agent_workload``), with
   job completion times;
 - ``mooncake``: the shared Mooncake conversation trace, cut and time-scaled
@@ -35,10 +35,9 @@ from typing import Any
 import requests
 
 from eval.agent_workload import AgentPrograms, run_agent_programs, summarize_jobs
-from eval.common import asymcache_counters, result_header
-from eval.engage import LongMultiTurn, run_long_multi_turn, summarize
+from eval.common import asymcache_counters, result_header, summarize_requests
 from eval.mooncake_trace import TraceCut, load_trace, replay
-from eval.workloads import TurnResult, generate_streaming
+from eval.workloads import LongMultiTurn, TurnResult, generate_streaming, run_long_multi_turn
 
 # What /get_server_info says about the cache, copied into every result.
 SERVER_FIELDS = (
@@ -89,21 +88,21 @@ class Workload:
 
 def _agents(url: str, workload: AgentPrograms) -> dict[str, Any]:
     jobs = run_agent_programs(url, workload)
-    return {**summarize([c for job in jobs for c in job.calls]), **summarize_jobs(jobs)}
+    return {**summarize_requests([c for job in jobs for c in job.calls]), **summarize_jobs(jobs)}
 
 
 def _mooncake(url: str, cut: TraceCut) -> dict[str, Any]:
-    return summarize(replay(url, load_trace(cut)))
+    return summarize_requests(replay(url, load_trace(cut)))
 
 
 WORKLOADS = {
     "long-multi-turn": Workload(
-        LongMultiTurn, lambda url, w: summarize(run_long_multi_turn(url, w))
+        LongMultiTurn, lambda url, w: summarize_requests(run_long_multi_turn(url, w))
     ),
     "agents": Workload(AgentPrograms, _agents),
     "mooncake": Workload(TraceCut, _mooncake),
     "generated-shared-prefix": Workload(
-        SharedPrefixGroups, lambda url, w: summarize(run_shared_prefix(url, w))
+        SharedPrefixGroups, lambda url, w: summarize_requests(run_shared_prefix(url, w))
     ),
 }
 

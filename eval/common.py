@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from eval.server import REPO_ROOT, SGLangServer
-from eval.workloads import TurnResult
+from eval.workloads import TurnResult, tpot_s
 
 # Server-log lines that mean a run went wrong even when every request was answered.
 LEAK_MARKERS = ("memory leak detected", "Traceback", "KV double free", "use-after-free")
@@ -98,6 +98,13 @@ def summarize_turns(results: Sequence[TurnResult]) -> dict[str, float]:
         "computed_prompt_tokens": prompt - cached,
         "token_hit_rate": cached / prompt,
     }
+
+
+def summarize_requests(results: Sequence[TurnResult]) -> dict[str, float]:
+    """``summarize_turns`` with TPOT's mean and percentiles over the requests that decoded more
+    than one token (none: no TPOT fields)."""
+    tpots = [t for t in map(tpot_s, results) if t is not None]
+    return {**summarize_turns(results), **(seconds_fields("tpot", tpots) if tpots else {})}
 
 
 # ----- the server's health and state -----

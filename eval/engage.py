@@ -32,7 +32,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +45,13 @@ from eval.common import (
     asymcache_counters,
     asymcache_latency,
     result_header,
-    seconds_fields,
     server_health,
-    summarize_turns,
+    summarize_requests,
     summary_stats,
 )
-from eval.latency_bench import tpot_s
 from eval.report import grouped_bars
 from eval.server import SGLangServer, start_staggered, stock_env
-from eval.workloads import TurnResult, generate_streaming
+from eval.workloads import LongMultiTurn, generate_streaming, run_long_multi_turn, tpot_s
 
 POSITION_PREFIXES = (0, 8192, 16384, 32768, 49152)
 # 2,048 new tokens (the issue's yardstick); and a whole default chunk, the size evicted KV is
@@ -63,60 +61,6 @@ POSITION_NEW_TOKENS_BIG_POOL = (2048, 8192)
 POSITION_REPEATS = 3
 # Start-up gap between servers sharing the card, so their memory profiling does not overlap.
 STAGGER_S = 20.0
-
-
-@dataclass(frozen=True)
-class LongMultiTurn:
-    """Sessions that each read a long document, then ask short follow-ups after thinking.
-
-    Every session runs in its own thread; its next turn appends this server's answer and a new
-    question, so two servers see the same lengths and timing, if not the same answer tokens.
-    """
-
-    sessions: int = 8
-    turns: int = 6
-    doc_tokens: tuple[int, int] = (20000, 28000)
-    question_tokens: tuple[int, int] = (64, 256)
-    answer_tokens: int = 32
-    think_s: tuple[float, float] = (2.0, 5.0)
-    arrival_gap_s: float = 1.5
-    vocab: tuple[int, int] = (10, 120000)
-    seed: int = 0
-
-    def max_live_tokens(self) -> int:
-        """KV of every session at its last turn, at most."""
-        per_turn = self.question_tokens[1] + self.answer_tokens
-        return self.sessions * (self.doc_tokens[1] + self.turns * per_turn)
-
-
-def run_long_multi_turn(url: str, workload: LongMultiTurn) -> list[TurnResult]:
-    """Replay ``workload`` against ``url``; results in session, turn order."""
-
-    def session(index: int) -> list[TurnResult]:
-        rng = random.Random(workload.seed * 1000 + index)
-        lo, hi = workload.vocab
-        history = [rng.randrange(lo, hi) for _ in range(rng.randint(*workload.doc_tokens))]
-        time.sleep(index * workload.arrival_gap_s)
-        results = []
-        for turn in range(workload.turns):
-            res = generate_streaming(url, history, workload.answer_tokens, return_logprob=False)
-            res.session, res.turn = index, turn
-            results.append(res)
-            history += res.output_ids
-            history += [
-                rng.randrange(lo, hi) for _ in range(rng.randint(*workload.question_tokens))
-            ]
-            time.sleep(rng.uniform(*workload.think_s))
-        return results
-
-    with ThreadPoolExecutor(workload.sessions) as pool:
-        return [r for per in pool.map(session, range(workload.sessions)) for r in per]
-
-
-def summarize(results: Sequence[TurnResult]) -> dict[str, Any]:
-    """TTFT and hit rate (``summarize_turns``) with TPOT mean and percentiles."""
-    tpots = (t for t in map(tpot_s, results) if t is not None)
-    return {**summarize_turns(results), **seconds_fields("tpot", tpots)}
 
 
 def server_args(pool_tokens: int, *extra: str) -> list[str]:
@@ -245,7 +189,7 @@ def position_cost(measured: dict[str, Any], fits: dict[str, dict[str, Any]]) -> 
 
 def run_workload(server: SGLangServer, workload: LongMultiTurn, asym: bool) -> dict[str, Any]:
     results = run_long_multi_turn(server.url, workload)
-    out = {**summarize(results), **server_health(server)}
+    out = {**summarize_requests(results), **server_health(server)}
     if asym:
         out["counters"] = asymcache_counters(server.url)
     return out

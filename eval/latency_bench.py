@@ -37,7 +37,7 @@ from eval.common import (
 )
 from eval.report import grouped_bars
 from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_env
-from eval.workloads import TurnResult, generate_streaming
+from eval.workloads import TurnResult, generate_streaming, tpot_s
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,6 @@ class MixedWorkload:
     gap_s: float = 0.5
     vocab_high: int = 120000
     seed: int = 0
-
-
-def tpot_s(result: TurnResult) -> float | None:
-    """Mean time per output token after the first; None for a single-token answer."""
-    if len(result.output_ids) < 2:
-        return None
-    return (result.latency_s - result.ttft_s) / (len(result.output_ids) - 1)
 
 
 def inter_token_gaps_s(result: TurnResult) -> list[float]:

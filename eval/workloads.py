@@ -43,6 +43,13 @@ class TurnResult:
     meta: dict = field(default_factory=dict)
 
 
+def tpot_s(result: TurnResult) -> float | None:
+    """Mean time per output token after the first; None for a single-token answer."""
+    if len(result.output_ids) < 2:
+        return None
+    return (result.latency_s - result.ttft_s) / (len(result.output_ids) - 1)
+
+
 def _sampling(max_new_tokens: int) -> dict:
     return {"max_new_tokens": max_new_tokens, "temperature": 0.0, "ignore_eos": True}
 
@@ -152,3 +159,51 @@ def replay_inputs(
         res.session, res.turn = ref.session, ref.turn
         out.append(res)
     return out
+
+
+@dataclass(frozen=True)
+class LongMultiTurn:
+    """Sessions that each read a long document, then ask short follow-ups after thinking.
+
+    Every session runs in its own thread; its next turn appends this server's answer and a new
+    question, so two servers see the same lengths and timing, if not the same answer tokens.
+    """
+
+    sessions: int = 8
+    turns: int = 6
+    doc_tokens: tuple[int, int] = (20000, 28000)
+    question_tokens: tuple[int, int] = (64, 256)
+    answer_tokens: int = 32
+    think_s: tuple[float, float] = (2.0, 5.0)
+    arrival_gap_s: float = 1.5
+    vocab: tuple[int, int] = (10, 120000)
+    seed: int = 0
+
+    def max_live_tokens(self) -> int:
+        """KV of every session at its last turn, at most."""
+        per_turn = self.question_tokens[1] + self.answer_tokens
+        return self.sessions * (self.doc_tokens[1] + self.turns * per_turn)
+
+
+def run_long_multi_turn(url: str, workload: LongMultiTurn) -> list[TurnResult]:
+    """Replay ``workload`` against ``url``; results in session, turn order."""
+
+    def session(index: int) -> list[TurnResult]:
+        rng = random.Random(workload.seed * 1000 + index)
+        lo, hi = workload.vocab
+        history = [rng.randrange(lo, hi) for _ in range(rng.randint(*workload.doc_tokens))]
+        time.sleep(index * workload.arrival_gap_s)
+        results = []
+        for turn in range(workload.turns):
+            res = generate_streaming(url, history, workload.answer_tokens, return_logprob=False)
+            res.session, res.turn = index, turn
+            results.append(res)
+            history += res.output_ids
+            history += [
+                rng.randrange(lo, hi) for _ in range(rng.randint(*workload.question_tokens))
+            ]
+            time.sleep(rng.uniform(*workload.think_s))
+        return results
+
+    with ThreadPoolExecutor(workload.sessions) as pool:
+        return [r for per in pool.map(session, range(workload.sessions)) for r in per]

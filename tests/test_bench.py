@@ -10,9 +10,9 @@ import pytest
 import requests
 
 from eval.bench import SharedPrefixGroups, parse_overrides, run_bench
-from eval.engage import LongMultiTurn
 from eval.mooncake_trace import TraceCut
 from eval.server import REPO_ROOT
+from eval.workloads import LongMultiTurn
 
 
 def test_overrides_are_typed_by_the_settings_defaults():

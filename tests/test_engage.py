@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.engage import LongMultiTurn, model_relative_cost, summary
+from eval.engage import model_relative_cost, summary
+from eval.workloads import LongMultiTurn
 
 RECORDED = Path(__file__).resolve().parents[1] / "eval" / "results" / "h200_engage.json"
 

@@ -21,10 +21,9 @@ from eval.latency_bench import (
     plot,
     run_chunking_comparison,
     summarize_mixed,
-    tpot_s,
 )
 from eval.server import SGLangServer
-from eval.workloads import TurnResult
+from eval.workloads import TurnResult, tpot_s
 
 
 def result(ttft: float, latency: float, tokens: int) -> TurnResult:
