@@ -156,6 +156,25 @@ def measure_position_cost(
     }
 
 
+def model_against(
+    relative: dict[int, float | None], fits: dict[str, dict[str, Any]], new: int
+) -> dict[str, Any]:
+    """Per fit: the model's per-token cost at each prefix for extends of ``new`` tokens, and its
+    worst relative gap from the measured ``relative`` (None where either is missing)."""
+    out = {}
+    for when, fit in fits.items():
+        model = {p: model_relative_cost(fit, p, new) for p in relative}
+        errors = [
+            abs(m / relative[p] - 1.0) if m is not None and relative[p] else None
+            for p, m in model.items()
+        ]
+        out[when] = {
+            "model_relative": {str(p): m for p, m in model.items()},
+            "max_rel_err": None if None in errors else max(errors),
+        }
+    return out
+
+
 def position_cost(measured: dict[str, Any], fits: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per size: measured and modelled per-token cost, normalised to prefix 0, and the worst
     relative gap of the model (right after start-up, after the run) from the measurement."""
@@ -172,17 +191,7 @@ def position_cost(measured: dict[str, Any], fits: dict[str, dict[str, Any]]) -> 
             "measured_step_s": {str(p): t for p, t in step_s.items()},
             "measured_relative": {str(p): r for p, r in relative.items()},
         }
-        for when, fit in fits.items():
-            model = {p: model_relative_cost(fit, p, new) for p in step_s}
-            errors = [
-                abs(m / relative[p] - 1.0) if m is not None and relative[p] else None
-                for p, m in model.items()
-            ]
-            entry[when] = {
-                "model_relative": {str(p): m for p, m in model.items()},
-                "max_rel_err": None if None in errors else max(errors),
-            }
-        out[f"new_{new}"] = entry
+        out[f"new_{new}"] = {**entry, **model_against(relative, fits, new)}
     out["extend_fits"] = fits
     return out
 
@@ -349,15 +358,11 @@ def summary(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for key, entry in source.items():
                 if not key.startswith("new_") or key in position:
                     continue
-                new = int(key.removeprefix("new_"))
                 measured = {int(p): r for p, r in entry["measured_relative"].items()}
-                position[key] = {"measured_relative": entry["measured_relative"]}
-                for when, fit in fits.items():
-                    model = {p: model_relative_cost(fit, p, new) for p in measured}
-                    position[key][when] = {
-                        "model_relative": {str(p): m for p, m in model.items()},
-                        "max_rel_err": max(abs(model[p] / measured[p] - 1.0) for p in measured),
-                    }
+                position[key] = {
+                    "measured_relative": entry["measured_relative"],
+                    **model_against(measured, fits, int(key.removeprefix("new_"))),
+                }
         out["position_cost"] = position
     return out
 
