@@ -30,7 +30,7 @@ INTERVAL_ENV = "ASYMCACHE_STACK_INTERVAL_S"
 WRITE_EVERY_S = 2.0
 
 
-def _frame_label(code: object, lineno: int) -> str:
+def _frame_label(code: object) -> str:
     filename = getattr(code, "co_filename", "?")
     short = "/".join(Path(filename).parts[-2:])
     return f"{getattr(code, 'co_qualname', getattr(code, 'co_name', '?'))} ({short})"
@@ -39,7 +39,7 @@ def _frame_label(code: object, lineno: int) -> str:
 def _folded(frame: object) -> str:
     labels = []
     while frame is not None:
-        labels.append(_frame_label(frame.f_code, frame.f_lineno))
+        labels.append(_frame_label(frame.f_code))
         frame = frame.f_back
     return ";".join(reversed(labels))
 

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from asymcache_sglang.core.chunk_policy import ChunkDecision, pick_chunk
-from asymcache_sglang.core.latency_fit import BatchFeatures, LatencyView, OnlineLatencyModel
+from asymcache_sglang.core.latency_fit import (
+    BatchFeatures,
+    LatencyView,
+    OnlineLatencyModel,
+    extend_cost_model,
+)
 from asymcache_sglang.core.tpot_budget import DecodeStepTracker
 
 A, B = 0.01, 1e-5  # step time a + b * new tokens
@@ -147,7 +152,7 @@ def test_launch_bound_small_chunks_do_not_let_a_huge_chunk_through_the_budget(se
             segments = [(start, start + new)]
         features = BatchFeatures.from_segments(segments, decodes)
         model.update(features, gpu_like_seconds(features, rng))
-    view = LatencyView.of(model, DecodeStepTracker())
+    view = LatencyView.of(model, DecodeStepTracker(), extend_cost_model())
     assert view.ready and view.peak_prefill_tokens_per_s > 0
 
     def true_step_s(view: LatencyView) -> float:

@@ -226,7 +226,7 @@ def test_latency_cost_model_uses_static_until_the_extend_fit_is_ready():
     static = StaticCostModel(a=1.0, b=1.0 / 1024)
     model, extend = OnlineLatencyModel(), extend_cost_model()
     steps = DecodeStepTracker()
-    cost = LatencyCostModel(static)
+    cost = LatencyCostModel(static, recompute_chunk_tokens=8192)
     assert cost.cost_per_token(1000, 1100) == static.cost_per_token(1000, 1100)
     rng = np.random.default_rng(8)
     train(extend, rng, 11, kind="prefill")  # 4 warm-up steps and 7 scored: no full window yet
@@ -245,12 +245,12 @@ def test_latency_cost_model_uses_static_until_the_extend_fit_is_ready():
     assert cost.cost_per_token(0, 1) == 1.0
     # The step model alone, however ready, never prices eviction.
     train(model, rng, 300)
-    assert model.ready and LatencyView.of(model, steps).extend_ready is False
+    assert model.ready and not LatencyView.of(model, steps, extend_cost_model()).extend_ready
 
 
 def test_latency_cost_model_never_returns_zero():
     static = StaticCostModel(a=2.0, b=0.0)
-    cost = LatencyCostModel(static)
+    cost = LatencyCostModel(static, recompute_chunk_tokens=8192)
     cost.view = LatencyView(extend_coefficients=(0.0, 0.0, 1e-9), extend_ready=True)
     assert cost.cost_per_token(0, 64) == 2.0
     with pytest.raises(ValueError, match="recompute chunk"):
@@ -302,9 +302,11 @@ def test_view_predicts_as_the_model_did_and_carries_the_budget():
     model = OnlineLatencyModel()
     train(model, rng, 300)
     steps = DecodeStepTracker()
-    assert LatencyView.of(model, steps).tpot_budget_s is None  # no decode step seen yet
+    assert (
+        LatencyView.of(model, steps, extend_cost_model()).tpot_budget_s is None
+    )  # no decode step seen yet
     steps.observe(DECODE_STEP, 0.007)
-    view = LatencyView.of(model, steps)
+    view = LatencyView.of(model, steps, extend_cost_model())
     for _ in range(20):
         features = random_batch(rng)
         assert view.predict(features) == pytest.approx(model.predict(features), rel=1e-9)
@@ -323,7 +325,7 @@ def test_prediction_never_beats_the_peak_prefill_throughput():
     assert model.peak_prefill_tokens_per_s == 20000.0
     big = BatchFeatures.from_segments([(0, 6000)], [50] * 8)
     assert model.predict(big) >= 0.3
-    view = LatencyView.of(model, DecodeStepTracker())
+    view = LatencyView.of(model, DecodeStepTracker(), extend_cost_model())
     assert view.peak_prefill_tokens_per_s == 20000.0 and view.predict(big) == model.predict(big)
     assert model.state().peak_prefill_tokens_per_s == 20000.0
     assert model.predict(BatchFeatures.from_segments([], [50])) >= 0.0  # no bound without tokens

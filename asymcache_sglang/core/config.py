@@ -25,6 +25,8 @@ TRITON_MSA_KV_DTYPES = ("auto", "bfloat16", "bf16")
 # A JSONL file that gets every timed forward (features, seconds, the prediction made before it):
 # the data to check or refit the latency model offline.
 LATENCY_TRACE_ENV = "ASYMCACHE_LATENCY_TRACE"
+# SGLang 0.5.16's default --chunked-prefill-size on H100/H200-class GPUs.
+SGLANG_GPU_CHUNK_TOKENS = 8192
 
 
 class AsymCacheArgsError(ValueError):
@@ -54,7 +56,7 @@ class AsymCacheConfig:
     # Where every timed forward is appended as JSON (ASYMCACHE_LATENCY_TRACE); None: nowhere.
     latency_trace_path: str | None = None
     # The extend size evicted KV is recomputed in: --chunked-prefill-size (else the prefill cap).
-    recompute_chunk_tokens: int = 8192
+    recompute_chunk_tokens: int = SGLANG_GPU_CHUNK_TOKENS
 
     def __post_init__(self) -> None:
         checks = [
@@ -110,11 +112,11 @@ class AsymCacheConfig:
 def recompute_chunk_tokens(args: Any) -> int:
     """The largest extend SGLang runs: the chunk, or with chunking off the prefill token cap.
 
-    Before ServerArgs resolves its GPU-dependent default chunk, 8192 (SGLang's H100/H200 value).
+    Before ServerArgs resolves its GPU-dependent default chunk, SGLang's H100/H200 value.
     """
     chunk = args.chunked_prefill_size
     if chunk is None:
-        return 8192
+        return SGLANG_GPU_CHUNK_TOKENS
     return chunk if chunk > 0 else args.max_prefill_tokens
 
 

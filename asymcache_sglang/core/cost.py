@@ -45,7 +45,7 @@ class LatencyCostModel:
     extend fit is ready, or while it has no per-token cost, the static fallback is used.
     """
 
-    def __init__(self, fallback: StaticCostModel, recompute_chunk_tokens: int = 8192) -> None:
+    def __init__(self, fallback: StaticCostModel, recompute_chunk_tokens: int) -> None:
         if recompute_chunk_tokens < 1:
             raise ValueError(f"recompute chunk must be >= 1 token, got {recompute_chunk_tokens}")
         self.fallback = fallback

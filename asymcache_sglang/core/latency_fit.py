@@ -361,18 +361,18 @@ class LatencyView:
         cls,
         model: OnlineLatencyModel,
         decode_steps: DecodeStepTracker,
-        extend_model: OnlineLatencyModel | None = None,
+        extend_model: OnlineLatencyModel,
     ) -> LatencyView:
         """The step model's fit now, with the TPOT budget its decode steps and extend cost give,
-        and the extend cost model's per-token terms (none without one)."""
-        c0, c1, c2, _, _, c5 = extend_model.coefficients if extend_model else (0.0,) * NUM_COEFS
+        and the extend cost model's fixed and per-token terms."""
+        c0, c1, c2, _, _, c5 = extend_model.coefficients
         return cls(
             model.coefficients,
             model.ready,
             decode_steps.budget_s(model.extend_step_s),
             model.peak_prefill_tokens_per_s,
             (c0 + c5, c1, c2),
-            extend_model is not None and extend_model.ready,
+            extend_model.ready,
         )
 
     def predict(self, features: BatchFeatures) -> float:

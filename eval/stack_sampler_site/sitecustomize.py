@@ -1,8 +1,5 @@
-"""Starts ``eval.stack_sampler`` in every Python process when ASYMCACHE_STACK_SAMPLES is set."""
+"""Starts ``eval.stack_sampler`` in every Python process (no-op without ASYMCACHE_STACK_SAMPLES)."""
 
-import os
+from eval.stack_sampler import start_from_env
 
-if os.environ.get("ASYMCACHE_STACK_SAMPLES"):
-    from eval.stack_sampler import start_from_env
-
-    start_from_env()
+start_from_env()
