@@ -66,6 +66,9 @@ class RequestPlan:
     retained: list[Range] | None = None
     # Prefill chunks of this request that recomputed part of a hole plan.
     plan_chunks: int = 0
+    # Where the last admitted plan, before it was cut to a chunk, ended: a later chunk's match
+    # that ends short of it has lost retained KV.
+    plan_end: int = 0
 
     def take_matched(self) -> SegmentPlan | None:
         plan, self.matched = self.matched, None

@@ -38,11 +38,11 @@ def admit(
     tail_tokens = len(req.full_untruncated_fill_ids) - plan.prefix_len
     # The whole plan's last node carries the request's lock: retained ranges that only a later
     # chunk reaches stay resident until it does.
-    locked_node = plan.last_node
+    locked_node, plan_end = plan.last_node, plan.prefix_len
     if chunk_tokens is not None and plan.recompute_tokens + tail_tokens > chunk_tokens:
         fitted = plan.fit(chunk_tokens - 1)
         if fitted is None:
-            return _inside_first_hole(cache, adder, req, locked_node, add)
+            return _inside_first_hole(cache, adder, req, locked_node, plan_end, add)
         plan = fitted
     contiguous = (req.prefix_indices, req.last_node)
     req.prefix_indices = cache.composite_prefix(plan)
@@ -57,7 +57,7 @@ def admit(
             adder.log_hit_tokens -= hole_tokens
         adder.log_input_tokens += hole_tokens
         handoff.request_plan(req).admitted = plan
-        _count_plan_chunk(cache, req)
+        _count_plan_chunk(cache, req, plan_end)
         cache.counters.chunked_plans += req.extend_range.end < len(req.full_untruncated_fill_ids)
     else:
         _charge(adder, -hole_tokens)
@@ -66,18 +66,23 @@ def admit(
 
 
 def _inside_first_hole(
-    cache: HoleAwareRadixCache, adder: Any, req: Any, locked_node: Any, add: Callable[[], T]
+    cache: HoleAwareRadixCache,
+    adder: Any,
+    req: Any,
+    locked_node: Any,
+    plan_end: int,
+    add: Callable[[], T],
 ) -> T:
     """A chunk that lies inside the plan's first hole: SGLang's ``add`` on the contiguous prefix
     (the same work as the plan's first chunk: that hole, from its start, as an extend), with the
-    lock on ``locked_node``, the plan's last. Counted in ``chunk_fallbacks`` and, if admitted, as
-    a plan chunk."""
-    cache.counters.chunk_fallbacks += 1
+    lock on ``locked_node``, the plan's last, so the plan resumes in the next chunk. Counted in
+    ``first_hole_chunks`` and, if admitted, as a plan chunk."""
+    cache.counters.first_hole_chunks += 1
     contiguous_node, req.last_node = req.last_node, locked_node
     admitted_before = len(adder.can_run_list)
     result = add()
     if _admitted(adder, req, admitted_before):
-        _count_plan_chunk(cache, req)
+        _count_plan_chunk(cache, req, plan_end)
     else:
         req.last_node = contiguous_node
     return result
@@ -96,10 +101,12 @@ def _charge(adder: Any, tokens: int) -> None:
         adder.rem_chunk_tokens -= tokens
 
 
-def _count_plan_chunk(cache: HoleAwareRadixCache, req: Any) -> None:
-    """One more prefill chunk of ``req`` recomputes part of its hole plan."""
+def _count_plan_chunk(cache: HoleAwareRadixCache, req: Any, plan_end: int) -> None:
+    """One more prefill chunk of ``req`` recomputes part of its hole plan, which ends at
+    ``plan_end``."""
     request = handoff.request_plan(req)
     request.plan_chunks += 1
+    request.plan_end = plan_end
     cache.counters.longest_plan_chunks = max(
         cache.counters.longest_plan_chunks, request.plan_chunks
     )

@@ -42,6 +42,8 @@ class PlanCounters:
     cached_tokens: int = 0
     # Chunks inside a plan's first hole (it alone exceeded the chunk): computed as a plain extend
     # from the hole's start (the same work), the plan's retained tail locked until it resumes.
+    first_hole_chunks: int = 0
+    # Later chunks of a planned request whose match fell short of the plan's end: reuse lost.
     chunk_fallbacks: int = 0
     # Admitted plans SGLang cut into chunks (holes that fit first, the rest in later chunks).
     chunked_plans: int = 0

@@ -325,7 +325,10 @@ PRESSURE_METRICS = (
     "ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_mean_s", "tpot_p50_s",
     "tpot_p90_s", "tpot_p99_s", "token_hit_rate",
 )  # fmt: skip
-PLAN_COUNTERS = ("plans", "chunk_fallbacks", "planned_hole_tokens", "retained_tokens")
+PLAN_COUNTERS = (
+    "plans", "chunk_fallbacks", "first_hole_chunks", "chunked_plans", "longest_plan_chunks",
+    "planned_hole_tokens", "retained_tokens",
+)  # fmt: skip
 
 
 def summary(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -114,7 +114,7 @@ VERDICT_RULE = (
 # Cumulative AsymCache counters kept per request (deltas around that one request).
 PER_REQUEST_COUNTERS = (
     "plans", "planned_hole_tokens", "retained_tokens", "cached_tokens", "adopted_hole_tokens",
-    "fallback_plans", "chunk_fallbacks",
+    "fallback_plans", "chunk_fallbacks", "first_hole_chunks",
 )  # fmt: skip
 
 

@@ -33,6 +33,9 @@ def hook(original: Callable[..., Any], adder: Any, req: Any) -> Any:
     # The matched prefix is the tree's, as cache_protected_len (set by the match) says.
     request.retained = None
     plan = request.take_matched()
+    matched_end = len(req.prefix_indices) if plan is None else plan.prefix_len
+    # The earlier chunk's lock kept its plan's retained KV resident, so the match reaches it.
+    cache.counters.chunk_fallbacks += matched_end < request.plan_end
     if plan is None:
         result = original(adder, req)
     else:

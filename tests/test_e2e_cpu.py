@@ -124,6 +124,7 @@ def test_hole_plans_carried_over_chunks_are_exact(small_chunk_server, no_cache_s
     assert delta["interior_evicted_tokens"] > 0
     assert delta["plans"] > 0 and delta["chunked_plans"] > 0, delta
     assert after["longest_plan_chunks"] >= 3, after
+    assert delta["chunk_fallbacks"] == 0, delta
     if mixed:
         assert delta["mixed_plan_batches"] > 0, delta
     else:

@@ -152,13 +152,14 @@ def holed_plan():
 
 
 @pytest.mark.parametrize(
-    ("chunk", "admitted", "fallbacks"),
+    ("chunk", "admitted", "first_hole_chunks"),
     [(None, True, 0), (15, True, 0), (4, True, 1), (15, False, 0), (4, False, 1)],
 )
-def test_admission_locks_the_whole_plans_last_node(chunk, admitted, fallbacks):
+def test_admission_locks_the_whole_plans_last_node(chunk, admitted, first_hole_chunks):
     """Whether the plan fits the chunk, is cut to it, or the chunk lies inside its first hole,
     SGLang locks the node the request names, and that is the whole plan's last: the retained
-    ranges a later chunk reaches stay resident. A request SGLang turns away is left as it was."""
+    ranges a later chunk reaches stay resident, and the request remembers where they end.
+    A request SGLang turns away is left as it was."""
     plan, path = holed_plan()
     cache = SimpleNamespace(
         counters=PlanCounters(), composite_prefix=lambda p: torch.zeros(p.prefix_len)
@@ -183,9 +184,10 @@ def test_admission_locks_the_whole_plans_last_node(chunk, admitted, fallbacks):
         return "result"
 
     result = admit(cache, adder, req, plan, add, chunk_tokens=chunk, logs_prefix_as_hits=True)
-    assert result == "result" and cache.counters.chunk_fallbacks == fallbacks
+    assert result == "result" and cache.counters.first_hole_chunks == first_hole_chunks
     if admitted:
         assert locked == [path[5]] and req.last_node is path[5]
+        assert handoff.request_plan(req).plan_end == plan.prefix_len
         holes = {None: plan.recompute, 15: [(0, 5), (15, 20)], 4: None}[chunk]
         admitted_plan = handoff.request_plan(req).admitted
         assert (admitted_plan.recompute if admitted_plan else None) == holes
