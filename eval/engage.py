@@ -7,7 +7,8 @@ config-only Llama-3-8B folder from ``.gpu/make_model.py DIR --preset llama3-8b``
   of seconds) on a pool that holds less than half of the live sessions' KV, at the default chunk
   size. Then the AsymCache server's position cost (below), after the run.
 - ``no_pressure``: the same workload on a pool that holds everything, with CUDA graphs at
-  SGLang's defaults and again with ``--disable-cuda-graph``; AsymCache / stock ratios.
+  SGLang's defaults and again with ``--disable-cuda-graph``; AsymCache / stock ratios, over
+  ``--repeats`` interleaved runs per server (eager decode is bound by the host, which drifts).
 - ``overhead``: both servers eager under a decode-only load, TPOT at batch sizes 1 and 8, with
   ``eval.stack_sampler`` profiling their schedulers during the load.
 
@@ -51,7 +52,13 @@ from eval.common import (
 )
 from eval.report import grouped_bars
 from eval.server import SGLangServer, start_staggered, stock_env
-from eval.workloads import LongMultiTurn, generate_streaming, run_long_multi_turn, tpot_s
+from eval.workloads import (
+    LongMultiTurn,
+    TurnResult,
+    generate_streaming,
+    run_long_multi_turn,
+    tpot_s,
+)
 
 POSITION_PREFIXES = (0, 8192, 16384, 32768, 49152)
 # 2,048 new tokens (the issue's yardstick); and a whole default chunk, the size evicted KV is
@@ -124,7 +131,7 @@ def measure_position_cost(
     """Median step time (s) of extends of each size behind each cached prefix, from the server's
     latency trace (the forward timer's CUDA-event times), and the cached tokens each request
     reported (an extend whose prefix was not all cached is not a sample)."""
-    requests.post(f"{url}/flush_cache?timeout=30", timeout=60).raise_for_status()
+    flush_cache(url)
     rng = random.Random(7)
     prompt = [rng.randrange(10, vocab_high) for _ in range(max(POSITION_PREFIXES) + max(sizes))]
     start_offset = trace.stat().st_size
@@ -197,11 +204,40 @@ def position_cost(measured: dict[str, Any], fits: dict[str, dict[str, Any]]) -> 
 
 
 def run_workload(server: SGLangServer, workload: LongMultiTurn, asym: bool) -> dict[str, Any]:
-    results = run_long_multi_turn(server.url, workload)
+    return summarize_run(server, run_long_multi_turn(server.url, workload), asym)
+
+
+def summarize_run(server: SGLangServer, results: list[TurnResult], asym: bool) -> dict[str, Any]:
     out = {**summarize_requests(results), **server_health(server)}
     if asym:
         out["counters"] = asymcache_counters(server.url)
     return out
+
+
+def flush_cache(url: str) -> None:
+    requests.post(f"{url}/flush_cache?timeout=30", timeout=60).raise_for_status()
+
+
+def run_interleaved(
+    servers: dict[str, SGLangServer], workload: LongMultiTurn, repeats: int
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """The workload ``repeats`` times on each server from an empty cache, the server that goes
+    first alternating (stock, AsymCache, AsymCache, stock, ...) so drift on the host falls on
+    both; per server the summary over every repeat's requests, and each repeat's ratios."""
+    results: dict[str, list[TurnResult]] = {name: [] for name in servers}
+    per_repeat = []
+    for repeat in range(repeats):
+        order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
+        this = {}
+        for name in order:
+            flush_cache(servers[name].url)
+            this[name] = run_long_multi_turn(servers[name].url, workload)
+            results[name] += this[name]
+        per_repeat.append(
+            ratios(summarize_requests(this["stock"]), summarize_requests(this["asymcache"]))
+        )
+    runs = {n: summarize_run(s, results[n], n == "asymcache") for n, s in servers.items()}
+    return runs, per_repeat
 
 
 def ratios(stock: dict[str, Any], asym: dict[str, Any]) -> dict[str, float]:
@@ -236,12 +272,25 @@ def part_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> 
     }
 
 
-def part_no_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> dict[str, Any]:
-    """The workload with CUDA graphs at SGLang's defaults, then eager. The first pair's AsymCache
-    server also measures the position cost; the eager pair also runs the decode probe."""
-    result: dict[str, Any] = {"pool_tokens": pool, "max_live_tokens": workload.max_live_tokens()}
-    settings = (("cuda_graph_default", []), ("disable_cuda_graph", ["--disable-cuda-graph"]))
-    for setting, extra in settings:
+CUDA_GRAPH_SETTINGS = {"cuda_graph_default": [], "disable_cuda_graph": ["--disable-cuda-graph"]}
+
+
+def part_no_pressure(
+    model: str,
+    out: Path,
+    workload: LongMultiTurn,
+    pool: int,
+    settings: Sequence[str] = tuple(CUDA_GRAPH_SETTINGS),
+    repeats: int = 1,
+) -> dict[str, Any]:
+    """The workload with CUDA graphs at SGLang's defaults, then eager, ``repeats`` times per
+    server (``run_interleaved``). The defaults pair's AsymCache server also measures the position
+    cost; the eager pair runs the decode probe, alternating servers, ``repeats`` times."""
+    result: dict[str, Any] = {
+        "pool_tokens": pool, "max_live_tokens": workload.max_live_tokens(), "repeats": repeats,
+    }  # fmt: skip
+    for setting in settings:
+        extra = CUDA_GRAPH_SETTINGS[setting]
         flags = server_args(pool, *extra)
         log_dir = out / setting
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -250,18 +299,15 @@ def part_no_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) 
             start_staggered(list(servers.values()), STAGGER_S)
             asym = servers["asymcache"]
             at_startup = extend_fit(asym.url)
-            runs = {n: run_workload(s, workload, n == "asymcache") for n, s in servers.items()}
-            entry = {"server_args": flags, "runs": runs, **ratios(runs["stock"], runs["asymcache"])}
+            runs, per_repeat = run_interleaved(servers, workload, repeats)
+            entry = {
+                "server_args": flags,
+                "runs": runs,
+                **ratios(runs["stock"], runs["asymcache"]),
+                "per_repeat_ratios": per_repeat,
+            }
             if extra:
-                probes = {
-                    n: {f"bs{bs}": decode_probe(s.url, bs) for bs in (1, 8)}
-                    for n, s in servers.items()
-                }
-                entry["decode_probe"] = probes
-                entry["decode_probe_tpot_ratio"] = {
-                    bs: probes["asymcache"][bs]["tpot_mean_s"] / probes["stock"][bs]["tpot_mean_s"]
-                    for bs in ("bs1", "bs8")
-                }
+                entry.update(decode_probes(servers, repeats))
             else:
                 after_run = extend_fit(asym.url)
                 measured = measure_position_cost(
@@ -274,6 +320,33 @@ def part_no_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) 
             stop_all(servers)
         result[setting] = entry
     return result
+
+
+def decode_probes(servers: dict[str, SGLangServer], repeats: int) -> dict[str, Any]:
+    """``decode_probe`` at batch sizes 1 and 8, ``repeats`` times per server, the server that goes
+    first alternating; the TPOT ratio of the means over the repeats, and per repeat."""
+    probes: dict[str, dict[str, list[dict[str, float]]]] = {
+        name: {"bs1": [], "bs8": []} for name in servers
+    }
+    for repeat in range(repeats):
+        order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
+        for name in order:
+            for bs in (1, 8):
+                probes[name][f"bs{bs}"].append(decode_probe(servers[name].url, bs))
+
+    def ratio(bs: str, runs: slice) -> float:
+        means = {
+            n: statistics.fmean(p["tpot_mean_s"] for p in probes[n][bs][runs]) for n in servers
+        }
+        return means["asymcache"] / means["stock"]
+
+    return {
+        "decode_probe": probes,
+        "decode_probe_tpot_ratio": {bs: ratio(bs, slice(None)) for bs in ("bs1", "bs8")},
+        "decode_probe_per_repeat_ratio": {
+            bs: [ratio(bs, slice(r, r + 1)) for r in range(repeats)] for bs in ("bs1", "bs8")
+        },
+    }
 
 
 def decode_probe(url: str, batch_size: int, output_tokens: int = 256) -> dict[str, float]:
@@ -349,7 +422,8 @@ def summary(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if "no_pressure" in parts:
         out["no_pressure"] = {
             setting: {k: v for k, v in parts["no_pressure"][setting].items() if "ratio" in k}
-            for setting in ("cuda_graph_default", "disable_cuda_graph")
+            for setting in CUDA_GRAPH_SETTINGS
+            if setting in parts["no_pressure"]
         }
     fits = parts.get("pressure", {}).get("position_cost", {}).get("extend_fits")
     if fits:
@@ -401,14 +475,28 @@ def plot(merged: dict[str, Any], out: Path) -> None:
 
 def merge(parts: Sequence[Path], dest_dir: Path) -> Path:
     """Join part JSONs into ``<dest_dir>/<card>_engage.json`` with the issue's summary first."""
-    loaded = {(body := json.loads(p.read_text()))["part"]: body for p in parts}
+    loaded: dict[str, dict[str, Any]] = {}
+    for path in parts:
+        body = json.loads(path.read_text())
+        for setting in CUDA_GRAPH_SETTINGS:
+            if setting in body:
+                body[setting] |= {"commit": body["commit"], "date": body["date"]}
+        # A later no_pressure file (one CUDA graph setting rerun) replaces that setting only.
+        loaded[body["part"]] = {**loaded.get(body["part"], {}), **body}
     card = next(iter(loaded.values()))["card"]
     slug = (
         "h200" if "H200" in card else "h100" if "H100" in card else card.lower().replace(" ", "_")
     )
     merged = {
         "card": card,
-        "commits": {name: part["commit"] for name, part in loaded.items()},
+        "commits": {
+            **{name: part["commit"] for name, part in loaded.items()},
+            **{
+                f"no_pressure.{setting}": loaded["no_pressure"][setting]["commit"]
+                for setting in CUDA_GRAPH_SETTINGS
+                if setting in loaded.get("no_pressure", {})
+            },
+        },
         "summary": summary(loaded),
         "parts": loaded,
     }
@@ -426,6 +514,12 @@ def main() -> None:
     run.add_argument("--model", required=True)
     run.add_argument("--out", type=Path, required=True)
     run.add_argument("--pool-tokens", type=int)
+    settings = tuple(CUDA_GRAPH_SETTINGS)
+    run.add_argument(
+        "--settings", nargs="+", choices=settings, default=settings,
+        help="no_pressure: the CUDA graph settings to run",
+    )  # fmt: skip
+    run.add_argument("--repeats", type=int, default=1, help="no_pressure: runs per server")
     join = sub.add_parser("merge")
     join.add_argument("parts", type=Path, nargs="+")
     join.add_argument("--dest", type=Path, default=Path("eval/results"))
@@ -440,7 +534,7 @@ def main() -> None:
         body = part_pressure(args.model, args.out, workload, pool)
     elif args.part == "no_pressure":
         pool = args.pool_tokens or workload.max_live_tokens() + 16_000
-        body = part_no_pressure(args.model, args.out, workload, pool)
+        body = part_no_pressure(args.model, args.out, workload, pool, args.settings, args.repeats)
     else:
         body = part_overhead(args.model, args.out, args.pool_tokens or 100_000)
     result = {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.engage import model_relative_cost, summary
+from eval.engage import merge, model_relative_cost, summary
 from eval.workloads import LongMultiTurn
 
 RECORDED = Path(__file__).resolve().parents[1] / "eval" / "results" / "h200_engage.json"
@@ -40,3 +40,24 @@ def test_model_relative_cost_is_evictions_cost_at_that_extend_size():
 def test_recorded_summary_follows_from_its_parts():
     merged = json.loads(RECORDED.read_text())
     assert summary(merged["parts"]) == merged["summary"]
+
+
+def test_a_later_no_pressure_file_replaces_only_its_settings(tmp_path):
+    parts = json.loads(RECORDED.read_text())["parts"]
+    rerun = {
+        **{k: v for k, v in parts["no_pressure"].items() if k != "cuda_graph_default"},
+        "commit": "rerun1",
+        "disable_cuda_graph": {**parts["no_pressure"]["disable_cuda_graph"], "tpot_ratio": 0.5},
+    }
+    files = []
+    for name, body in (("p", parts["pressure"]), ("n", parts["no_pressure"]), ("r", rerun)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(body))
+    merged = json.loads(merge(files, tmp_path).read_text())
+    no_pressure = merged["summary"]["no_pressure"]
+    assert no_pressure["disable_cuda_graph"]["tpot_ratio"] == 0.5
+    assert no_pressure["cuda_graph_default"] == {
+        k: v for k, v in parts["no_pressure"]["cuda_graph_default"].items() if "ratio" in k
+    }
+    assert merged["commits"]["no_pressure.disable_cuda_graph"] == "rerun1"
+    assert merged["commits"]["no_pressure.cuda_graph_default"] == parts["no_pressure"]["commit"]
