@@ -10,7 +10,8 @@ lock is on the whole plan's last node, so the retained ranges a later chunk reac
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from asymcache_sglang import handoff
@@ -29,21 +30,55 @@ def admit(
     *,
     chunk_tokens: int | None,
     logs_prefix_as_hits: bool,
+    budgets_whole_request: bool,
 ) -> T:
     """Run SGLang's ``add`` for ``req`` with ``plan`` cut to ``chunk_tokens``; its result.
 
     If SGLang admits the request, the plan is its ``admitted`` plan; if not, it is as before.
-    ``logs_prefix_as_hits``: ``add`` logs the prefix as cache hits (add_one_req does).
+    ``logs_prefix_as_hits``: ``add`` logs the prefix as cache hits; ``budgets_whole_request``:
+    it checks the whole rest of the prompt against the token budget (add_one_req does both).
     """
     tail_tokens = len(req.full_untruncated_fill_ids) - plan.prefix_len
     # The whole plan's last node carries the request's lock: retained ranges that only a later
     # chunk reaches stay resident until it does.
     locked_node, plan_end = plan.last_node, plan.prefix_len
+    # Retained tokens the whole-plan lock holds past the prefix SGLang is shown.
+    retained = plan.retained_tokens if budgets_whole_request else 0
     if chunk_tokens is not None and plan.recompute_tokens + tail_tokens > chunk_tokens:
         fitted = plan.fit(chunk_tokens - 1)
         if fitted is None:
-            return _inside_first_hole(cache, adder, req, locked_node, plan_end, add)
+            with _locked_beyond_prefix(adder, retained and retained - plan.contiguous_len):
+                return _inside_first_hole(cache, adder, req, locked_node, plan_end, add)
         plan = fitted
+    with _locked_beyond_prefix(adder, retained and retained - plan.retained_tokens):
+        return _admit_plan(cache, adder, req, plan, locked_node, plan_end, add, logs_prefix_as_hits)
+
+
+@contextmanager
+def _locked_beyond_prefix(adder: Any, tokens: int) -> Iterator[None]:
+    """While SGLang decides: ``tokens`` retained after the prefix it is shown are locked, so
+    already out of its evictable budget, and also inside the extend it checks against that
+    budget. Counted once, or a plan that fits the pool would be turned away for want of room."""
+    adder.rem_total_token_offset -= tokens
+    adder.cur_rem_token_offset -= tokens
+    try:
+        yield
+    finally:
+        adder.rem_total_token_offset += tokens
+        adder.cur_rem_token_offset += tokens
+
+
+def _admit_plan(
+    cache: HoleAwareRadixCache,
+    adder: Any,
+    req: Any,
+    plan: SegmentPlan,
+    locked_node: Any,
+    plan_end: int,
+    add: Callable[[], T],
+    logs_prefix_as_hits: bool,
+) -> T:
+    """SGLang's ``add`` for ``req`` with ``plan``'s composite prefix, holes charged."""
     contiguous = (req.prefix_indices, req.last_node)
     req.prefix_indices = cache.composite_prefix(plan)
     req.last_node = locked_node

@@ -185,25 +185,48 @@ class LongMultiTurn:
         return self.sessions * (self.doc_tokens[1] + self.turns * per_turn)
 
 
+@dataclass(frozen=True)
+class LongSession:
+    """One session of ``LongMultiTurn``: its document, then per turn the question that follows
+    the answer and the think time before the next turn."""
+
+    index: int
+    arrival_s: float
+    doc_ids: list[int]
+    turns: list[tuple[list[int], float]]
+
+
+def plan_long_multi_turn(workload: LongMultiTurn) -> list[LongSession]:
+    """Everything of ``workload`` but the model's answers, drawn from its seed."""
+    lo, hi = workload.vocab
+    sessions = []
+    for index in range(workload.sessions):
+        rng = random.Random(workload.seed * 1000 + index)
+        doc = [rng.randrange(lo, hi) for _ in range(rng.randint(*workload.doc_tokens))]
+        turns = []
+        for _ in range(workload.turns):
+            length = rng.randint(*workload.question_tokens)
+            question = [rng.randrange(lo, hi) for _ in range(length)]
+            turns.append((question, rng.uniform(*workload.think_s)))
+        sessions.append(LongSession(index, index * workload.arrival_gap_s, doc, turns))
+    return sessions
+
+
 def run_long_multi_turn(url: str, workload: LongMultiTurn) -> list[TurnResult]:
     """Replay ``workload`` against ``url``; results in session, turn order."""
 
-    def session(index: int) -> list[TurnResult]:
-        rng = random.Random(workload.seed * 1000 + index)
-        lo, hi = workload.vocab
-        history = [rng.randrange(lo, hi) for _ in range(rng.randint(*workload.doc_tokens))]
-        time.sleep(index * workload.arrival_gap_s)
+    def session(plan: LongSession) -> list[TurnResult]:
+        history = list(plan.doc_ids)
+        time.sleep(plan.arrival_s)
         results = []
-        for turn in range(workload.turns):
+        for turn, (question, think_s) in enumerate(plan.turns):
             res = generate_streaming(url, history, workload.answer_tokens, return_logprob=False)
-            res.session, res.turn = index, turn
+            res.session, res.turn = plan.index, turn
             results.append(res)
             history += res.output_ids
-            history += [
-                rng.randrange(lo, hi) for _ in range(rng.randint(*workload.question_tokens))
-            ]
-            time.sleep(rng.uniform(*workload.think_s))
+            history += question
+            time.sleep(think_s)
         return results
 
     with ThreadPoolExecutor(workload.sessions) as pool:
-        return [r for per in pool.map(session, range(workload.sessions)) for r in per]
+        return [r for per in pool.map(session, plan_long_multi_turn(workload)) for r in per]

@@ -48,6 +48,7 @@ def hook(original: Callable[..., Any], adder: Any, req: Any) -> Any:
             # What SGLang's add_chunked_req takes of the tail.
             chunk_tokens=min(adder.rem_chunk_tokens, int(adder.rem_total_tokens)),
             logs_prefix_as_hits=False,
+            budgets_whole_request=False,
         )
     cache.inc_lock_ref(req.last_node)
     cache.dec_lock_ref(locked)

@@ -40,4 +40,5 @@ def hook(original: Callable[..., Any], adder: Any, req: Any, *args: Any, **kwarg
         lambda: original(adder, req, *args, **kwargs),
         chunk_tokens=adder.rem_chunk_tokens,
         logs_prefix_as_hits=True,
+        budgets_whole_request=True,
     )

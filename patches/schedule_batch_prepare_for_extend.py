@@ -26,7 +26,7 @@ TARGET = "sglang.srt.managers.schedule_batch.ScheduleBatch.prepare_for_extend"
 HOOK_TYPE = HookType.AROUND
 
 
-def _fill_holes(cache: HoleAwareRadixCache, planned: list[tuple[Any, Any]]) -> None:
+def fill_holes(cache: HoleAwareRadixCache, planned: list[tuple[Any, Any]]) -> None:
     """Put one fresh slot per hole token into each composite prefix.
 
     The plans' paths are locked, so the eviction this allocation may trigger spares them.
@@ -62,7 +62,7 @@ def hook(original: Callable[..., Any], batch: Any, *args: Any, **kwargs: Any) ->
     if not planned:
         return original(batch, *args, **kwargs)
 
-    _fill_holes(cache, planned)
+    fill_holes(cache, planned)
     plans = {id(r): p for r, p in planned}
     result = original(batch, *args, **kwargs)
     old_extend_lens = list(batch.extend_lens)

@@ -159,7 +159,9 @@ def test_admission_locks_the_whole_plans_last_node(chunk, admitted, first_hole_c
     """Whether the plan fits the chunk, is cut to it, or the chunk lies inside its first hole,
     SGLang locks the node the request names, and that is the whole plan's last: the retained
     ranges a later chunk reaches stay resident, and the request remembers where they end.
-    A request SGLang turns away is left as it was."""
+    While SGLang checks the budget, the holes are charged and the retained tokens locked past
+    the prefix it is shown are not counted twice. A request SGLang turns away is left as it
+    was."""
     plan, path = holed_plan()
     cache = SimpleNamespace(
         counters=PlanCounters(), composite_prefix=lambda p: torch.zeros(p.prefix_len)
@@ -175,17 +177,25 @@ def test_admission_locks_the_whole_plans_last_node(chunk, admitted, first_hole_c
         last_node=plan.contiguous_node,
         extend_range=SimpleNamespace(end=62),
     )
-    locked = []
+    locked, budget_seen = [], []
 
     def add() -> str:
+        budget_seen.append(adder.rem_total_token_offset)
         if admitted:
             locked.append(req.last_node)  # what PrefillAdder._req_inc_lock_ref locks
             adder.can_run_list.append(req)
         return "result"
 
-    result = admit(cache, adder, req, plan, add, chunk_tokens=chunk, logs_prefix_as_hits=True)
+    result = admit(
+        cache, adder, req, plan, add, chunk_tokens=chunk, logs_prefix_as_hits=True,
+        budgets_whole_request=True,
+    )  # fmt: skip
     assert result == "result" and cache.counters.first_hole_chunks == first_hole_chunks
+    # Holes charged, less the retained tokens past the prefix shown: 42 retained in all, 22
+    # before the cut at 32, none before the first hole.
+    assert budget_seen == [{None: 18 - 0, 15: 10 - 20, 4: 0 - 42}[chunk]]
     if admitted:
+        assert adder.rem_total_token_offset == {None: 18, 15: 10, 4: 0}[chunk]
         assert locked == [path[5]] and req.last_node is path[5]
         assert handoff.request_plan(req).plan_end == plan.prefix_len
         holes = {None: plan.recompute, 15: [(0, 5), (15, 20)], 4: None}[chunk]

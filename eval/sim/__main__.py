@@ -1,0 +1,218 @@
+"""Which pool size and cache policy for this workload on this card? Simulated in seconds.
+
+    python -m eval.sim sweep --workload long-multi-turn --pools 60000,100000,150000 \\
+        --unlimited --trace eval/results/traces/h200_b1c14b1_engage_pressure.jsonl.gz --out DIR
+    python -m eval.sim validate --engage eval/results/h200_engage.json \\
+        --sweep GPU_DIR/sweep.json --trace TRACE --out eval/results/sim_validation.json
+
+``sweep`` writes ``DIR/sim_sweep.json`` in ``eval.sweep``'s shape (``runs`` of config, pool,
+metrics) with its plot, and prints per pool the best configuration and how far it is from the
+unlimited pool. ``--trace`` is the AsymCache latency trace of a GPU run on the card to model
+(``eval.engage`` writes one per AsymCache server); its step model is fitted here and recorded.
+``validate`` simulates stock LRU at every pool of the GPU runs given and records TTFT mean and
+token hit rate beside the measured ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from eval.agent_workload import AgentPrograms
+from eval.bench import parse_overrides
+from eval.common import result_header
+from eval.sim.engine import CACHES, EngineConfig, simulate
+from eval.sim.scripts import Script, agent_scripts, long_multi_turn_scripts
+from eval.sim.step_model import StepModel, fit_step_model
+from eval.sim.summary import summarize
+from eval.sweep import UNLIMITED, plot
+from eval.workloads import LongMultiTurn
+
+# Larger than any workload here needs: nothing is ever evicted.
+UNLIMITED_POOL_TOKENS = 4_000_000
+SIM_WORKLOADS = {
+    "long-multi-turn": (LongMultiTurn, long_multi_turn_scripts),
+    "agents": (AgentPrograms, agent_scripts),
+}
+VALIDATED_METRICS = ("ttft_mean_s", "token_hit_rate")
+
+
+def workload_scripts(name: str, overrides: Sequence[str]) -> tuple[dict[str, Any], list[Script]]:
+    settings_type, to_scripts = SIM_WORKLOADS[name]
+    settings = settings_type(**parse_overrides(settings_type, overrides))
+    return {"name": name, **dataclasses.asdict(settings)}, to_scripts(settings)
+
+
+def simulate_run(
+    scripts: list[Script], config: str, pool: int | None, step: StepModel, jobs: bool
+) -> dict[str, Any]:
+    engine_config = EngineConfig(
+        pool_tokens=UNLIMITED_POOL_TOKENS if pool is None else pool, cache=config
+    )
+    result = simulate(scripts, engine_config, step)
+    return {
+        "config": config,
+        "pool": UNLIMITED if pool is None else str(pool),
+        "metrics": summarize(result, jobs),
+        "steps": result.steps,
+        "asymcache": result.counters,
+    }
+
+
+def run_sweep(
+    workload: str,
+    overrides: Sequence[str],
+    configs: Sequence[str],
+    pools: Sequence[int | None],
+    trace: Path,
+) -> dict[str, Any]:
+    settings, scripts = workload_scripts(workload, overrides)
+    step, fit = fit_step_model(trace)
+    start = time.perf_counter()
+    runs = [
+        simulate_run(scripts, config, pool, step, workload == "agents")
+        for pool, config in tqdm([(p, c) for p in pools for c in configs], desc="sim", unit="run")
+    ]
+    return {
+        **result_header(),
+        "card": f"simulated from {trace.name}",
+        "workload": workload,
+        "workload_settings": settings,
+        "overrides": list(overrides),
+        "step_model": {"coefficients": step.coefficients, "fit": fit, "trace": str(trace)},
+        "configurations": {c: c for c in configs},
+        "wall_s": time.perf_counter() - start,
+        "runs": runs,
+    }
+
+
+def advice(sweep: dict[str, Any], metric: str = "ttft_mean_s") -> list[str]:
+    """Per pool, the configuration with the lowest ``metric``, and its gap to the unlimited pool."""
+    floor = min(
+        (r["metrics"][metric] for r in sweep["runs"] if r["pool"] == UNLIMITED), default=None
+    )
+    lines = []
+    for pool in dict.fromkeys(r["pool"] for r in sweep["runs"] if r["pool"] != UNLIMITED):
+        runs = [r for r in sweep["runs"] if r["pool"] == pool]
+        best = min(runs, key=lambda r: r["metrics"][metric])
+        gap = f", x{best['metrics'][metric] / floor:.2f} of the unlimited pool" if floor else ""
+        lines.append(f"pool {pool}: {best['config']} ({metric} {best['metrics'][metric]:.3f}{gap})")
+    return lines
+
+
+def gpu_points(engage: Path | None, sweeps: Sequence[Path]) -> list[dict[str, Any]]:
+    """Stock LRU runs measured on a GPU: workload, settings, pool and metrics of each."""
+    points = []
+    if engage is not None:
+        parts = json.loads(engage.read_text())["parts"]
+        for part, runs in (
+            ("pressure", parts["pressure"]["runs"]),
+            ("no_pressure", parts["no_pressure"]["cuda_graph_default"]["runs"]),
+        ):
+            points.append(
+                {
+                    "source": f"{engage.name}: {part}, stock",
+                    "workload": "long-multi-turn",
+                    "settings": parts[part]["workload"],
+                    "pool": parts[part]["pool_tokens"],
+                    "measured": runs["stock"],
+                }
+            )
+    for path in sweeps:
+        sweep = json.loads(path.read_text())
+        for run in sweep["runs"]:
+            if run["config"] == "lru" and run["pool"] != UNLIMITED:
+                points.append(
+                    {
+                        "source": f"{path}: lru at {run['pool']}",
+                        "workload": sweep["workload"],
+                        "settings": run["workload"],
+                        "pool": int(run["pool"]),
+                        "measured": run["metrics"],
+                    }
+                )
+    return points
+
+
+def validate(points: list[dict[str, Any]], trace: Path) -> dict[str, Any]:
+    """Simulated stock LRU beside each measured point; the worst relative error."""
+    step, fit = fit_step_model(trace)
+    rows = []
+    for point in points:
+        settings_type, to_scripts = SIM_WORKLOADS[point["workload"]]
+        fields = {f.name for f in dataclasses.fields(settings_type)}
+        settings = settings_type(
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in point["settings"].items()
+                if k in fields
+            }
+        )
+        run = simulate_run(
+            to_scripts(settings), "lru", point["pool"], step, point["workload"] == "agents"
+        )
+        errors = {m: abs(run["metrics"][m] / point["measured"][m] - 1.0) for m in VALIDATED_METRICS}
+        rows.append(
+            {
+                **{k: point[k] for k in ("source", "workload", "pool")},
+                "measured": {m: point["measured"][m] for m in VALIDATED_METRICS},
+                "simulated": {m: run["metrics"][m] for m in VALIDATED_METRICS},
+                "rel_err": errors,
+            }
+        )
+    return {
+        **result_header(),
+        "step_model": {"coefficients": step.coefficients, "fit": fit, "trace": str(trace)},
+        "points": rows,
+        "max_rel_err": max(e for row in rows for e in row["rel_err"].values()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sweep = sub.add_parser("sweep")
+    sweep.add_argument("--workload", required=True, choices=sorted(SIM_WORKLOADS))
+    sweep.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    sweep.add_argument("--configs", default=",".join(CACHES))
+    sweep.add_argument("--pools", required=True, help="comma-separated --max-total-tokens")
+    sweep.add_argument("--unlimited", action="store_true", help="also the unbounded pool")
+    sweep.add_argument("--trace", type=Path, required=True)
+    sweep.add_argument("--out", type=Path, required=True)
+    check = sub.add_parser("validate")
+    check.add_argument("--engage", type=Path, help="an eval.engage result (long multi-turn)")
+    check.add_argument("--sweep", type=Path, action="append", default=[], help="eval.sweep JSON")
+    check.add_argument("--trace", type=Path, required=True)
+    check.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if args.command == "validate":
+        result = validate(gpu_points(args.engage, args.sweep), args.trace)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["points"], indent=2), f"\nmax_rel_err {result['max_rel_err']:.3f}")
+        return
+    configs = args.configs.split(",")
+    unknown = [c for c in configs if c not in CACHES]
+    if unknown:
+        parser.error(f"unknown configurations {unknown}; known: {list(CACHES)}")
+    pools: list[int | None] = [int(p) for p in args.pools.split(",")]
+    if args.unlimited:
+        pools.append(None)
+    try:
+        result = run_sweep(args.workload, args.set, configs, pools, args.trace)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sim_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out / "sim_sweep.png")
+    print("\n".join(advice(result)), f"\n({result['wall_s']:.1f} s simulated wall time)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,427 @@
+"""One simulated SGLang 0.5.16 server: its scheduler's step loop over a real prefix cache.
+
+Per iteration, as ``Scheduler.event_loop_normal`` with mixed chunks off: arrivals join the
+waiting queue; SGLang's ``PrefillAdder`` (through AsymCache's admission hooks, which pass
+through for a stock cache) builds a prefill batch from the chunked request and then the queue
+in FCFS order; if it built one, that batch runs, else the running batch decodes one token,
+retracting requests as ``ScheduleBatch.retract_decode`` does when the pool cannot hold the next
+tokens. Slots come from SGLang's own allocator through ``alloc_token_slots``, which evicts from
+the cache; requests enter and leave the cache through ``cache_unfinished_req`` and
+``cache_finished_req``. Time advances by ``StepModel.step_s`` of each forward's features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+from sglang.srt.managers.schedule_batch import Req
+from sglang.srt.managers.schedule_policy import AddReqResult, PrefillAdder
+from sglang.srt.managers.scheduler_components.new_token_ratio_tracker import (
+    NewTokenRatioTracker,
+)
+from sglang.srt.mem_cache.allocation import alloc_token_slots
+from sglang.srt.mem_cache.allocator import TokenToKVPoolAllocator
+from sglang.srt.mem_cache.base_prefix_cache import BasePrefixCache
+from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+from sglang.srt.mem_cache.chunk_cache import ChunkCache
+from sglang.srt.mem_cache.common import evict_from_tree_cache
+from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+from sglang.srt.mem_cache.radix_cache import RadixCache
+from sglang.srt.sampling.sampling_params import SamplingParams
+from sglang.srt.server_args import ServerArgs, set_global_server_args_for_scheduler
+
+from asymcache_sglang import handoff
+from asymcache_sglang.core.config import AsymCacheConfig
+from asymcache_sglang.core.latency_fit import BatchFeatures
+from asymcache_sglang.latency_runtime import LatencyRuntime
+from asymcache_sglang.patches import prefill_adder_add_chunked_req, prefill_adder_add_one_req
+from asymcache_sglang.patches.http_server_wait_and_warmup import calibration_extends
+from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_holes
+from asymcache_sglang.radix_cache import HoleAwareRadixCache
+from eval.sim.scripts import Script
+from eval.sim.step_model import StepModel
+
+STOCK_POLICIES = ("lru", "lfu", "slru", "priority")
+CACHES = (*STOCK_POLICIES, "no-radix", "asymcache", "asymcache-no-holes")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The server flags the simulation follows (SGLang's defaults on an H100/H200)."""
+
+    pool_tokens: int
+    cache: str = "lru"
+    chunk_tokens: int = 8192
+    max_prefill_tokens: int = 16384
+    max_running_requests: int = 256
+    max_context_tokens: int = 131072
+    vocab: tuple[int, int] = (10, 120000)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHES:
+            raise ValueError(f"cache must be one of {CACHES}, got {self.cache!r}")
+        if self.pool_tokens < 1 or self.chunk_tokens < 1:
+            raise ValueError(f"need pool_tokens and chunk_tokens >= 1: {self}")
+
+
+@dataclass
+class CallRecord:
+    """One model call as a client saw it (seconds from the simulation's start)."""
+
+    session: int
+    call: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int = 0
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    # Prompt positions this call's prefills computed (holes and tails, and again after a retract).
+    computed_prompt_tokens: int = 0
+
+    @property
+    def ttft_s(self) -> float:
+        assert self.first_token_s is not None, "call has no first token"
+        return self.first_token_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        if self.finish_s is None or self.first_token_s is None or self.output_tokens < 2:
+            return None
+        return (self.finish_s - self.first_token_s) / (self.output_tokens - 1)
+
+
+@dataclass
+class _Live:
+    """A request's place in its session, and its record."""
+
+    script: Script
+    call: int
+    record: CallRecord
+    outputs: random.Random
+
+
+@dataclass
+class SimResult:
+    records: list[CallRecord]
+    steps: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def default_server_args() -> ServerArgs:
+    """SGLang's ServerArgs at their declared defaults, without the model checks of __post_init__
+    (PrefillAdder reads a few of them through the global server args)."""
+    args = ServerArgs.__new__(ServerArgs)
+    for f in dataclasses.fields(ServerArgs):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            value = None
+        setattr(args, f.name, value)
+    return args
+
+
+class Engine:
+    """The scheduler of one server with ``config``; ``run`` replays scripts on it."""
+
+    def __init__(self, config: EngineConfig, step: StepModel) -> None:
+        self.config = config
+        self.step = step
+        self.server_args = default_server_args()
+        set_global_server_args_for_scheduler(self.server_args)
+        self.now = 0.0
+        self.allocator = TokenToKVPoolAllocator(
+            config.pool_tokens, torch.float16, "cpu", None, False
+        )
+        self.req_pool = ReqToTokenPool(
+            config.max_running_requests + 1, config.max_context_tokens, "cpu", False
+        )
+        self.cache = self._make_cache()
+        self.ratio = NewTokenRatioTracker.from_server_args(self.server_args)
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []
+        self.chunked: Req | None = None
+        self.batch_full = False
+        self.live: dict[int, _Live] = {}
+        self.records: list[CallRecord] = []
+        self.arrivals: list[tuple[float, int, Req]] = []
+        self.steps = {"prefill": 0, "decode": 0, "retracted": 0}
+        self._rids = 0
+
+    # ----- the cache -----
+
+    def _make_cache(self) -> BasePrefixCache:
+        kind = self.config.cache
+        params = CacheInitParams(
+            disable=False,
+            req_to_token_pool=self.req_pool,
+            token_to_kv_pool_allocator=self.allocator,
+            page_size=1,
+            eviction_policy=kind if kind in STOCK_POLICIES else "lru",
+        )
+        if kind == "no-radix":
+            return ChunkCache(params)  # what --disable-radix-cache builds
+        if not kind.startswith("asymcache"):
+            return RadixCache(params)
+        asym = AsymCacheConfig(
+            max_holes=0 if kind == "asymcache-no-holes" else AsymCacheConfig.max_holes,
+            recompute_chunk_tokens=self.config.chunk_tokens,
+        )
+        cache = HoleAwareRadixCache(params, asym, LatencyRuntime(asym))
+        cache.tree.clock = self.clock
+        self._calibrate(cache.latency)
+        return cache
+
+    def clock(self) -> float:
+        return self.now
+
+    def _calibrate(self, latency: LatencyRuntime) -> None:
+        """What the server's start-up profile feeds the latency model: its calibration extends,
+        timed by the step model."""
+        base, extends = calibration_extends(self.config.pool_tokens, self.config.max_context_tokens)
+        for start in range(0, base, self.config.chunk_tokens):
+            end = min(base, start + self.config.chunk_tokens)
+            features = BatchFeatures.from_segments([(start, end)], [])
+            latency.observe_forward(features, self.step.step_s(features))
+        for prefix, new in extends:
+            features = BatchFeatures.from_segments([(prefix, prefix + new)], [])
+            latency.observe_forward(features, self.step.step_s(features))
+
+    @property
+    def is_asymcache(self) -> bool:
+        return isinstance(self.cache, HoleAwareRadixCache)
+
+    # ----- requests -----
+
+    def _submit(self, script: Script, call: int, prompt: list[int], at_s: float) -> None:
+        spec = script.calls[call]
+        params = SamplingParams(max_new_tokens=spec.max_new_tokens, ignore_eos=True)
+        params.normalize(None)
+        req = Req(f"s{script.session}c{call}r{self._rids}", "", array("q", prompt), params)
+        self._rids += 1
+        outputs = random.Random(hash((self.config.seed, script.session, call)))
+        record = CallRecord(script.session, call, at_s, len(prompt))
+        self.records.append(record)
+        self.live[id(req)] = _Live(script, call, record, outputs)
+        heapq.heappush(self.arrivals, (at_s, self._rids, req))
+
+    def _next_token(self, req: Req) -> int:
+        return self.live[id(req)].outputs.randrange(*self.config.vocab)
+
+    # ----- the loop -----
+
+    def run(
+        self, scripts: list[Script], on_step: Callable[[Engine], None] | None = None
+    ) -> SimResult:
+        """Every script to its last call; one record per call. ``on_step`` sees the engine after
+        every iteration."""
+        for script in scripts:
+            self._submit(script, 0, list(script.prompt_ids), script.arrival_s)
+        while True:
+            while self.arrivals and self.arrivals[0][0] <= self.now:
+                self.waiting.append(heapq.heappop(self.arrivals)[2])
+            batch = self._prefill_batch()
+            if batch:
+                self._run_prefill(batch)
+            elif self.running:
+                self._run_decode()
+            elif self.arrivals:
+                self.now = self.arrivals[0][0]
+            else:
+                break
+            if on_step is not None:
+                on_step(self)
+        counters = self.cache.stats_snapshot() if self.is_asymcache else {}
+        records = sorted(self.records, key=lambda r: (r.session, r.call))
+        return SimResult(records, dict(self.steps), counters)
+
+    def _prefill_batch(self) -> list[Req]:
+        """``Scheduler._get_new_batch_prefill_raw`` for FCFS, without LoRA, grammars or HiCache."""
+        if (self.batch_full or not self.waiting) and self.chunked is None:
+            return []
+        adder = PrefillAdder(
+            1,
+            self.cache,
+            self.allocator,
+            SimpleNamespace(reqs=self.running),
+            self.ratio.current,
+            self.config.max_prefill_tokens,
+            self.config.chunk_tokens,
+            max_running_requests=self.config.max_running_requests,
+        )
+        if self.chunked is not None:
+            self.chunked.init_next_round_input()
+            self.chunked = prefill_adder_add_chunked_req.hook(
+                PrefillAdder.add_chunked_req, adder, self.chunked
+            )
+        for req in self.waiting:
+            if len(adder.can_run_list) + len(self.running) >= self.config.max_running_requests:
+                self.batch_full = True
+                break
+            req.init_next_round_input(self.cache)
+            result = prefill_adder_add_one_req.hook(
+                PrefillAdder.add_one_req,
+                adder,
+                req,
+                has_chunked_req=self.chunked is not None,
+                truncation_align_size=None,
+            )
+            if result != AddReqResult.CONTINUE:
+                self.batch_full = result == AddReqResult.NO_TOKEN
+                break
+        admitted = set(map(id, adder.can_run_list))
+        self.waiting = [r for r in self.waiting if id(r) not in admitted]
+        if adder.new_chunked_req is not None:
+            assert self.chunked is None, "two chunked requests"
+            self.chunked = adder.new_chunked_req
+        return adder.can_run_list
+
+    def _prepare_extend(self, batch: list[Req]) -> list[tuple[int, int]]:
+        """What ``ScheduleBatch.prepare_for_extend`` (and AsymCache's hook on it) does to memory:
+        hole and tail slots, the requests' rows, the tree-owned ranges; the forward's segments."""
+        planned = []
+        for req in batch:
+            plan = handoff.request_plan(req).take_admitted() if self.is_asymcache else None
+            if plan is not None:
+                planned.append((req, plan))
+        if planned:
+            fill_holes(self.cache, planned)
+        plans = {id(req): plan for req, plan in planned}
+        tail_tokens = sum(req.extend_range.end - len(req.prefix_indices) for req in batch)
+        tail_slots = alloc_token_slots(self.cache, tail_tokens)
+        segments, offset = [], 0
+        for req in batch:
+            if req.req_pool_idx is None:
+                req.req_pool_idx = self.req_pool.free_slots.pop(0)
+            prefix, end = len(req.prefix_indices), req.extend_range.end
+            self.req_pool.write((req.req_pool_idx, slice(0, prefix)), req.prefix_indices)
+            self.req_pool.write(
+                (req.req_pool_idx, slice(prefix, end)), tail_slots[offset : offset + end - prefix]
+            )
+            offset += end - prefix
+            plan = plans.get(id(req))
+            own = [(prefix, end)] if plan is None else [*plan.recompute, (prefix, end)]
+            if plan is not None:
+                req.cache_protected_len = plan.retained_tokens
+                handoff.request_plan(req).retained = plan.retained
+            prompt = len(req.origin_input_ids)
+            self.live[id(req)].record.computed_prompt_tokens += sum(
+                max(0, min(e, prompt) - s) for s, e in own
+            )
+            segments += own
+            req.already_computed = req.kv_committed_len = end
+        return segments
+
+    def _run_prefill(self, batch: list[Req]) -> None:
+        features = BatchFeatures.from_segments(self._prepare_extend(batch), [])
+        self._advance(features)
+        self.steps["prefill"] += 1
+        for req in batch:
+            if req.extend_range.end < len(req.full_untruncated_fill_ids):
+                self.cache.cache_unfinished_req(req, chunked=True)
+                continue
+            record = self.live[id(req)].record
+            self._emit(req)
+            if record.first_token_s is None:
+                record.first_token_s = self.now
+            if not self._maybe_finish(req):
+                self.cache.cache_unfinished_req(req)
+                self.running.append(req)
+
+    def _run_decode(self) -> None:
+        self._retract_until_it_fits()
+        batch = self.running
+        slots = alloc_token_slots(self.cache, len(batch))
+        for i, req in enumerate(batch):
+            at = req.kv_committed_len
+            self.req_pool.write((req.req_pool_idx, slice(at, at + 1)), slots[i : i + 1])
+        features = BatchFeatures.from_segments([], [r.kv_committed_len + 1 for r in batch])
+        self._advance(features)
+        self.steps["decode"] += 1
+        self.ratio.decay_step()
+        still = []
+        for req in batch:
+            req.kv_committed_len += 1
+            self._emit(req)
+            if not self._maybe_finish(req):
+                still.append(req)
+        self.running = still
+
+    def _retract_until_it_fits(self) -> None:
+        """``ScheduleBatch.retract_decode``: longest-to-keep order, retract from its end."""
+        need = len(self.running)
+        evict_from_tree_cache(self.cache, need)
+        if self.allocator.available_size() >= need:
+            return
+        keep = sorted(
+            self.running, key=lambda r: (len(r.output_ids), -len(r.origin_input_ids)), reverse=True
+        )
+        while len(keep) > 1:
+            req = keep.pop()
+            self._release(req, insert=False)
+            req.reset_for_retract()
+            self.waiting.insert(0, req)
+            self.steps["retracted"] += 1
+            evict_from_tree_cache(self.cache, len(keep))
+            if self.allocator.available_size() >= len(keep):
+                break
+        self.running = [r for r in self.running if r in keep]
+        self.ratio.current = NewTokenRatioTracker.estimate_new_token_ratio_after_retract(
+            self.running
+        )
+        self.batch_full = False
+
+    def _advance(self, features: BatchFeatures) -> None:
+        seconds = self.step.step_s(features)
+        self.now += seconds
+        if self.is_asymcache:
+            self.cache.latency.observe_forward(features, seconds)
+
+    def _emit(self, req: Req) -> None:
+        req.output_ids.append(self._next_token(req))
+        self.live[id(req)].record.output_tokens = len(req.output_ids)
+
+    def _maybe_finish(self, req: Req) -> bool:
+        """Finish ``req`` if it has all its tokens; its session's next call is scheduled."""
+        if len(req.output_ids) < req.sampling_params.max_new_tokens:
+            return False
+        self._release(req, insert=True)
+        self.batch_full = False
+        live = self.live[id(req)]
+        live.record.finish_s = self.now
+        spec = live.script.calls[live.call]
+        if spec.then_wait_s is not None:
+            prompt = [*req.origin_input_ids, *req.output_ids, *spec.then_ids]
+            self._submit(live.script, live.call + 1, prompt, self.now + spec.then_wait_s)
+        return True
+
+    def _release(self, req: Req, insert: bool) -> None:
+        """``release_kv_cache``: the request's KV to the cache (or freed), its row back."""
+        self.cache.cache_finished_req(req, insert, kv_len_to_handle=req.kv_committed_len)
+        self.req_pool.free_slots.append(req.req_pool_idx)
+        req.req_pool_idx = None
+
+
+def simulate(scripts: list[Script], config: EngineConfig, step: StepModel) -> SimResult:
+    return Engine(config, step).run(scripts)
+
+
+def held_slots(engine: Engine) -> int:
+    """Slots that requests hold outside the cache: what they computed since it last took theirs."""
+    rows = [*engine.running, *([engine.chunked] if engine.chunked is not None else [])]
+    if engine.cache.is_chunk_cache():
+        return sum(req.kv_committed_len for req in rows)
+    return sum(req.kv_committed_len - req.cache_protected_len for req in rows)
+
+
+def cached_slots(engine: Engine) -> int:
+    return engine.cache.evictable_size() + engine.cache.protected_size()

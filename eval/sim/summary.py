@@ -1,0 +1,34 @@
+"""A simulated run's metrics, named as ``eval.bench`` names the measured ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eval.common import seconds_fields
+from eval.sim.engine import SimResult
+
+
+def summarize(result: SimResult, jobs: bool) -> dict[str, Any]:
+    """TTFT, TPOT and hit rate over every call; with ``jobs``, each session's completion time
+    (first arrival to last answer), as ``eval.agent_workload.summarize_jobs`` reports it."""
+    records = result.records
+    prompt = sum(r.prompt_tokens for r in records)
+    computed = sum(min(r.computed_prompt_tokens, r.prompt_tokens) for r in records)
+    tpots = [t for t in (r.tpot_s for r in records) if t is not None]
+    out: dict[str, Any] = {
+        "requests": len(records),
+        **seconds_fields("ttft", (r.ttft_s for r in records)),
+        "prompt_tokens": prompt,
+        "cached_tokens": prompt - computed,
+        "computed_prompt_tokens": computed,
+        "token_hit_rate": (prompt - computed) / prompt,
+        **(seconds_fields("tpot", tpots) if tpots else {}),
+    }
+    if jobs:
+        sessions: dict[int, list[float]] = {}
+        for r in records:
+            span = sessions.setdefault(r.session, [r.arrival_s, r.finish_s])
+            span[0], span[1] = min(span[0], r.arrival_s), max(span[1], r.finish_s)
+        out["jobs"] = len(sessions)
+        out |= seconds_fields("jct", (end - start for start, end in sessions.values()))
+    return out

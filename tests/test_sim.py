@@ -1,0 +1,115 @@
+"""The simulator: its accounting, a case with a known answer, the caches it drives, its inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asymcache_sglang.core.latency_fit import BatchFeatures
+from eval.agent_workload import AgentPrograms
+from eval.sim.engine import CACHES, Engine, EngineConfig, cached_slots, held_slots, simulate
+from eval.sim.scripts import Call, Script, agent_scripts, long_multi_turn_scripts
+from eval.sim.step_model import StepModel, fit_step_model
+from eval.sim.summary import summarize
+from eval.sweep import CONFIGURATIONS
+from eval.workloads import LongMultiTurn
+
+TRACE = (
+    Path(__file__).resolve().parents[1]
+    / "eval/results/traces/h200_b1c14b1_engage_pressure.jsonl.gz"
+)
+SMALL = LongMultiTurn(
+    sessions=4, turns=4, doc_tokens=(1500, 2500), question_tokens=(20, 60), answer_tokens=8,
+    think_s=(0.5, 1.5), arrival_gap_s=0.2,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def step() -> StepModel:
+    model, fit = fit_step_model(TRACE)
+    assert fit["steps"] > 500 and fit["mean_abs_rel_err"] < 0.1, fit
+    return model
+
+
+def test_the_simulator_runs_what_the_gpu_sweep_runs():
+    assert set(CACHES) == set(CONFIGURATIONS)
+
+
+@pytest.mark.parametrize("cache", CACHES)
+def test_every_slot_is_free_cached_or_held_after_every_step(cache, step):
+    pool = 3000
+    scripts = long_multi_turn_scripts(SMALL)
+    seen = []
+
+    def check(engine: Engine) -> None:
+        total = engine.allocator.available_size() + cached_slots(engine) + held_slots(engine)
+        assert total == pool, (engine.now, total)
+        seen.append(engine.now)
+
+    result = Engine(EngineConfig(pool_tokens=pool, cache=cache, chunk_tokens=512), step).run(
+        scripts, on_step=check
+    )
+    assert len(seen) > 50 and seen == sorted(seen)
+    assert len(result.records) == SMALL.sessions * SMALL.turns
+    assert all(r.output_tokens == SMALL.answer_tokens for r in result.records)
+    if cache.startswith("asymcache"):
+        assert result.counters["chunk_fallbacks"] == 0
+        assert (result.counters["plans"] > 0) == (cache == "asymcache")
+
+
+def test_one_request_takes_its_chunks_then_its_decodes():
+    """1 s per step, 1 ms per new token, 0.1 s per decode request: a 2,500-token prompt in
+    chunks of 1,000 is three steps (3 s + 2.5 s) and each later token one step of 1.1 s."""
+    step = StepModel((1.0, 1e-3, 0.0, 0.1, 0.0, 0.0))
+    script = Script(0, 2.0, list(range(10, 2510)), [Call(5, [], None)])
+    config = EngineConfig(pool_tokens=10_000, cache="lru", chunk_tokens=1000)
+    (record,) = simulate([script], config, step).records
+    assert record.ttft_s == pytest.approx(5.5)
+    assert record.tpot_s == pytest.approx(1.1)
+    assert record.computed_prompt_tokens == 2500
+
+
+def test_a_returning_session_hits_what_the_pool_kept(step):
+    unlimited = summarize(
+        simulate(long_multi_turn_scripts(SMALL), EngineConfig(10**6), step), False
+    )
+    tight = summarize(simulate(long_multi_turn_scripts(SMALL), EngineConfig(3000), step), False)
+    none = summarize(
+        simulate(long_multi_turn_scripts(SMALL), EngineConfig(10**6, cache="no-radix"), step),
+        False,
+    )
+    assert none["token_hit_rate"] == 0.0
+    # Unlimited: every turn after the first reuses its whole history but the last answer token.
+    assert 0.6 < unlimited["token_hit_rate"] < 0.8
+    assert none["token_hit_rate"] < tight["token_hit_rate"] < unlimited["token_hit_rate"]
+    assert tight["ttft_mean_s"] > unlimited["ttft_mean_s"]
+
+
+def test_a_pool_too_small_for_the_batch_retracts_and_still_finishes(step):
+    """Admission reserves only part of each request's answer, so long answers outgrow the pool."""
+    scripts = [
+        Script(i, 0.05 * i, list(range(1000 * i + 10, 1000 * i + 110)), [Call(1500, [], None)])
+        for i in range(8)
+    ]
+    result = simulate(scripts, EngineConfig(pool_tokens=3000, cache="lru"), step)
+    assert result.steps["retracted"] > 0
+    assert all(r.output_tokens == 1500 for r in result.records)
+
+
+def test_scripts_follow_the_workloads_draws():
+    scripts = long_multi_turn_scripts(SMALL)
+    assert scripts == long_multi_turn_scripts(SMALL)
+    assert [s.arrival_s for s in scripts] == [i * SMALL.arrival_gap_s for i in range(4)]
+    assert all(1500 <= len(s.prompt_ids) <= 2500 for s in scripts)
+    assert [c.then_wait_s is None for c in scripts[0].calls] == [False, False, False, True]
+    agents = agent_scripts(AgentPrograms(sessions=3))
+    assert all(a.prompt_ids[:2048] == agents[0].prompt_ids[:2048] for a in agents)
+    assert all(a.calls[-1].then_wait_s is None for a in agents)
+
+
+def test_the_step_model_prices_a_forward_from_its_features():
+    step = StepModel((1.0, 2.0, 3.0, 4.0, 5.0, 6.0), host_overhead_s=0.5)
+    features = BatchFeatures.from_segments([(0, 2)], [7])
+    # [1, new 2, new_ctx 2, decodes 1, decode_ctx 7, extend 1]
+    assert step.step_s(features) == pytest.approx(1 + 4 + 6 + 4 + 35 + 6 + 0.5)
