@@ -111,7 +111,8 @@ def gpu_points(engage: Path | None, sweeps: Sequence[Path]) -> list[dict[str, An
     """Stock LRU runs measured on a GPU: workload, settings, pool and metrics of each."""
     points = []
     if engage is not None:
-        parts = json.loads(engage.read_text())["parts"]
+        merged = json.loads(engage.read_text())
+        parts = merged["parts"]
         for part, runs in (
             ("pressure", parts["pressure"]["runs"]),
             ("no_pressure", parts["no_pressure"]["cuda_graph_default"]["runs"]),
@@ -119,6 +120,7 @@ def gpu_points(engage: Path | None, sweeps: Sequence[Path]) -> list[dict[str, An
             points.append(
                 {
                     "source": f"{engage.name}: {part}, stock",
+                    "card": merged["card"],
                     "workload": "long-multi-turn",
                     "settings": parts[part]["workload"],
                     "pool": parts[part]["pool_tokens"],
@@ -132,6 +134,7 @@ def gpu_points(engage: Path | None, sweeps: Sequence[Path]) -> list[dict[str, An
                 points.append(
                     {
                         "source": f"{path}: lru at {run['pool']}",
+                        "card": sweep["card"],
                         "workload": sweep["workload"],
                         "settings": run["workload"],
                         "pool": int(run["pool"]),
@@ -161,7 +164,7 @@ def validate(points: list[dict[str, Any]], trace: Path) -> dict[str, Any]:
         errors = {m: abs(run["metrics"][m] / point["measured"][m] - 1.0) for m in VALIDATED_METRICS}
         rows.append(
             {
-                **{k: point[k] for k in ("source", "workload", "pool")},
+                **{k: point[k] for k in ("source", "card", "workload", "pool")},
                 "measured": {m: point["measured"][m] for m in VALIDATED_METRICS},
                 "simulated": {m: run["metrics"][m] for m in VALIDATED_METRICS},
                 "rel_err": errors,

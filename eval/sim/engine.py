@@ -204,6 +204,12 @@ class Engine:
 
     def _submit(self, script: Script, call: int, prompt: list[int], at_s: float) -> None:
         spec = script.calls[call]
+        if len(prompt) >= self.config.pool_tokens:
+            # SGLang refuses it too: max_req_input_len is below max_total_num_tokens.
+            raise ValueError(
+                f"session {script.session} call {call}: a {len(prompt)}-token prompt does not "
+                f"fit a pool of {self.config.pool_tokens} tokens"
+            )
         params = SamplingParams(max_new_tokens=spec.max_new_tokens, ignore_eos=True)
         params.normalize(None)
         req = Req(f"s{script.session}c{call}r{self._rids}", "", array("q", prompt), params)
@@ -236,6 +242,8 @@ class Engine:
                 self._run_decode()
             elif self.arrivals:
                 self.now = self.arrivals[0][0]
+            elif self.waiting:
+                raise RuntimeError(f"{len(self.waiting)} requests wait with nothing running")
             else:
                 break
             if on_step is not None:
