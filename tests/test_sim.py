@@ -8,7 +8,15 @@ import pytest
 
 from asymcache_sglang.core.latency_fit import BatchFeatures
 from eval.agent_workload import AgentPrograms
-from eval.sim.engine import CACHES, Engine, EngineConfig, cached_slots, held_slots, simulate
+from eval.sim.engine import (
+    CACHES,
+    ORACLE,
+    Engine,
+    EngineConfig,
+    cached_slots,
+    held_slots,
+    simulate,
+)
 from eval.sim.scripts import Call, Script, agent_scripts, long_multi_turn_scripts
 from eval.sim.step_model import StepModel, fit_step_model
 from eval.sim.summary import summarize
@@ -36,7 +44,7 @@ def test_the_simulator_runs_what_the_gpu_sweep_runs():
     assert set(CACHES) == set(CONFIGURATIONS)
 
 
-@pytest.mark.parametrize("cache", CACHES)
+@pytest.mark.parametrize("cache", [*CACHES, ORACLE])
 def test_every_slot_is_free_cached_or_held_after_every_step(cache, step):
     pool = 3000
     scripts = long_multi_turn_scripts(SMALL)
@@ -113,3 +121,25 @@ def test_the_step_model_prices_a_forward_from_its_features():
     features = BatchFeatures.from_segments([(0, 2)], [7])
     # [1, new 2, new_ctx 2, decodes 1, decode_ctx 7, extend 1]
     assert step.step_s(features) == pytest.approx(1 + 4 + 6 + 4 + 35 + 6 + 0.5)
+
+
+def test_the_oracle_keeps_the_session_that_comes_back():
+    """A comes back at 10 s, B is done after its second call at about 1 s; C needs room at 2 s.
+    LRU evicts A (used longest ago) and A's return misses; the oracle evicts B and A hits."""
+    step = StepModel((1e-3, 1e-6, 0.0, 1e-4, 0.0, 0.0))
+    tokens = iter(range(10, 10**6))
+
+    def prompt(n: int) -> list[int]:
+        return [next(tokens) for _ in range(n)]
+
+    scripts = [
+        Script(0, 0.0, prompt(1000), [Call(8, prompt(10), 10.0), Call(8, [], None)]),
+        Script(1, 0.1, prompt(1000), [Call(8, prompt(10), 1.0), Call(8, [], None)]),
+        Script(2, 2.0, prompt(1000), [Call(8, [], None)]),
+    ]
+    returns = {}
+    for cache in ("lru", "belady"):
+        result = simulate(scripts, EngineConfig(pool_tokens=2600, cache=cache), step)
+        (a_return,) = [r for r in result.records if (r.session, r.call) == (0, 1)]
+        returns[cache] = a_return.computed_prompt_tokens
+    assert returns["lru"] > 1000 and returns["belady"] < 20, returns

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from eval.agent_workload import AgentPrograms
 from eval.bench import parse_overrides
 from eval.common import result_header
-from eval.sim.engine import CACHES, EngineConfig, simulate
+from eval.sim.engine import CACHES, ORACLE, EngineConfig, simulate
 from eval.sim.scripts import Script, agent_scripts, long_multi_turn_scripts
 from eval.sim.step_model import StepModel, fit_step_model
 from eval.sim.summary import summarize
@@ -184,7 +184,7 @@ def main() -> None:
     sweep = sub.add_parser("sweep")
     sweep.add_argument("--workload", required=True, choices=sorted(SIM_WORKLOADS))
     sweep.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
-    sweep.add_argument("--configs", default=",".join(CACHES))
+    sweep.add_argument("--configs", default=",".join((*CACHES, ORACLE)))
     sweep.add_argument("--pools", required=True, help="comma-separated --max-total-tokens")
     sweep.add_argument("--unlimited", action="store_true", help="also the unbounded pool")
     sweep.add_argument("--trace", type=Path, required=True)
@@ -201,9 +201,9 @@ def main() -> None:
         print(json.dumps(result["points"], indent=2), f"\nmax_rel_err {result['max_rel_err']:.3f}")
         return
     configs = args.configs.split(",")
-    unknown = [c for c in configs if c not in CACHES]
+    unknown = [c for c in configs if c not in (*CACHES, ORACLE)]
     if unknown:
-        parser.error(f"unknown configurations {unknown}; known: {list(CACHES)}")
+        parser.error(f"unknown configurations {unknown}; known: {[*CACHES, ORACLE]}")
     pools: list[int | None] = [int(p) for p in args.pools.split(",")]
     if args.unlimited:
         pools.append(None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 import random
 from array import array
 from collections.abc import Callable
@@ -45,11 +46,14 @@ from asymcache_sglang.patches import prefill_adder_add_chunked_req, prefill_adde
 from asymcache_sglang.patches.http_server_wait_and_warmup import calibration_extends
 from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_holes
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
+from eval.sim.oracle import OracleRadixCache
 from eval.sim.scripts import Script
 from eval.sim.step_model import StepModel
 
 STOCK_POLICIES = ("lru", "lfu", "slru", "priority")
 CACHES = (*STOCK_POLICIES, "no-radix", "asymcache", "asymcache-no-holes")
+# Offline, simulation only: Belady's MIN with the position-aware cost (``eval.sim.oracle``).
+ORACLE = "belady"
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,8 @@ class EngineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.cache not in CACHES:
-            raise ValueError(f"cache must be one of {CACHES}, got {self.cache!r}")
+        if self.cache not in (*CACHES, ORACLE):
+            raise ValueError(f"cache must be one of {(*CACHES, ORACLE)}, got {self.cache!r}")
         if self.pool_tokens < 1 or self.chunk_tokens < 1:
             raise ValueError(f"need pool_tokens and chunk_tokens >= 1: {self}")
 
@@ -154,6 +158,8 @@ class Engine:
         self.live: dict[int, _Live] = {}
         self.records: list[CallRecord] = []
         self.arrivals: list[tuple[float, int, Req]] = []
+        # Per session: when its next call arrives (inf after its last).
+        self.next_arrival: dict[int, float] = {}
         self.steps = {"prefill": 0, "decode": 0, "retracted": 0}
         self._rids = 0
 
@@ -170,6 +176,12 @@ class Engine:
         )
         if kind == "no-radix":
             return ChunkCache(params)  # what --disable-radix-cache builds
+        if kind == ORACLE:
+            latency = LatencyRuntime(
+                AsymCacheConfig(recompute_chunk_tokens=self.config.chunk_tokens)
+            )
+            self._calibrate(latency)
+            return OracleRadixCache(params, latency.cost, self.next_use_in_s)
         if not kind.startswith("asymcache"):
             return RadixCache(params)
         asym = AsymCacheConfig(
@@ -183,6 +195,9 @@ class Engine:
 
     def clock(self) -> float:
         return self.now
+
+    def next_use_in_s(self, session: int) -> float:
+        return max(0.0, self.next_arrival[session] - self.now)
 
     def _calibrate(self, latency: LatencyRuntime) -> None:
         """What the server's start-up profile feeds the latency model: its calibration extends,
@@ -217,6 +232,7 @@ class Engine:
         outputs = random.Random(hash((self.config.seed, script.session, call)))
         record = CallRecord(script.session, call, at_s, len(prompt))
         self.records.append(record)
+        self.next_arrival[script.session] = at_s
         self.live[id(req)] = _Live(script, call, record, outputs)
         heapq.heappush(self.arrivals, (at_s, self._rids, req))
 
@@ -336,6 +352,7 @@ class Engine:
         for req in batch:
             if req.extend_range.end < len(req.full_untruncated_fill_ids):
                 self.cache.cache_unfinished_req(req, chunked=True)
+                self._tag(req)
                 continue
             record = self.live[id(req)].record
             self._emit(req)
@@ -343,6 +360,7 @@ class Engine:
                 record.first_token_s = self.now
             if not self._maybe_finish(req):
                 self.cache.cache_unfinished_req(req)
+                self._tag(req)
                 self.running.append(req)
 
     def _run_decode(self) -> None:
@@ -394,6 +412,12 @@ class Engine:
         if self.is_asymcache:
             self.cache.latency.observe_forward(features, seconds)
 
+    def _tag(self, req: Req) -> None:
+        """The oracle's record of which session uses the request's cached path."""
+        if isinstance(self.cache, OracleRadixCache):
+            tokens = (req.origin_input_ids + req.output_ids)[: req.kv_committed_len]
+            self.cache.tag_path(tokens, self.live[id(req)].script.session)
+
     def _emit(self, req: Req) -> None:
         req.output_ids.append(self._next_token(req))
         self.live[id(req)].record.output_tokens = len(req.output_ids)
@@ -410,11 +434,15 @@ class Engine:
         if spec.then_wait_s is not None:
             prompt = [*req.origin_input_ids, *req.output_ids, *spec.then_ids]
             self._submit(live.script, live.call + 1, prompt, self.now + spec.then_wait_s)
+        else:
+            self.next_arrival[live.script.session] = math.inf
         return True
 
     def _release(self, req: Req, insert: bool) -> None:
         """``release_kv_cache``: the request's KV to the cache (or freed), its row back."""
         self.cache.cache_finished_req(req, insert, kv_len_to_handle=req.kv_committed_len)
+        if insert:
+            self._tag(req)
         self.req_pool.free_slots.append(req.req_pool_idx)
         req.req_pool_idx = None
 

@@ -1,0 +1,80 @@
+"""An offline reference for the simulator: Belady's MIN on SGLang's radix tree, cost-weighted.
+
+Every cached node is tagged with the sessions whose prompts run through it. In a simulation the
+engine knows each session's next call: imminent while one waits or runs, at its scheduled
+arrival while the session thinks or waits on a tool, never after its last. Eviction takes the
+leaf with the least recompute cost per token (position-aware, from the latency model) per second
+until its next use, so KV nobody needs again goes first, cheapest first. With variable sizes and
+costs this rule is a strong reference, not a proven optimum: it sees the next use only, and
+evicts leaves only, as SGLang's tree does.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from array import array
+from collections.abc import Callable
+
+from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+from sglang.srt.mem_cache.evict_policy import EvictionStrategy
+from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
+
+from asymcache_sglang.core.cost import CostModel
+
+# Seconds until its next use of a session, from the engine (0: now, inf: never).
+NextUse = Callable[[int], float]
+
+
+class NextUseStrategy(EvictionStrategy):
+    """Priority of a leaf: its cost per token over the seconds until its sessions' next use."""
+
+    def __init__(self, cost: CostModel, next_use_in_s: NextUse) -> None:
+        self.cost = cost
+        self.next_use_in_s = next_use_in_s
+        self.sessions: weakref.WeakKeyDictionary[TreeNode, set[int]] = weakref.WeakKeyDictionary()
+
+    def get_priority(self, node: TreeNode) -> float:
+        wait_s = min((self.next_use_in_s(s) for s in self.sessions.get(node, ())), default=math.inf)
+        start = _start(node)
+        return self.cost.cost_per_token(start, start + len(node.key)) / max(wait_s, 1e-9)
+
+
+def _start(node: TreeNode) -> int:
+    """The node's first position: the tokens on the path above it."""
+    start, parent = 0, node.parent
+    while parent is not None:
+        start += len(parent.key)
+        parent = parent.parent
+    return start
+
+
+class OracleRadixCache(RadixCache):
+    """SGLang's RadixCache evicting by ``NextUseStrategy``; tags follow splits and evictions."""
+
+    def __init__(self, params: CacheInitParams, cost: CostModel, next_use_in_s: NextUse) -> None:
+        super().__init__(params)
+        self.oracle = NextUseStrategy(cost, next_use_in_s)
+        self.eviction_strategy = self.oracle
+
+    def tag_path(self, token_ids: array, session: int) -> None:
+        """Mark every node on the cached path of ``token_ids`` as used by ``session``."""
+        node = self.match_prefix_node(token_ids)
+        while node is not None and node is not self.root_node:
+            self.oracle.sessions.setdefault(node, set()).add(session)
+            node = node.parent
+
+    def match_prefix_node(self, token_ids: array) -> TreeNode:
+        _, node = self._match_prefix_helper(self.root_node, RadixKey(token_ids, None))
+        return node
+
+    def _split_node(self, key: RadixKey, child: TreeNode, split_len: int) -> TreeNode:
+        upper = super()._split_node(key, child, split_len)
+        # Whoever uses the lower part uses the upper part too.
+        self.oracle.sessions[upper] = set(self.oracle.sessions.get(child, ()))
+        return upper
+
+    def _delete_leaf(self, node: TreeNode) -> None:
+        tags = self.oracle.sessions.pop(node, set())
+        self.oracle.sessions.setdefault(node.parent, set()).update(tags)
+        super()._delete_leaf(node)
