@@ -112,6 +112,7 @@ def run_sweep(
     }
     (out / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
     plot(sweep, out / "sweep.png")
+    plot_cdf(sweep, out / "sweep_cdf.png")
     return sweep
 
 
@@ -151,6 +152,40 @@ def plot(sweep: dict[str, Any], out: Path) -> None:
         ax.set_ylabel(metric)
         ax.legend(fontsize=6)
     fig.suptitle(f"{sweep['workload']}, {sweep['card']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+
+
+def cdf_pool(sweep: dict[str, Any]) -> str | None:
+    """The middle bounded pool of the sweep: where the CDFs are drawn."""
+    pools = sorted({int(r["pool"]) for r in sweep["runs"] if r["pool"] != UNLIMITED})
+    return str(pools[len(pools) // 2]) if pools else None
+
+
+def plot_cdf(sweep: dict[str, Any], out: Path, pool: str | None = None) -> None:
+    """TTFT CDF of every configuration at ``pool`` (the middle one by default), and one of the
+    unlimited pool's, dashed, where it ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pool = pool or cdf_pool(sweep)
+    unlimited = [r for r in sweep["runs"] if r["pool"] == UNLIMITED][:1]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for run in [r for r in sweep["runs"] if r["pool"] == pool] + unlimited:
+        samples = run["metrics"].get("ttft_samples_s")
+        if not samples:
+            continue
+        fractions = [(i + 1) / len(samples) for i in range(len(samples))]
+        dashed = run["pool"] == UNLIMITED
+        label = "unlimited pool" if dashed else run["config"]
+        ax.step(samples, fractions, where="post", linestyle="--" if dashed else "-", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("TTFT, s")
+    ax.set_ylabel("fraction of requests")
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(f"{sweep['workload']}, pool {pool}", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
 

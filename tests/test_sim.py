@@ -8,6 +8,7 @@ import pytest
 
 from asymcache_sglang.core.latency_fit import BatchFeatures
 from eval.agent_workload import AgentPrograms
+from eval.sim.__main__ import advice, run_sweep
 from eval.sim.engine import (
     CACHES,
     ORACLE,
@@ -20,7 +21,7 @@ from eval.sim.engine import (
 from eval.sim.scripts import Call, Script, agent_scripts, long_multi_turn_scripts
 from eval.sim.step_model import StepModel, fit_step_model
 from eval.sim.summary import summarize
-from eval.sweep import CONFIGURATIONS
+from eval.sweep import CONFIGURATIONS, plot, plot_cdf
 from eval.workloads import LongMultiTurn
 
 TRACE = (
@@ -143,3 +144,22 @@ def test_the_oracle_keeps_the_session_that_comes_back():
         (a_return,) = [r for r in result.records if (r.session, r.call) == (0, 1)]
         returns[cache] = a_return.computed_prompt_tokens
     assert returns["lru"] > 1000 and returns["belady"] < 20, returns
+
+
+def test_a_simulated_sweep_advises_per_pool(tmp_path, step):
+    sweep = run_sweep(
+        "long-multi-turn",
+        ["sessions=3", "turns=3", "doc_tokens=1500,2500", "answer_tokens=8"],
+        ["lru", "asymcache", ORACLE],
+        [3000, 6000, None],
+        TRACE,
+    )
+    assert [(r["config"], r["pool"]) for r in sweep["runs"]][:3] == [
+        ("lru", "3000"), ("asymcache", "3000"), (ORACLE, "3000"),
+    ]  # fmt: skip
+    lines = advice(sweep)
+    assert len(lines) == 2 and all("oracle" in line and "unlimited" in line for line in lines)
+    assert all(ORACLE not in line.split("(")[0] for line in lines)
+    plot(sweep, tmp_path / "a.png")
+    plot_cdf(sweep, tmp_path / "b.png")
+    assert (tmp_path / "b.png").stat().st_size > 0

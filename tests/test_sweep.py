@@ -27,10 +27,12 @@ def test_sweep_two_configurations_two_pools_on_the_cpu(tiny_model, tmp_path):
         assert run["server"]["max_total_num_tokens"] == int(pool)
         assert run["server"]["radix_eviction_policy"] == "lru"
         assert run["metrics"]["requests"] == 6 and run["metrics"]["cached_tokens"] > 0
+        assert len(run["metrics"]["ttft_samples_s"]) == 6
         assert bool(run["asymcache"]) == (config == "asymcache")
         assert json.loads((tmp_path / f"{config}_{pool}.json").read_text()) == json.loads(
             json.dumps(run)
         )
     assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 4
     assert (tmp_path / "sweep.png").stat().st_size > 0
+    assert (tmp_path / "sweep_cdf.png").stat().st_size > 0
     assert UNLIMITED not in {r["pool"] for r in sweep["runs"]}

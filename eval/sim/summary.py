@@ -22,6 +22,7 @@ def summarize(result: SimResult, jobs: bool) -> dict[str, Any]:
         "cached_tokens": prompt - computed,
         "computed_prompt_tokens": computed,
         "token_hit_rate": (prompt - computed) / prompt,
+        "ttft_samples_s": sorted(round(r.ttft_s, 6) for r in records),
         **(seconds_fields("tpot", tpots) if tpots else {}),
     }
     if jobs:
