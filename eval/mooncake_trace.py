@@ -32,7 +32,8 @@ class TraceCut:
     Requests are taken in trace order from ``start``, every ``sample_every``-th, skipping those
     longer than ``max_input_tokens``, until ``max_requests``. Arrival times are the trace's,
     shifted so the first taken request arrives at 0 and multiplied by ``time_scale`` (0.1: ten
-    times as fast). Outputs are capped at ``max_output_tokens``.
+    times as fast). Outputs are capped at ``max_output_tokens``. ``trace_path``: the trace file,
+    where it is not the shared copy.
     """
 
     time_scale: float = 1.0
@@ -43,6 +44,7 @@ class TraceCut:
     max_output_tokens: int | None = None
     vocab: tuple[int, int] = (10, 120000)
     seed: int = 0
+    trace_path: str = ""
 
     def __post_init__(self) -> None:
         if self.time_scale <= 0 or self.sample_every < 1 or self.start < 0:
@@ -77,7 +79,7 @@ def trace_lines(path: Path) -> Iterator[dict]:
 
 def load_trace(cut: TraceCut, path: Path | None = None) -> list[TraceRequest]:
     """The requests ``cut`` takes from the trace at ``path`` (default: the shared copy)."""
-    path = path or DEFAULT_TRACE / TRACE_NAME
+    path = path or Path(cut.trace_path or DEFAULT_TRACE / TRACE_NAME)
     blocks: dict[int, list[int]] = {}
     taken: list[TraceRequest] = []
     first_ms: float | None = None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from asymcache_sglang.core.latency_fit import BatchFeatures
 from eval.agent_workload import AgentPrograms
+from eval.mooncake_trace import TraceCut
 from eval.sim.__main__ import advice, run_sweep
 from eval.sim.engine import (
     CACHES,
@@ -18,7 +20,7 @@ from eval.sim.engine import (
     held_slots,
     simulate,
 )
-from eval.sim.scripts import Call, Script, agent_scripts, long_multi_turn_scripts
+from eval.sim.scripts import Call, Script, agent_scripts, long_multi_turn_scripts, mooncake_scripts
 from eval.sim.step_model import StepModel, fit_step_model
 from eval.sim.summary import summarize
 from eval.sweep import CONFIGURATIONS, plot, plot_cdf
@@ -163,3 +165,19 @@ def test_a_simulated_sweep_advises_per_pool(tmp_path, step):
     plot(sweep, tmp_path / "a.png")
     plot_cdf(sweep, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_a_trace_replays_open_loop(tmp_path, step):
+    lines = [
+        {"timestamp": 0, "input_length": 700, "output_length": 5, "hash_ids": [1, 2]},
+        {"timestamp": 500, "input_length": 1000, "output_length": 9, "hash_ids": [1, 2, 3]},
+    ]
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    scripts = mooncake_scripts(TraceCut(trace_path=str(trace), time_scale=2.0))
+    assert [(s.arrival_s, len(s.prompt_ids), s.calls[0].max_new_tokens) for s in scripts] == [
+        (0.0, 700, 5), (1.0, 1000, 9),
+    ]  # fmt: skip
+    (first, second) = simulate(scripts, EngineConfig(pool_tokens=10_000), step).records
+    # The second request shares the first's 700 prompt tokens (two 512-token blocks, cut).
+    assert first.computed_prompt_tokens == 700 and second.computed_prompt_tokens == 300

@@ -28,8 +28,9 @@ from tqdm import tqdm
 from eval.agent_workload import AgentPrograms
 from eval.bench import parse_overrides
 from eval.common import result_header
+from eval.mooncake_trace import TraceCut
 from eval.sim.engine import CACHES, ORACLE, EngineConfig, simulate
-from eval.sim.scripts import Script, agent_scripts, long_multi_turn_scripts
+from eval.sim.scripts import Script, agent_scripts, long_multi_turn_scripts, mooncake_scripts
 from eval.sim.step_model import StepModel, fit_step_model
 from eval.sim.summary import summarize
 from eval.sweep import UNLIMITED, plot, plot_cdf
@@ -40,6 +41,7 @@ UNLIMITED_POOL_TOKENS = 4_000_000
 SIM_WORKLOADS = {
     "long-multi-turn": (LongMultiTurn, long_multi_turn_scripts),
     "agents": (AgentPrograms, agent_scripts),
+    "mooncake": (TraceCut, mooncake_scripts),
 }
 VALIDATED_METRICS = ("ttft_mean_s", "token_hit_rate")
 
@@ -73,6 +75,9 @@ def run_sweep(
     pools: Sequence[int | None],
     trace: Path,
 ) -> dict[str, Any]:
+    if workload == "mooncake" and ORACLE in configs:
+        # Each trace request is its own session, whose next use the oracle takes to be never.
+        raise ValueError("the oracle needs sessions; the mooncake replay has none")
     settings, scripts = workload_scripts(workload, overrides)
     step, fit = fit_step_model(trace)
     start = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eval.agent_workload import AgentPrograms, plan_sessions
+from eval.mooncake_trace import TraceCut, load_trace
 from eval.workloads import LongMultiTurn, plan_long_multi_turn
 
 
@@ -56,4 +57,13 @@ def agent_scripts(workload: AgentPrograms) -> list[Script]:
             ],
         )
         for session in plan_sessions(workload)
+    ]
+
+
+def mooncake_scripts(cut: TraceCut) -> list[Script]:
+    """``eval.mooncake_trace.replay``'s requests, open loop: each its own one-call session.
+    (The replay also caps requests in flight at 64, which the simulator does not.)"""
+    return [
+        Script(req.index, req.arrival_s, req.input_ids, [Call(req.output_tokens, [], None)])
+        for req in load_trace(cut)
     ]
