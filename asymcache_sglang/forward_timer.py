@@ -15,7 +15,8 @@ import torch
 from asymcache_sglang.core.latency_fit import BatchFeatures
 
 T = TypeVar("T")
-Sample = Callable[[BatchFeatures, float], None]
+# (features, seconds, when it was launched on the host's perf_counter clock)
+Sample = Callable[[BatchFeatures, float, float], None]
 
 
 class ForwardTimer:
@@ -24,26 +25,26 @@ class ForwardTimer:
     def __init__(self, on_sample: Sample, use_cuda: bool) -> None:
         self.on_sample = on_sample
         self.use_cuda = use_cuda
-        self._pending: deque[tuple[Any, Any, BatchFeatures]] = deque()
+        self._pending: deque[tuple[Any, Any, BatchFeatures, float]] = deque()
 
     def time(self, features: BatchFeatures, run: Callable[[], T]) -> T:
         """Run one forward, timing it; earlier forwards whose events completed are reported."""
+        launched = perf_counter()
         if not self.use_cuda:
-            start = perf_counter()
             out = run()
-            self.on_sample(features, perf_counter() - start)
+            self.on_sample(features, perf_counter() - launched, launched)
             return out
         start_event = torch.cuda.Event(enable_timing=True)
         end_event = torch.cuda.Event(enable_timing=True)
         start_event.record()
         out = run()
         end_event.record()
-        self._pending.append((start_event, end_event, features))
+        self._pending.append((start_event, end_event, features, launched))
         self.poll()
         return out
 
     def poll(self) -> None:
         """Report every forward whose end event has completed, in launch order."""
         while self._pending and self._pending[0][1].query():
-            start_event, end_event, features = self._pending.popleft()
-            self.on_sample(features, start_event.elapsed_time(end_event) / 1e3)
+            start_event, end_event, features, launched = self._pending.popleft()
+            self.on_sample(features, start_event.elapsed_time(end_event) / 1e3, launched)

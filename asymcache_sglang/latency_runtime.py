@@ -88,9 +88,12 @@ class LatencyRuntime:
     def view(self) -> LatencyView:
         return self.cost.view
 
-    def observe_forward(self, features: BatchFeatures, seconds: float) -> None:
+    def observe_forward(
+        self, features: BatchFeatures, seconds: float, launched_s: float | None = None
+    ) -> None:
         """One timed forward: refit the model (and the extend cost model on a pure extend);
-        decode-only steps set the TPOT default."""
+        decode-only steps set the TPOT default. ``launched_s`` (the host's perf_counter when the
+        forward was launched) goes to the trace, whose gaps then show the host time per step."""
         if not seconds > 0:
             return
         self.counters.timed_forwards += 1
@@ -99,6 +102,8 @@ class LatencyRuntime:
             self.extend_model.update(features, seconds)
         if self._trace is not None:
             record = {**asdict(features), "seconds": seconds, "predicted": predicted}
+            if launched_s is not None:
+                record["launched_s"] = launched_s
             self._trace.write(json.dumps(record) + "\n")
         self.decode_steps.observe(features, seconds)
         n = self.counters.timed_forwards

@@ -73,6 +73,8 @@ def test_chunk_size_follows_the_latency_model(adaptive_server, no_cache_server):
     trace = [json.loads(line) for line in trace_path.read_text().splitlines()]
     assert len(trace) >= model["samples"] and all(r["seconds"] > 0 for r in trace)
     assert {"new_tokens", "new_ctx", "decode_reqs", "decode_ctx", "predicted"} <= trace[-1].keys()
+    launches = [r["launched_s"] for r in trace]
+    assert launches == sorted(launches)
     assert model["ready"], model
     assert all(c >= 0 for c in model["coefficients"])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +12,7 @@ from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 
 from asymcache_sglang.core.config import AsymCacheConfig
 from asymcache_sglang.core.latency_fit import BatchFeatures, LatencyView
+from asymcache_sglang.forward_timer import ForwardTimer
 from asymcache_sglang.latency_runtime import LATENCY_SYNC_EVERY, LatencyRuntime
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 
@@ -107,3 +110,16 @@ def test_tp_fit_is_not_published_by_updates(tp_size):
     rank = runtime(tp_size)
     feed(rank, np.random.default_rng(5), 200, 1.0)
     assert rank.model.ready and rank.view == LatencyView()
+
+
+def test_the_trace_records_when_each_forward_was_launched(tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    latency = LatencyRuntime(AsymCacheConfig(latency_trace_path=str(trace)))
+    timer = ForwardTimer(latency.observe_forward, use_cuda=False)
+    features = BatchFeatures.from_segments([(0, 64)], [])
+    before = time.perf_counter()
+    assert timer.time(features, lambda: "out") == "out"
+    timer.time(features, lambda: None)
+    rows = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert len(rows) == 2 and before <= rows[0]["launched_s"] <= rows[1]["launched_s"]
+    assert all(r["seconds"] > 0 and r["new_tokens"] == 64 for r in rows)
