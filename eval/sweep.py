@@ -6,7 +6,9 @@
 Each (configuration, pool) runs ``eval.bench`` on its own server; the servers differ only in the
 configuration's flags and ``--max-total-tokens`` (``--unlimited``: the pool SGLang sizes from
 memory, the limit). On a GPU the servers of one pool size start together, ``--stagger-s`` apart,
-and are measured one at a time; with ``--cpu`` they run one after another. Writes
+and are measured one at a time; with ``--gpus N`` (N > 1) server i runs on GPU i mod N and the
+servers on different GPUs are measured at the same time; with ``--cpu`` they run one after
+another. Writes
 ``DIR/<config>_<pool>.json`` per run, ``DIR/sweep.json`` with all of them, and ``DIR/sweep.png``:
 TTFT mean (and job time, for agents) against pool size, one line per configuration.
 """
@@ -16,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +51,13 @@ UNLIMITED = "unlimited"
 
 
 def server_for(
-    model: str, config: str, pool: int | None, base_args: Sequence[str], log: Path, cpu: bool
+    model: str,
+    config: str,
+    pool: int | None,
+    base_args: Sequence[str],
+    log: Path,
+    cpu: bool,
+    gpu: int | None = None,
 ) -> SGLangServer:
     flags = CONFIGURATIONS[config]
     asym = "--enable-asymcache" in flags
@@ -56,6 +66,8 @@ def server_for(
         args = cpu_server_args()
     else:
         env = dict(os.environ) if asym else stock_env()
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         args = []
     pool_args = [] if pool is None else ["--max-total-tokens", str(pool)]
     return SGLangServer(
@@ -75,6 +87,7 @@ def run_sweep(
     base_args: Sequence[str] = (),
     cpu: bool = False,
     stagger_s: float = 20.0,
+    gpus: int = 1,
 ) -> dict[str, Any]:
     """Run every configuration at every pool size; ``None`` in ``pools`` is the unlimited pool."""
     out.mkdir(parents=True, exist_ok=True)
@@ -83,8 +96,12 @@ def run_sweep(
     for pool in pools:
         label = UNLIMITED if pool is None else str(pool)
         servers = {
-            c: server_for(model, c, pool, base_args, out / f"{c}_{label}.log", cpu) for c in configs
-        }
+            c: server_for(
+                model, c, pool, base_args, out / f"{c}_{label}.log", cpu,
+                gpu=i % gpus if gpus > 1 else None,
+            )
+            for i, c in enumerate(configs)
+        }  # fmt: skip
         try:
             if cpu:
                 for config, server in servers.items():
@@ -94,9 +111,8 @@ def run_sweep(
                     progress.update()
             else:
                 start_staggered(list(servers.values()), stagger_s)
-                for config, server in servers.items():
-                    runs.append(_measure(server, config, label, workload, overrides, out))
-                    progress.update()
+                measure = partial(_measure_tick, servers, label, workload, overrides, out, progress)
+                runs += measure_by_gpu(list(servers), gpus, measure)
         finally:
             for server in servers.values():
                 server.stop()
@@ -114,6 +130,35 @@ def run_sweep(
     plot(sweep, out / "sweep.png")
     plot_cdf(sweep, out / "sweep_cdf.png")
     return sweep
+
+
+def measure_by_gpu(
+    configs: list[str], gpus: int, measure: Callable[[str], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``measure`` of every configuration, those on one GPU (the i-th on GPU i mod ``gpus``)
+    one after another and the GPUs side by side; results in ``configs`` order."""
+    shares: dict[int, list[str]] = {}
+    for i, config in enumerate(configs):
+        shares.setdefault(i % gpus, []).append(config)
+    with ThreadPoolExecutor(len(shares)) as pool:
+        done = [
+            r for rs in pool.map(lambda cs: [measure(c) for c in cs], shares.values()) for r in rs
+        ]
+    return sorted(done, key=lambda r: configs.index(r["config"]))
+
+
+def _measure_tick(
+    servers: dict[str, SGLangServer],
+    pool: str,
+    workload: str,
+    overrides: Sequence[str],
+    out: Path,
+    progress: tqdm,
+    config: str,
+) -> dict[str, Any]:
+    result = _measure(servers[config], config, pool, workload, overrides, out)
+    progress.update()
+    return result
 
 
 def _measure(
@@ -201,6 +246,7 @@ def main() -> None:
     parser.add_argument("--server-arg", action="append", default=[], help="for every server")
     parser.add_argument("--cpu", action="store_true", help="CPU servers, one at a time")
     parser.add_argument("--stagger-s", type=float, default=20.0)
+    parser.add_argument("--gpus", type=int, default=1, help="spread the servers over N GPUs")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     configs = args.configs.split(",")
@@ -212,7 +258,7 @@ def main() -> None:
         pools.append(None)
     run_sweep(
         args.model, args.workload, args.set, configs, pools, args.out,
-        base_args=args.server_arg, cpu=args.cpu, stagger_s=args.stagger_s,
+        base_args=args.server_arg, cpu=args.cpu, stagger_s=args.stagger_s, gpus=args.gpus,
     )  # fmt: skip
 
 

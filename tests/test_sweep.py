@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 
-from eval.sweep import CONFIGURATIONS, UNLIMITED, run_sweep
+from eval.sweep import CONFIGURATIONS, UNLIMITED, measure_by_gpu, run_sweep
 
 SETTINGS = ["groups=2", "prompts_per_group=3", "system_prompt_tokens=200", "question_tokens=20",
             "output_tokens=4", "max_in_flight=2", "vocab=10,500"]  # fmt: skip
@@ -36,3 +37,17 @@ def test_sweep_two_configurations_two_pools_on_the_cpu(tiny_model, tmp_path):
     assert (tmp_path / "sweep.png").stat().st_size > 0
     assert (tmp_path / "sweep_cdf.png").stat().st_size > 0
     assert UNLIMITED not in {r["pool"] for r in sweep["runs"]}
+
+
+def test_servers_on_one_gpu_are_measured_in_turn_and_gpus_side_by_side():
+    started = threading.Barrier(2, timeout=10)
+
+    def measure(config: str) -> dict:
+        if config in ("a", "b"):  # the first on each GPU: both must be running at once
+            started.wait()
+        return {"config": config, "thread": threading.get_ident()}
+
+    runs = measure_by_gpu(["a", "b", "c", "d", "e"], 2, measure)
+    assert [r["config"] for r in runs] == ["a", "b", "c", "d", "e"]
+    threads = {r["config"]: r["thread"] for r in runs}
+    assert threads["a"] == threads["c"] == threads["e"] != threads["b"] == threads["d"]
