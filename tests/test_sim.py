@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from sglang.srt.managers.schedule_policy import PrefillAdder
+from sglang.srt.plugins.hook_registry import HookRegistry
 
 from asymcache_sglang.core.latency_fit import BatchFeatures
+from asymcache_sglang.plugin import register
 from eval.agent_workload import AgentPrograms
 from eval.mooncake_trace import TraceCut
 from eval.sim.__main__ import advice, run_sweep
@@ -19,6 +22,7 @@ from eval.sim.engine import (
     cached_slots,
     held_slots,
     simulate,
+    unhooked,
 )
 from eval.sim.scripts import Call, Script, agent_scripts, long_multi_turn_scripts, mooncake_scripts
 from eval.sim.step_model import StepModel, fit_step_model
@@ -181,3 +185,19 @@ def test_a_trace_replays_open_loop(tmp_path, step):
     (first, second) = simulate(scripts, EngineConfig(pool_tokens=10_000), step).records
     # The second request shares the first's 700 prompt tokens (two 512-token blocks, cut).
     assert first.computed_prompt_tokens == 700 and second.computed_prompt_tokens == 300
+
+
+def test_the_plugins_hooks_in_this_process_do_not_run_twice(step):
+    """With the plugin registered (as a server, or test_server_args, does), SGLang's adder
+    functions are wrapped by AsymCache's hooks; the engine calls SGLang's own under its hooks."""
+    register()
+    HookRegistry.apply_hooks()
+    stock = PrefillAdder.add_one_req.__wrapped__
+    assert unhooked(PrefillAdder.add_one_req) is unhooked(stock) is stock
+    result = simulate(
+        long_multi_turn_scripts(SMALL),
+        EngineConfig(pool_tokens=3000, cache="asymcache", chunk_tokens=512),
+        step,
+    )
+    assert len(result.records) == SMALL.sessions * SMALL.turns
+    assert result.counters["plans"] > 0 and result.counters["chunk_fallbacks"] == 0

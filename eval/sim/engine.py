@@ -20,6 +20,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from sglang.srt.managers.schedule_batch import Req
@@ -35,6 +36,7 @@ from sglang.srt.mem_cache.chunk_cache import ChunkCache
 from sglang.srt.mem_cache.common import evict_from_tree_cache
 from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
 from sglang.srt.mem_cache.radix_cache import RadixCache
+from sglang.srt.plugins import hook_registry
 from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang.srt.server_args import ServerArgs, set_global_server_args_for_scheduler
 
@@ -49,6 +51,16 @@ from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.sim.oracle import OracleRadixCache
 from eval.sim.scripts import Script
 from eval.sim.step_model import StepModel
+
+
+def unhooked(function: Callable[..., Any]) -> Callable[..., Any]:
+    """SGLang's own ``function``, under any wrappers SGLang's hook registry put around it (a
+    process that loaded the plugin has them; the engine calls AsymCache's hooks itself). Looked
+    up at each call: the registry also rebinds module globals that name the original."""
+    while function.__code__.co_filename == hook_registry.__file__:
+        function = function.__wrapped__
+    return function
+
 
 STOCK_POLICIES = ("lru", "lfu", "slru", "priority")
 CACHES = (*STOCK_POLICIES, "no-radix", "asymcache", "asymcache-no-holes")
@@ -285,15 +297,16 @@ class Engine:
         if self.chunked is not None:
             self.chunked.init_next_round_input()
             self.chunked = prefill_adder_add_chunked_req.hook(
-                PrefillAdder.add_chunked_req, adder, self.chunked
+                unhooked(PrefillAdder.add_chunked_req), adder, self.chunked
             )
+        add_one_req = unhooked(PrefillAdder.add_one_req)
         for req in self.waiting:
             if len(adder.can_run_list) + len(self.running) >= self.config.max_running_requests:
                 self.batch_full = True
                 break
             req.init_next_round_input(self.cache)
             result = prefill_adder_add_one_req.hook(
-                PrefillAdder.add_one_req,
+                add_one_req,
                 adder,
                 req,
                 has_chunked_req=self.chunked is not None,
