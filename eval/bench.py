@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import random
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -138,12 +139,21 @@ def run_bench(url: str, name: str, overrides: Sequence[str] = ()) -> dict[str, A
     """One run of workload ``name`` against the server at ``url``: the result JSON's content."""
     workload = WORKLOADS[name]
     settings = workload.settings(**parse_overrides(workload.settings, overrides))
+    server = server_settings(url)
+    start = time.perf_counter()
+    metrics = workload.run(url, settings)
+    duration_s = time.perf_counter() - start
     return {
         **result_header(),
         "url": url,
-        "server": server_settings(url),
+        "server": server,
         "workload": {"name": name, **dataclasses.asdict(settings)},
-        "metrics": workload.run(url, settings),
+        "metrics": {
+            **metrics,
+            "duration_s": duration_s,
+            # Prefill throughput: the prompt tokens the server computed, over the run.
+            "computed_prompt_tokens_per_s": metrics["computed_prompt_tokens"] / duration_s,
+        },
         "asymcache": asymcache_counters(url),
     }
 

@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from eval.server import REPO_ROOT, SGLangServer
-from eval.workloads import TurnResult, tpot_s
+from eval.workloads import TurnResult, inter_token_gaps_s, tpot_s
 
 # Server-log lines that mean a run went wrong even when every request was answered.
 LEAK_MARKERS = ("memory leak detected", "Traceback", "KV double free", "use-after-free")
@@ -104,9 +104,14 @@ def summarize_turns(results: Sequence[TurnResult]) -> dict[str, float]:
 
 def summarize_requests(results: Sequence[TurnResult]) -> dict[str, float]:
     """``summarize_turns`` with TPOT's mean and percentiles over the requests that decoded more
-    than one token (none: no TPOT fields)."""
+    than one token, and the inter-token gaps' (none: no TPOT or ITL fields)."""
     tpots = [t for t in map(tpot_s, results) if t is not None]
-    return {**summarize_turns(results), **(seconds_fields("tpot", tpots) if tpots else {})}
+    gaps = [g for r in results for g in inter_token_gaps_s(r)]
+    return {
+        **summarize_turns(results),
+        **(seconds_fields("tpot", tpots) if tpots else {}),
+        **(seconds_fields("itl", gaps) if gaps else {}),
+    }
 
 
 # ----- the server's health and state -----

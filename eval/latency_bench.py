@@ -37,7 +37,7 @@ from eval.common import (
 )
 from eval.report import grouped_bars
 from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_env
-from eval.workloads import TurnResult, generate_streaming, tpot_s
+from eval.workloads import TurnResult, generate_streaming, inter_token_gaps_s, tpot_s
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,6 @@ class MixedWorkload:
     gap_s: float = 0.5
     vocab_high: int = 120000
     seed: int = 0
-
-
-def inter_token_gaps_s(result: TurnResult) -> list[float]:
-    """Per-token gaps after the first token; a chunk of k tokens counts as k gaps of 1/k each."""
-    gaps = []
-    arrivals = result.meta.get("arrivals", [])
-    for (t0, n0), (t1, n1) in zip(arrivals, arrivals[1:]):
-        if n1 > n0:
-            gaps += [(t1 - t0) / (n1 - n0)] * (n1 - n0)
-    return gaps
 
 
 def summarize_mixed(decodes: list[TurnResult], prefills: list[TurnResult]) -> dict[str, float]:

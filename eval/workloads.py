@@ -50,6 +50,16 @@ def tpot_s(result: TurnResult) -> float | None:
     return (result.latency_s - result.ttft_s) / (len(result.output_ids) - 1)
 
 
+def inter_token_gaps_s(result: TurnResult) -> list[float]:
+    """Per-token gaps after the first token; a chunk of k tokens counts as k gaps of 1/k each."""
+    gaps = []
+    arrivals = result.meta.get("arrivals", [])
+    for (t0, n0), (t1, n1) in zip(arrivals, arrivals[1:]):
+        if n1 > n0:
+            gaps += [(t1 - t0) / (n1 - n0)] * (n1 - n0)
+    return gaps
+
+
 def _sampling(max_new_tokens: int) -> dict:
     return {"max_new_tokens": max_new_tokens, "temperature": 0.0, "ignore_eos": True}
 

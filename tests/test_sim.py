@@ -79,10 +79,16 @@ def test_one_request_takes_its_chunks_then_its_decodes():
     step = StepModel((1.0, 1e-3, 0.0, 0.1, 0.0, 0.0))
     script = Script(0, 2.0, list(range(10, 2510)), [Call(5, [], None)])
     config = EngineConfig(pool_tokens=10_000, cache="lru", chunk_tokens=1000)
-    (record,) = simulate([script], config, step).records
+    result = simulate([script], config, step)
+    (record,) = result.records
     assert record.ttft_s == pytest.approx(5.5)
     assert record.tpot_s == pytest.approx(1.1)
     assert record.computed_prompt_tokens == 2500
+    metrics = summarize(result, jobs=True)
+    assert metrics["itl_p99_s"] == pytest.approx(1.1) and metrics["jct_mean_s"] == pytest.approx(
+        9.9
+    )
+    assert metrics["computed_prompt_tokens_per_s"] == pytest.approx(2500 / 9.9)
 
 
 def test_a_returning_session_hits_what_the_pool_kept(step):

@@ -29,6 +29,9 @@ def test_sweep_two_configurations_two_pools_on_the_cpu(tiny_model, tmp_path):
         assert run["server"]["radix_eviction_policy"] == "lru"
         assert run["metrics"]["requests"] == 6 and run["metrics"]["cached_tokens"] > 0
         assert len(run["metrics"]["ttft_samples_s"]) == 6
+        assert (
+            run["metrics"]["itl_p99_s"] > 0 and run["metrics"]["computed_prompt_tokens_per_s"] > 0
+        )
         assert bool(run["asymcache"]) == (config == "asymcache")
         assert json.loads((tmp_path / f"{config}_{pool}.json").read_text()) == json.loads(
             json.dumps(run)

@@ -101,6 +101,8 @@ class CallRecord:
     finish_s: float | None = None
     # Prompt positions this call's prefills computed (holes and tails, and again after a retract).
     computed_prompt_tokens: int = 0
+    # When each output token came out.
+    token_times_s: list[float] = field(default_factory=list)
 
     @property
     def ttft_s(self) -> float:
@@ -433,7 +435,9 @@ class Engine:
 
     def _emit(self, req: Req) -> None:
         req.output_ids.append(self._next_token(req))
-        self.live[id(req)].record.output_tokens = len(req.output_ids)
+        record = self.live[id(req)].record
+        record.output_tokens = len(req.output_ids)
+        record.token_times_s.append(self.now)
 
     def _maybe_finish(self, req: Req) -> bool:
         """Finish ``req`` if it has all its tokens; its session's next call is scheduled."""

@@ -9,12 +9,15 @@ from eval.sim.engine import SimResult
 
 
 def summarize(result: SimResult, jobs: bool) -> dict[str, Any]:
-    """TTFT, TPOT and hit rate over every call; with ``jobs``, each session's completion time
-    (first arrival to last answer), as ``eval.agent_workload.summarize_jobs`` reports it."""
+    """TTFT, TPOT, ITL, hit rate and prefill throughput over every call; with ``jobs``, each
+    session's completion time (first arrival to last answer), as ``eval.agent_workload.
+    summarize_jobs`` reports it."""
     records = result.records
     prompt = sum(r.prompt_tokens for r in records)
     computed = sum(min(r.computed_prompt_tokens, r.prompt_tokens) for r in records)
     tpots = [t for t in (r.tpot_s for r in records) if t is not None]
+    gaps = [b - a for r in records for a, b in zip(r.token_times_s, r.token_times_s[1:])]
+    duration_s = max(r.finish_s for r in records) - min(r.arrival_s for r in records)
     out: dict[str, Any] = {
         "requests": len(records),
         **seconds_fields("ttft", (r.ttft_s for r in records)),
@@ -24,6 +27,9 @@ def summarize(result: SimResult, jobs: bool) -> dict[str, Any]:
         "token_hit_rate": (prompt - computed) / prompt,
         "ttft_samples_s": sorted(round(r.ttft_s, 6) for r in records),
         **(seconds_fields("tpot", tpots) if tpots else {}),
+        **(seconds_fields("itl", gaps) if gaps else {}),
+        "duration_s": duration_s,
+        "computed_prompt_tokens_per_s": computed / duration_s,
     }
     if jobs:
         sessions: dict[int, list[float]] = {}
