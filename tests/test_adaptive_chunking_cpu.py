@@ -44,10 +44,12 @@ def adaptive_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangSer
         "--max-total-tokens", "8000",
         "--enable-metrics",
     ]  # fmt: skip
+    trace = artifacts_dir / "adaptive-latency-trace.jsonl"
+    trace.unlink(missing_ok=True)  # the server appends; this run's forwards only
     server = SGLangServer(
         tiny_model,
         extra_args=cpu_server_args() + args,
-        env={**cpu_env(), LATENCY_TRACE_ENV: str(artifacts_dir / "adaptive-latency-trace.jsonl")},
+        env={**cpu_env(), LATENCY_TRACE_ENV: str(trace)},
         log_path=artifacts_dir / "adaptive-chunking-server.log",
         timeout_s=420,
     )
