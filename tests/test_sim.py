@@ -24,11 +24,19 @@ from eval.sim.engine import (
     simulate,
     unhooked,
 )
-from eval.sim.scripts import Call, Script, agent_scripts, long_multi_turn_scripts, mooncake_scripts
+from eval.sim.scripts import (
+    Call,
+    RoundRobinClient,
+    Script,
+    SessionClient,
+    agent_scripts,
+    long_multi_turn_scripts,
+    mooncake_scripts,
+)
 from eval.sim.step_model import StepModel, fit_step_model
 from eval.sim.summary import summarize
 from eval.sweep import CONFIGURATIONS, plot, plot_cdf
-from eval.workloads import LongMultiTurn
+from eval.workloads import LongMultiTurn, MultiTurnWorkload
 
 TRACE = (
     Path(__file__).resolve().parents[1]
@@ -63,7 +71,7 @@ def test_every_slot_is_free_cached_or_held_after_every_step(cache, step):
         seen.append(engine.now)
 
     result = Engine(EngineConfig(pool_tokens=pool, cache=cache, chunk_tokens=512), step).run(
-        scripts, on_step=check
+        SessionClient(scripts), on_step=check
     )
     assert len(seen) > 50 and seen == sorted(seen)
     assert len(result.records) == SMALL.sessions * SMALL.turns
@@ -207,3 +215,27 @@ def test_the_plugins_hooks_in_this_process_do_not_run_twice(step):
     )
     assert len(result.records) == SMALL.sessions * SMALL.turns
     assert result.counters["plans"] > 0 and result.counters["chunk_fallbacks"] == 0
+
+
+def test_the_round_robin_client_sends_one_request_at_a_time_in_turn_order():
+    workload = MultiTurnWorkload(num_sessions=3, turns=2, first_prompt_tokens=50)
+    client = RoundRobinClient(workload)
+    (send,) = client.start()
+    order = []
+    while True:
+        order.append((send.session, send.call, len(send.prompt_ids)))
+        answer = [7] * workload.max_new_tokens
+        sends = client.answered(send, answer, 1.0)
+        if not sends:
+            break
+        (send,) = sends
+        assert send.at_s == 1.0
+    grown = 50 + workload.max_new_tokens + workload.user_tokens_per_turn
+    assert order == [
+        (0, 0, 50),
+        (1, 0, 50),
+        (2, 0, 50),
+        (0, 1, grown),
+        (1, 1, grown),
+        (2, 1, grown),
+    ]

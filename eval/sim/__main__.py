@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,35 +30,52 @@ from eval.bench import parse_overrides
 from eval.common import result_header
 from eval.mooncake_trace import TraceCut
 from eval.sim.engine import CACHES, ORACLE, EngineConfig, simulate
-from eval.sim.scripts import Script, agent_scripts, long_multi_turn_scripts, mooncake_scripts
+from eval.sim.scripts import (
+    Client,
+    RoundRobinClient,
+    SessionClient,
+    agent_scripts,
+    long_multi_turn_scripts,
+    mooncake_scripts,
+)
 from eval.sim.step_model import StepModel, fit_step_model
 from eval.sim.summary import summarize
 from eval.sweep import UNLIMITED, plot, plot_cdf
-from eval.workloads import LongMultiTurn
+from eval.workloads import LongMultiTurn, MultiTurnWorkload
 
 # Larger than any workload here needs: nothing is ever evicted.
 UNLIMITED_POOL_TOKENS = 4_000_000
-SIM_WORKLOADS = {
-    "long-multi-turn": (LongMultiTurn, long_multi_turn_scripts),
-    "agents": (AgentPrograms, agent_scripts),
-    "mooncake": (TraceCut, mooncake_scripts),
+# Per workload: its settings, and a fresh client of them for each run.
+SIM_WORKLOADS: dict[str, tuple[type, Callable[[Any], Client]]] = {
+    "long-multi-turn": (LongMultiTurn, lambda w: SessionClient(long_multi_turn_scripts(w))),
+    "agents": (AgentPrograms, lambda w: SessionClient(agent_scripts(w))),
+    "mooncake": (TraceCut, lambda w: SessionClient(mooncake_scripts(w))),
+    # eval.gpu_pressure's workload: one request at a time, round robin over the sessions.
+    "multi-turn-round-robin": (MultiTurnWorkload, RoundRobinClient),
 }
+# A session's next call is known to the oracle only where a client schedules it ahead.
+ORACLE_WORKLOADS = ("long-multi-turn", "agents")
 VALIDATED_METRICS = ("ttft_mean_s", "token_hit_rate")
 
 
-def workload_scripts(name: str, overrides: Sequence[str]) -> tuple[dict[str, Any], list[Script]]:
-    settings_type, to_scripts = SIM_WORKLOADS[name]
-    settings = settings_type(**parse_overrides(settings_type, overrides))
-    return {"name": name, **dataclasses.asdict(settings)}, to_scripts(settings)
+def workload_settings(name: str, fields: dict[str, Any]) -> Any:
+    """Workload ``name``'s settings from ``fields`` (a result's record of them; lists as tuples)."""
+    settings_type = SIM_WORKLOADS[name][0]
+    known = {f.name for f in dataclasses.fields(settings_type)}
+    return settings_type(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
+    )
 
 
 def simulate_run(
-    scripts: list[Script], config: str, pool: int | None, step: StepModel, jobs: bool
+    workload: str, settings: Any, config: str, pool: int | None, step: StepModel
 ) -> dict[str, Any]:
     engine_config = EngineConfig(
         pool_tokens=UNLIMITED_POOL_TOKENS if pool is None else pool, cache=config
     )
-    result = simulate(scripts, engine_config, step)
+    client = SIM_WORKLOADS[workload][1](settings)
+    result = simulate(client, engine_config, step)
+    jobs = workload == "agents"
     return {
         "config": config,
         "pool": UNLIMITED if pool is None else str(pool),
@@ -75,21 +92,21 @@ def run_sweep(
     pools: Sequence[int | None],
     trace: Path,
 ) -> dict[str, Any]:
-    if workload == "mooncake" and ORACLE in configs:
-        # Each trace request is its own session, whose next use the oracle takes to be never.
-        raise ValueError("the oracle needs sessions; the mooncake replay has none")
-    settings, scripts = workload_scripts(workload, overrides)
+    if workload not in ORACLE_WORKLOADS and ORACLE in configs:
+        raise ValueError(f"the oracle needs sessions whose next call is scheduled: {workload}")
+    settings_type = SIM_WORKLOADS[workload][0]
+    settings = settings_type(**parse_overrides(settings_type, overrides))
     step, fit = fit_step_model(trace)
     start = time.perf_counter()
     runs = [
-        simulate_run(scripts, config, pool, step, workload == "agents")
+        simulate_run(workload, settings, config, pool, step)
         for pool, config in tqdm([(p, c) for p in pools for c in configs], desc="sim", unit="run")
     ]
     return {
         **result_header(),
         "card": f"simulated from {trace.name}",
         "workload": workload,
-        "workload_settings": settings,
+        "workload_settings": {"name": workload, **dataclasses.asdict(settings)},
         "overrides": list(overrides),
         "step_model": {"coefficients": step.coefficients, "fit": fit, "trace": str(trace)},
         "configurations": {c: c for c in configs},
@@ -118,8 +135,15 @@ def advice(sweep: dict[str, Any], metric: str = "ttft_mean_s") -> list[str]:
     return lines
 
 
-def gpu_points(engage: Path | None, sweeps: Sequence[Path]) -> list[dict[str, Any]]:
-    """Stock LRU runs measured on a GPU: workload, settings, pool and metrics of each."""
+def gpu_points(
+    engage: Path | None,
+    sweeps: Sequence[Path],
+    trace: Path,
+    pressure: Path | None = None,
+    pressure_trace: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Stock-policy runs measured on a GPU: workload, settings, pool, policy, metrics, and the
+    latency trace of the same card that models them."""
     points = []
     if engage is not None:
         merged = json.loads(engage.read_text())
@@ -135,6 +159,8 @@ def gpu_points(engage: Path | None, sweeps: Sequence[Path]) -> list[dict[str, An
                     "workload": "long-multi-turn",
                     "settings": parts[part]["workload"],
                     "pool": parts[part]["pool_tokens"],
+                    "config": "lru",
+                    "trace": trace,
                     "measured": runs["stock"],
                 }
             )
@@ -149,33 +175,46 @@ def gpu_points(engage: Path | None, sweeps: Sequence[Path]) -> list[dict[str, An
                         "workload": sweep["workload"],
                         "settings": run["workload"],
                         "pool": int(run["pool"]),
+                        "config": "lru",
+                        "trace": trace,
                         "measured": run["metrics"],
+                    }
+                )
+    if pressure is not None:
+        result = json.loads(pressure.read_text())
+        args = result["server_args"]
+        pool = int(args[args.index("--max-total-tokens") + 1])
+        for config in ("lru", "lfu", "slru", "priority"):
+            if config in result["runs"]:
+                points.append(
+                    {
+                        "source": f"{pressure.name}: {config}",
+                        "card": result["card"],
+                        "workload": "multi-turn-round-robin",
+                        "settings": result["workload"],
+                        "pool": pool,
+                        "config": config,
+                        "trace": pressure_trace or trace,
+                        "measured": result["runs"][config],
                     }
                 )
     return points
 
 
-def validate(points: list[dict[str, Any]], trace: Path) -> dict[str, Any]:
-    """Simulated stock LRU beside each measured point; the worst relative error."""
-    step, fit = fit_step_model(trace)
+def validate(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The simulated run beside each measured point, each with its card's step model; the
+    worst relative error."""
+    models = {str(p["trace"]): fit_step_model(p["trace"]) for p in points}
     rows = []
     for point in points:
-        settings_type, to_scripts = SIM_WORKLOADS[point["workload"]]
-        fields = {f.name for f in dataclasses.fields(settings_type)}
-        settings = settings_type(
-            **{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in point["settings"].items()
-                if k in fields
-            }
-        )
-        run = simulate_run(
-            to_scripts(settings), "lru", point["pool"], step, point["workload"] == "agents"
-        )
+        step = models[str(point["trace"])][0]
+        settings = workload_settings(point["workload"], point["settings"])
+        run = simulate_run(point["workload"], settings, point["config"], point["pool"], step)
         errors = {m: abs(run["metrics"][m] / point["measured"][m] - 1.0) for m in VALIDATED_METRICS}
         rows.append(
             {
-                **{k: point[k] for k in ("source", "card", "workload", "pool")},
+                **{k: point[k] for k in ("source", "card", "workload", "pool", "config")},
+                "trace": str(point["trace"]),
                 "measured": {m: point["measured"][m] for m in VALIDATED_METRICS},
                 "simulated": {m: run["metrics"][m] for m in VALIDATED_METRICS},
                 "rel_err": errors,
@@ -183,7 +222,10 @@ def validate(points: list[dict[str, Any]], trace: Path) -> dict[str, Any]:
         )
     return {
         **result_header(),
-        "step_model": {"coefficients": step.coefficients, "fit": fit, "trace": str(trace)},
+        "step_models": {
+            trace: {"coefficients": model.coefficients, "fit": fit}
+            for trace, (model, fit) in models.items()
+        },
         "points": rows,
         "max_rel_err": max(e for row in rows for e in row["rel_err"].values()),
     }
@@ -203,11 +245,16 @@ def main() -> None:
     check = sub.add_parser("validate")
     check.add_argument("--engage", type=Path, help="an eval.engage result (long multi-turn)")
     check.add_argument("--sweep", type=Path, action="append", default=[], help="eval.sweep JSON")
+    check.add_argument(
+        "--pressure", type=Path, help="an eval.gpu_pressure result (round-robin multi-turn)"
+    )
+    check.add_argument("--pressure-trace", type=Path, help="a latency trace from its card")
     check.add_argument("--trace", type=Path, required=True)
     check.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "validate":
-        result = validate(gpu_points(args.engage, args.sweep), args.trace)
+        points = gpu_points(args.engage, args.sweep, args.trace, args.pressure, args.pressure_trace)
+        result = validate(points)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result["points"], indent=2), f"\nmax_rel_err {result['max_rel_err']:.3f}")
         return

@@ -49,7 +49,7 @@ from asymcache_sglang.patches.http_server_wait_and_warmup import calibration_ext
 from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_holes
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.sim.oracle import OracleRadixCache
-from eval.sim.scripts import Script
+from eval.sim.scripts import Client, Script, Send, SessionClient
 from eval.sim.step_model import StepModel
 
 
@@ -118,10 +118,9 @@ class CallRecord:
 
 @dataclass
 class _Live:
-    """A request's place in its session, and its record."""
+    """What a request was sent as, and its record."""
 
-    script: Script
-    call: int
+    send: Send
     record: CallRecord
     outputs: random.Random
 
@@ -149,7 +148,7 @@ def default_server_args() -> ServerArgs:
 
 
 class Engine:
-    """The scheduler of one server with ``config``; ``run`` replays scripts on it."""
+    """The scheduler of one server with ``config``; ``run`` replays a client on it."""
 
     def __init__(self, config: EngineConfig, step: StepModel) -> None:
         self.config = config
@@ -231,37 +230,36 @@ class Engine:
 
     # ----- requests -----
 
-    def _submit(self, script: Script, call: int, prompt: list[int], at_s: float) -> None:
-        spec = script.calls[call]
-        if len(prompt) >= self.config.pool_tokens:
+    def _submit(self, send: Send) -> None:
+        if len(send.prompt_ids) >= self.config.pool_tokens:
             # SGLang refuses it too: max_req_input_len is below max_total_num_tokens.
             raise ValueError(
-                f"session {script.session} call {call}: a {len(prompt)}-token prompt does not "
-                f"fit a pool of {self.config.pool_tokens} tokens"
+                f"session {send.session} call {send.call}: a {len(send.prompt_ids)}-token prompt "
+                f"does not fit a pool of {self.config.pool_tokens} tokens"
             )
-        params = SamplingParams(max_new_tokens=spec.max_new_tokens, ignore_eos=True)
+        params = SamplingParams(max_new_tokens=send.max_new_tokens, ignore_eos=True)
         params.normalize(None)
-        req = Req(f"s{script.session}c{call}r{self._rids}", "", array("q", prompt), params)
+        rid = f"s{send.session}c{send.call}r{self._rids}"
+        req = Req(rid, "", array("q", send.prompt_ids), params)
         self._rids += 1
-        outputs = random.Random(hash((self.config.seed, script.session, call)))
-        record = CallRecord(script.session, call, at_s, len(prompt))
+        outputs = random.Random(hash((self.config.seed, send.session, send.call)))
+        record = CallRecord(send.session, send.call, send.at_s, len(send.prompt_ids))
         self.records.append(record)
-        self.next_arrival[script.session] = at_s
-        self.live[id(req)] = _Live(script, call, record, outputs)
-        heapq.heappush(self.arrivals, (at_s, self._rids, req))
+        self.next_arrival[send.session] = send.at_s
+        self.live[id(req)] = _Live(send, record, outputs)
+        heapq.heappush(self.arrivals, (send.at_s, self._rids, req))
 
     def _next_token(self, req: Req) -> int:
         return self.live[id(req)].outputs.randrange(*self.config.vocab)
 
     # ----- the loop -----
 
-    def run(
-        self, scripts: list[Script], on_step: Callable[[Engine], None] | None = None
-    ) -> SimResult:
-        """Every script to its last call; one record per call. ``on_step`` sees the engine after
-        every iteration."""
-        for script in scripts:
-            self._submit(script, 0, list(script.prompt_ids), script.arrival_s)
+    def run(self, client: Client, on_step: Callable[[Engine], None] | None = None) -> SimResult:
+        """Every request the client sends, to its last; one record per request. ``on_step``
+        sees the engine after every iteration."""
+        self.client = client
+        for send in client.start():
+            self._submit(send)
         while True:
             while self.arrivals and self.arrivals[0][0] <= self.now:
                 self.waiting.append(heapq.heappop(self.arrivals)[2])
@@ -431,7 +429,7 @@ class Engine:
         """The oracle's record of which session uses the request's cached path."""
         if isinstance(self.cache, OracleRadixCache):
             tokens = (req.origin_input_ids + req.output_ids)[: req.kv_committed_len]
-            self.cache.tag_path(tokens, self.live[id(req)].script.session)
+            self.cache.tag_path(tokens, self.live[id(req)].send.session)
 
     def _emit(self, req: Req) -> None:
         req.output_ids.append(self._next_token(req))
@@ -447,12 +445,11 @@ class Engine:
         self.batch_full = False
         live = self.live[id(req)]
         live.record.finish_s = self.now
-        spec = live.script.calls[live.call]
-        if spec.then_wait_s is not None:
-            prompt = [*req.origin_input_ids, *req.output_ids, *spec.then_ids]
-            self._submit(live.script, live.call + 1, prompt, self.now + spec.then_wait_s)
-        else:
-            self.next_arrival[live.script.session] = math.inf
+        sends = self.client.answered(live.send, list(req.output_ids), self.now)
+        if not any(send.session == live.send.session for send in sends):
+            self.next_arrival[live.send.session] = math.inf
+        for send in sends:
+            self._submit(send)
         return True
 
     def _release(self, req: Req, insert: bool) -> None:
@@ -464,8 +461,10 @@ class Engine:
         req.req_pool_idx = None
 
 
-def simulate(scripts: list[Script], config: EngineConfig, step: StepModel) -> SimResult:
-    return Engine(config, step).run(scripts)
+def simulate(workload: list[Script] | Client, config: EngineConfig, step: StepModel) -> SimResult:
+    """``workload``'s requests (session scripts, or any client) on a server with ``config``."""
+    client = SessionClient(workload) if isinstance(workload, list) else workload
+    return Engine(config, step).run(client)
 
 
 def held_slots(engine: Engine) -> int:

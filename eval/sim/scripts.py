@@ -1,12 +1,14 @@
-"""The suite's workloads as session scripts: what a client sends, and when, given the answers."""
+"""The suite's workloads as clients: what each sends, and when, given the answers it gets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from eval.agent_workload import AgentPrograms, plan_sessions
 from eval.mooncake_trace import TraceCut, load_trace
-from eval.workloads import LongMultiTurn, plan_long_multi_turn
+from eval.workloads import LongMultiTurn, MultiTurnWorkload, plan_long_multi_turn
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,85 @@ class Script:
     arrival_s: float
     prompt_ids: list[int]
     calls: list[Call]
+
+
+@dataclass(frozen=True)
+class Send:
+    """One request a client sends."""
+
+    session: int
+    call: int
+    prompt_ids: list[int]
+    max_new_tokens: int
+    at_s: float
+
+
+class Client(Protocol):
+    def start(self) -> list[Send]:
+        """The requests sent before any answer."""
+        ...
+
+    def answered(self, send: Send, output_ids: list[int], now_s: float) -> list[Send]:
+        """What the client sends after ``send`` got ``output_ids`` at ``now_s``."""
+        ...
+
+
+@dataclass
+class SessionClient:
+    """Sessions that each follow their script: a call, a wait, the next call."""
+
+    scripts: list[Script]
+
+    def start(self) -> list[Send]:
+        self._by_session = {s.session: s for s in self.scripts}
+        return [self._send(s, 0, list(s.prompt_ids), s.arrival_s) for s in self.scripts]
+
+    def answered(self, send: Send, output_ids: list[int], now_s: float) -> list[Send]:
+        script = self._by_session[send.session]
+        spec = script.calls[send.call]
+        if spec.then_wait_s is None:
+            return []
+        prompt = [*send.prompt_ids, *output_ids, *spec.then_ids]
+        return [self._send(script, send.call + 1, prompt, now_s + spec.then_wait_s)]
+
+    @staticmethod
+    def _send(script: Script, call: int, prompt: list[int], at_s: float) -> Send:
+        return Send(script.session, call, prompt, script.calls[call].max_new_tokens, at_s)
+
+
+@dataclass
+class RoundRobinClient:
+    """``eval.workloads.run_multi_turn``: one request at a time, turn after turn, each turn
+    across the sessions in order, draw for draw."""
+
+    workload: MultiTurnWorkload
+    histories: list[list[int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        w = self.workload
+        self._rng = random.Random(w.seed)
+        self.histories = [
+            [self._rng.randrange(w.vocab_low, w.vocab_high) for _ in range(w.first_prompt_tokens)]
+            for _ in range(w.num_sessions)
+        ]
+
+    def start(self) -> list[Send]:
+        return [self._send(0, 0, 0.0)]
+
+    def answered(self, send: Send, output_ids: list[int], now_s: float) -> list[Send]:
+        w = self.workload
+        user = [
+            self._rng.randrange(w.vocab_low, w.vocab_high) for _ in range(w.user_tokens_per_turn)
+        ]
+        self.histories[send.session] += [*output_ids, *user]
+        index = send.call * w.num_sessions + send.session + 1
+        if index >= w.turns * w.num_sessions:
+            return []
+        return [self._send(index % w.num_sessions, index // w.num_sessions, now_s)]
+
+    def _send(self, session: int, turn: int, at_s: float) -> Send:
+        prompt = list(self.histories[session])
+        return Send(session, turn, prompt, self.workload.max_new_tokens, at_s)
 
 
 def long_multi_turn_scripts(workload: LongMultiTurn) -> list[Script]:
