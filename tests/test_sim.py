@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from eval.sim.__main__ import advice, run_sweep
 from eval.sim.engine import (
     CACHES,
     ORACLE,
+    SIM_ONLY,
     Engine,
     EngineConfig,
     cached_slots,
@@ -24,6 +26,7 @@ from eval.sim.engine import (
     simulate,
     unhooked,
 )
+from eval.sim.oracle import ReturnTimes
 from eval.sim.scripts import (
     Call,
     RoundRobinClient,
@@ -59,7 +62,7 @@ def test_the_simulator_runs_what_the_gpu_sweep_runs():
     assert set(CACHES) == set(CONFIGURATIONS)
 
 
-@pytest.mark.parametrize("cache", [*CACHES, ORACLE])
+@pytest.mark.parametrize("cache", [*CACHES, *SIM_ONLY])
 def test_every_slot_is_free_cached_or_held_after_every_step(cache, step):
     pool = 3000
     scripts = long_multi_turn_scripts(SMALL)
@@ -239,3 +242,13 @@ def test_the_round_robin_client_sends_one_request_at_a_time_in_turn_order():
         (1, 1, grown),
         (2, 1, grown),
     ]
+
+
+def test_a_session_is_expected_back_after_the_gaps_seen_so_far():
+    returns = ReturnTimes()
+    assert returns.expected_remaining_s(0.0) == math.inf
+    for gap in (2.0, 4.0, 6.0):
+        returns.observe(gap)
+    assert returns.expected_remaining_s(0.0) == pytest.approx(4.0)
+    assert returns.expected_remaining_s(3.0) == pytest.approx(2.0)  # (1 + 3) / 2
+    assert returns.expected_remaining_s(6.0) == math.inf

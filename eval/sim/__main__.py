@@ -29,7 +29,7 @@ from eval.agent_workload import AgentPrograms
 from eval.bench import parse_overrides
 from eval.common import result_header
 from eval.mooncake_trace import TraceCut
-from eval.sim.engine import CACHES, ORACLE, EngineConfig, simulate
+from eval.sim.engine import CACHES, ORACLE, SIM_ONLY, EngineConfig, simulate
 from eval.sim.scripts import (
     Client,
     RoundRobinClient,
@@ -237,7 +237,7 @@ def main() -> None:
     sweep = sub.add_parser("sweep")
     sweep.add_argument("--workload", required=True, choices=sorted(SIM_WORKLOADS))
     sweep.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
-    sweep.add_argument("--configs", default=",".join((*CACHES, ORACLE)))
+    sweep.add_argument("--configs", default=",".join((*CACHES, *SIM_ONLY)))
     sweep.add_argument("--pools", required=True, help="comma-separated --max-total-tokens")
     sweep.add_argument("--unlimited", action="store_true", help="also the unbounded pool")
     sweep.add_argument("--trace", type=Path, required=True)
@@ -259,9 +259,9 @@ def main() -> None:
         print(json.dumps(result["points"], indent=2), f"\nmax_rel_err {result['max_rel_err']:.3f}")
         return
     configs = args.configs.split(",")
-    unknown = [c for c in configs if c not in (*CACHES, ORACLE)]
+    unknown = [c for c in configs if c not in (*CACHES, *SIM_ONLY)]
     if unknown:
-        parser.error(f"unknown configurations {unknown}; known: {[*CACHES, ORACLE]}")
+        parser.error(f"unknown configurations {unknown}; known: {[*CACHES, *SIM_ONLY]}")
     pools: list[int | None] = [int(p) for p in args.pools.split(",")]
     if args.unlimited:
         pools.append(None)

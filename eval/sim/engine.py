@@ -48,7 +48,7 @@ from asymcache_sglang.patches import prefill_adder_add_chunked_req, prefill_adde
 from asymcache_sglang.patches.http_server_wait_and_warmup import calibration_extends
 from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_holes
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
-from eval.sim.oracle import OracleRadixCache
+from eval.sim.oracle import OracleRadixCache, ReturnTimes
 from eval.sim.scripts import Client, Script, Send, SessionClient
 from eval.sim.step_model import StepModel
 
@@ -66,6 +66,10 @@ STOCK_POLICIES = ("lru", "lfu", "slru", "priority")
 CACHES = (*STOCK_POLICIES, "no-radix", "asymcache", "asymcache-no-holes")
 # Offline, simulation only: Belady's MIN with the position-aware cost (``eval.sim.oracle``).
 ORACLE = "belady"
+# Online, simulation only: the same rule with each session's return estimated from the return
+# gaps seen so far (``eval.sim.oracle.ReturnTimes``), a sketch of a learned reuse model.
+RETURN_TIME = "return-time"
+SIM_ONLY = (ORACLE, RETURN_TIME)
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,8 @@ class EngineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.cache not in (*CACHES, ORACLE):
-            raise ValueError(f"cache must be one of {(*CACHES, ORACLE)}, got {self.cache!r}")
+        if self.cache not in (*CACHES, *SIM_ONLY):
+            raise ValueError(f"cache must be one of {(*CACHES, *SIM_ONLY)}, got {self.cache!r}")
         if self.pool_tokens < 1 or self.chunk_tokens < 1:
             raise ValueError(f"need pool_tokens and chunk_tokens >= 1: {self}")
 
@@ -173,6 +177,11 @@ class Engine:
         self.arrivals: list[tuple[float, int, Req]] = []
         # Per session: when its next call arrives (inf after its last).
         self.next_arrival: dict[int, float] = {}
+        # What an online policy can know: when each session was last answered, which have a
+        # request in, and the return gaps seen.
+        self.last_answer: dict[int, float] = {}
+        self.active: set[int] = set()
+        self.returns = ReturnTimes()
         self.steps = {"prefill": 0, "decode": 0, "retracted": 0}
         self._rids = 0
 
@@ -189,12 +198,13 @@ class Engine:
         )
         if kind == "no-radix":
             return ChunkCache(params)  # what --disable-radix-cache builds
-        if kind == ORACLE:
+        if kind in SIM_ONLY:
             latency = LatencyRuntime(
                 AsymCacheConfig(recompute_chunk_tokens=self.config.chunk_tokens)
             )
             self._calibrate(latency)
-            return OracleRadixCache(params, latency.cost, self.next_use_in_s)
+            next_use = self.next_use_in_s if kind == ORACLE else self.estimated_next_use_in_s
+            return OracleRadixCache(params, latency.cost, next_use)
         if not kind.startswith("asymcache"):
             return RadixCache(params)
         asym = AsymCacheConfig(
@@ -211,6 +221,11 @@ class Engine:
 
     def next_use_in_s(self, session: int) -> float:
         return max(0.0, self.next_arrival[session] - self.now)
+
+    def estimated_next_use_in_s(self, session: int) -> float:
+        if session in self.active or session not in self.last_answer:
+            return 0.0
+        return self.returns.expected_remaining_s(self.now - self.last_answer[session])
 
     def _calibrate(self, latency: LatencyRuntime) -> None:
         """What the server's start-up profile feeds the latency model: its calibration extends,
@@ -249,6 +264,13 @@ class Engine:
         self.live[id(req)] = _Live(send, record, outputs)
         heapq.heappush(self.arrivals, (send.at_s, self._rids, req))
 
+    def _arrive(self, req: Req, at_s: float) -> None:
+        session = self.live[id(req)].send.session
+        if session in self.last_answer and session not in self.active:
+            self.returns.observe(at_s - self.last_answer[session])
+        self.active.add(session)
+        self.waiting.append(req)
+
     def _next_token(self, req: Req) -> int:
         return self.live[id(req)].outputs.randrange(*self.config.vocab)
 
@@ -262,7 +284,8 @@ class Engine:
             self._submit(send)
         while True:
             while self.arrivals and self.arrivals[0][0] <= self.now:
-                self.waiting.append(heapq.heappop(self.arrivals)[2])
+                at_s, _, req = heapq.heappop(self.arrivals)
+                self._arrive(req, at_s)
             batch = self._prefill_batch()
             if batch:
                 self._run_prefill(batch)
@@ -445,6 +468,8 @@ class Engine:
         self.batch_full = False
         live = self.live[id(req)]
         live.record.finish_s = self.now
+        self.last_answer[live.send.session] = self.now
+        self.active.discard(live.send.session)
         sends = self.client.answered(live.send, list(req.output_ids), self.now)
         if not any(send.session == live.send.session for send in sends):
             self.next_arrival[live.send.session] = math.inf

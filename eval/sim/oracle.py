@@ -1,4 +1,5 @@
-"""An offline reference for the simulator: Belady's MIN on SGLang's radix tree, cost-weighted.
+"""References for the simulator: Belady's MIN on SGLang's radix tree, cost-weighted, and an
+online variant of it that estimates each session's return from the gaps it has seen.
 
 Every cached node is tagged with the sessions whose prompts run through it. In a simulation the
 engine knows each session's next call: imminent while one waits or runs, at its scheduled
@@ -78,3 +79,20 @@ class OracleRadixCache(RadixCache):
         tags = self.oracle.sessions.pop(node, set())
         self.oracle.sessions.setdefault(node.parent, set()).update(tags)
         super()._delete_leaf(node)
+
+
+class ReturnTimes:
+    """The idle times after which sessions came back, seen so far (one pool for all sessions):
+    how long a session idle for ``idle_s`` is expected to stay away."""
+
+    def __init__(self) -> None:
+        self.gaps_s: list[float] = []
+
+    def observe(self, gap_s: float) -> None:
+        self.gaps_s.append(gap_s)
+
+    def expected_remaining_s(self, idle_s: float) -> float:
+        """Mean of gap - idle over the gaps longer than ``idle_s``; inf where none is (or none
+        was seen): by what was seen, the session does not come back."""
+        longer = [g - idle_s for g in self.gaps_s if g > idle_s]
+        return sum(longer) / len(longer) if longer else math.inf
