@@ -42,15 +42,16 @@ def admit(
     # The whole plan's last node carries the request's lock: retained ranges that only a later
     # chunk reaches stay resident until it does.
     locked_node, plan_end = plan.last_node, plan.prefix_len
-    # Retained tokens the whole-plan lock holds past the prefix SGLang is shown.
-    retained = plan.retained_tokens if budgets_whole_request else 0
+    # The retained tokens that lock holds; those past the prefix SGLang is shown (all but the
+    # contiguous prefix, or those after a cut) are inside the rest of the prompt it budgets.
+    held = plan.retained_tokens if budgets_whole_request else 0
     if chunk_tokens is not None and plan.recompute_tokens + tail_tokens > chunk_tokens:
         fitted = plan.fit(chunk_tokens - 1)
         if fitted is None:
-            with _locked_beyond_prefix(adder, retained and retained - plan.contiguous_len):
+            with _locked_beyond_prefix(adder, max(0, held - plan.contiguous_len)):
                 return _inside_first_hole(cache, adder, req, locked_node, plan_end, add)
         plan = fitted
-    with _locked_beyond_prefix(adder, retained and retained - plan.retained_tokens):
+    with _locked_beyond_prefix(adder, max(0, held - plan.retained_tokens)):
         return _admit_plan(cache, adder, req, plan, locked_node, plan_end, add, logs_prefix_as_hits)
 
 

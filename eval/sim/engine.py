@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from sglang.srt.managers.schedule_batch import Req
+from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
 from sglang.srt.managers.schedule_policy import AddReqResult, PrefillAdder
 from sglang.srt.managers.scheduler_components.new_token_ratio_tracker import (
     NewTokenRatioTracker,
@@ -361,7 +361,7 @@ class Engine:
         segments, offset = [], 0
         for req in batch:
             if req.req_pool_idx is None:
-                req.req_pool_idx = self.req_pool.free_slots.pop(0)
+                self.req_pool.alloc([req])
             prefix, end = len(req.prefix_indices), req.extend_range.end
             self.req_pool.write((req.req_pool_idx, slice(0, prefix)), req.prefix_indices)
             self.req_pool.write(
@@ -403,9 +403,9 @@ class Engine:
         self._retract_until_it_fits()
         batch = self.running
         slots = alloc_token_slots(self.cache, len(batch))
-        for i, req in enumerate(batch):
-            at = req.kv_committed_len
-            self.req_pool.write((req.req_pool_idx, slice(at, at + 1)), slots[i : i + 1])
+        rows = torch.tensor([r.req_pool_idx for r in batch])
+        positions = torch.tensor([r.kv_committed_len for r in batch])
+        self.req_pool.write((rows, positions), slots.to(self.req_pool.req_to_token.dtype))
         features = BatchFeatures.from_segments([], [r.kv_committed_len + 1 for r in batch])
         self._advance(features)
         self.steps["decode"] += 1
@@ -419,14 +419,15 @@ class Engine:
         self.running = still
 
     def _retract_until_it_fits(self) -> None:
-        """``ScheduleBatch.retract_decode``: longest-to-keep order, retract from its end."""
+        """``ScheduleBatch.retract_decode``: its keep order, retracting from the end."""
         need = len(self.running)
         evict_from_tree_cache(self.cache, need)
         if self.allocator.available_size() >= need:
             return
-        keep = sorted(
-            self.running, key=lambda r: (len(r.output_ids), -len(r.origin_input_ids)), reverse=True
+        order = ScheduleBatch._get_decode_retraction_order(
+            self.running, self.server_args, allow_policy_sort=True
         )
+        keep = [self.running[i] for i in order]
         while len(keep) > 1:
             req = keep.pop()
             self._release(req, insert=False)
@@ -436,7 +437,7 @@ class Engine:
             evict_from_tree_cache(self.cache, len(keep))
             if self.allocator.available_size() >= len(keep):
                 break
-        self.running = [r for r in self.running if r in keep]
+        self.running = [r for r in self.running if any(r is k for k in keep)]
         self.ratio.current = NewTokenRatioTracker.estimate_new_token_ratio_after_retract(
             self.running
         )
@@ -482,8 +483,7 @@ class Engine:
         self.cache.cache_finished_req(req, insert, kv_len_to_handle=req.kv_committed_len)
         if insert:
             self._tag(req)
-        self.req_pool.free_slots.append(req.req_pool_idx)
-        req.req_pool_idx = None
+        self.req_pool.free(req)
 
 
 def simulate(workload: list[Script] | Client, config: EngineConfig, step: StepModel) -> SimResult:

@@ -57,8 +57,10 @@ class SessionClient:
 
     scripts: list[Script]
 
-    def start(self) -> list[Send]:
+    def __post_init__(self) -> None:
         self._by_session = {s.session: s for s in self.scripts}
+
+    def start(self) -> list[Send]:
         return [self._send(s, 0, list(s.prompt_ids), s.arrival_s) for s in self.scripts]
 
     def answered(self, send: Send, output_ids: list[int], now_s: float) -> list[Send]:
