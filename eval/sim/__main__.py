@@ -3,14 +3,16 @@
     python -m eval.sim sweep --workload long-multi-turn --pools 60000,100000,150000 \\
         --unlimited --trace eval/results/traces/h200_b1c14b1_engage_pressure.jsonl.gz --out DIR
     python -m eval.sim validate --engage eval/results/h200_engage.json \\
-        --sweep GPU_DIR/sweep.json --trace TRACE --out eval/results/sim_validation.json
+        --sweep GPU_DIR/sweep.json --pressure PRESSURE.json --pressure-trace ITS_TRACE \\
+        --trace TRACE --out eval/results/sim_validation.json
 
 ``sweep`` writes ``DIR/sim_sweep.json`` in ``eval.sweep``'s shape (``runs`` of config, pool,
 metrics) with its plot, and prints per pool the best configuration and how far it is from the
 unlimited pool. ``--trace`` is the AsymCache latency trace of a GPU run on the card to model
 (``eval.engage`` writes one per AsymCache server); its step model is fitted here and recorded.
-``validate`` simulates stock LRU at every pool of the GPU runs given and records TTFT mean and
-token hit rate beside the measured ones.
+``validate`` simulates each stock-policy run of the GPU results given (engage, sweep, and
+``eval.gpu_pressure`` JSONs), each with its card's trace, and records TTFT mean and token hit
+rate beside the measured ones.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from eval.agent_workload import AgentPrograms
 from eval.bench import parse_overrides
 from eval.common import result_header
 from eval.mooncake_trace import TraceCut
-from eval.sim.engine import CACHES, ORACLE, SIM_ONLY, EngineConfig, simulate
+from eval.sim.engine import CACHES, ORACLE, SIM_ONLY, STOCK_POLICIES, EngineConfig, simulate
 from eval.sim.scripts import (
     Client,
     RoundRobinClient,
@@ -135,15 +138,29 @@ def advice(sweep: dict[str, Any], metric: str = "ttft_mean_s") -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class GpuPoint:
+    """A stock-policy run measured on a GPU, and the latency trace of that card."""
+
+    source: str
+    card: str
+    workload: str
+    settings: dict[str, Any]
+    pool: int
+    config: str
+    trace: Path
+    measured: dict[str, Any]
+
+
 def gpu_points(
     engage: Path | None,
     sweeps: Sequence[Path],
     trace: Path,
     pressure: Path | None = None,
     pressure_trace: Path | None = None,
-) -> list[dict[str, Any]]:
-    """Stock-policy runs measured on a GPU: workload, settings, pool, policy, metrics, and the
-    latency trace of the same card that models them."""
+) -> list[GpuPoint]:
+    """The stock-policy runs of the GPU results given (``trace`` models the card of the engage
+    and sweep results, ``pressure_trace`` that of the pressure result)."""
     points = []
     if engage is not None:
         merged = json.loads(engage.read_text())
@@ -153,69 +170,73 @@ def gpu_points(
             ("no_pressure", parts["no_pressure"]["cuda_graph_default"]["runs"]),
         ):
             points.append(
-                {
-                    "source": f"{engage.name}: {part}, stock",
-                    "card": merged["card"],
-                    "workload": "long-multi-turn",
-                    "settings": parts[part]["workload"],
-                    "pool": parts[part]["pool_tokens"],
-                    "config": "lru",
-                    "trace": trace,
-                    "measured": runs["stock"],
-                }
+                GpuPoint(
+                    f"{engage.name}: {part}, stock",
+                    merged["card"],
+                    "long-multi-turn",
+                    parts[part]["workload"],
+                    parts[part]["pool_tokens"],
+                    "lru",
+                    trace,
+                    runs["stock"],
+                )  # fmt: skip
             )
     for path in sweeps:
         sweep = json.loads(path.read_text())
         for run in sweep["runs"]:
             if run["config"] == "lru" and run["pool"] != UNLIMITED:
                 points.append(
-                    {
-                        "source": f"{path}: lru at {run['pool']}",
-                        "card": sweep["card"],
-                        "workload": sweep["workload"],
-                        "settings": run["workload"],
-                        "pool": int(run["pool"]),
-                        "config": "lru",
-                        "trace": trace,
-                        "measured": run["metrics"],
-                    }
+                    GpuPoint(
+                        f"{path}: lru at {run['pool']}",
+                        sweep["card"],
+                        sweep["workload"],
+                        run["workload"],
+                        int(run["pool"]),
+                        "lru",
+                        trace,
+                        run["metrics"],
+                    )  # fmt: skip
                 )
     if pressure is not None:
         result = json.loads(pressure.read_text())
         args = result["server_args"]
         pool = int(args[args.index("--max-total-tokens") + 1])
-        for config in ("lru", "lfu", "slru", "priority"):
-            if config in result["runs"]:
-                points.append(
-                    {
-                        "source": f"{pressure.name}: {config}",
-                        "card": result["card"],
-                        "workload": "multi-turn-round-robin",
-                        "settings": result["workload"],
-                        "pool": pool,
-                        "config": config,
-                        "trace": pressure_trace or trace,
-                        "measured": result["runs"][config],
-                    }
-                )
+        points += [
+            GpuPoint(
+                f"{pressure.name}: {config}",
+                result["card"],
+                "multi-turn-round-robin",
+                result["workload"],
+                pool,
+                config,
+                pressure_trace or trace,
+                result["runs"][config],
+            )  # fmt: skip
+            for config in STOCK_POLICIES
+            if config in result["runs"]
+        ]
     return points
 
 
-def validate(points: list[dict[str, Any]]) -> dict[str, Any]:
+def validate(points: list[GpuPoint]) -> dict[str, Any]:
     """The simulated run beside each measured point, each with its card's step model; the
     worst relative error."""
-    models = {str(p["trace"]): fit_step_model(p["trace"]) for p in points}
+    models = {str(p.trace): fit_step_model(p.trace) for p in points}
     rows = []
     for point in points:
-        step = models[str(point["trace"])][0]
-        settings = workload_settings(point["workload"], point["settings"])
-        run = simulate_run(point["workload"], settings, point["config"], point["pool"], step)
-        errors = {m: abs(run["metrics"][m] / point["measured"][m] - 1.0) for m in VALIDATED_METRICS}
+        step = models[str(point.trace)][0]
+        settings = workload_settings(point.workload, point.settings)
+        run = simulate_run(point.workload, settings, point.config, point.pool, step)
+        errors = {m: abs(run["metrics"][m] / point.measured[m] - 1.0) for m in VALIDATED_METRICS}
         rows.append(
             {
-                **{k: point[k] for k in ("source", "card", "workload", "pool", "config")},
-                "trace": str(point["trace"]),
-                "measured": {m: point["measured"][m] for m in VALIDATED_METRICS},
+                "source": point.source,
+                "card": point.card,
+                "workload": point.workload,
+                "pool": point.pool,
+                "config": point.config,
+                "trace": str(point.trace),
+                "measured": {m: point.measured[m] for m in VALIDATED_METRICS},
                 "simulated": {m: run["metrics"][m] for m in VALIDATED_METRICS},
                 "rel_err": errors,
             }
