@@ -50,6 +50,7 @@ from eval.common import (
     summarize_requests,
     summary_stats,
 )
+from eval.host_cpus import CpuLayout, isolate, steal_seconds
 from eval.report import grouped_bars
 from eval.server import SGLangServer, start_staggered, stock_env
 from eval.workloads import (
@@ -219,22 +220,32 @@ def flush_cache(url: str) -> None:
 
 
 def run_interleaved(
-    servers: dict[str, SGLangServer], workload: LongMultiTurn, repeats: int
+    servers: dict[str, SGLangServer],
+    workload: LongMultiTurn,
+    repeats: int,
+    layout: CpuLayout | None,
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    """The workload ``repeats`` times on each server from an empty cache, the server that goes
-    first alternating (stock, AsymCache, AsymCache, stock, ...) so drift on the host falls on
-    both; per server the summary over every repeat's requests, and each repeat's ratios."""
+    """The workload ``repeats`` times on each server from an empty cache, each measured alone on
+    its share of the host's cores (``layout``), the server that goes first alternating (stock,
+    AsymCache, AsymCache, stock, ...) so drift on the host falls on both; per server the summary
+    over every repeat's requests, and each repeat's ratios with the CPU time stolen from the
+    host during each server's run."""
     results: dict[str, list[TurnResult]] = {name: [] for name in servers}
     per_repeat = []
     for repeat in range(repeats):
         order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
         this = {}
+        stolen = {}
         for name in order:
             flush_cache(servers[name].url)
+            isolate(layout, servers[name], servers.values())
+            before = steal_seconds()
             this[name] = run_long_multi_turn(servers[name].url, workload)
+            stolen[f"{name}_steal_s"] = steal_seconds() - before
             results[name] += this[name]
         per_repeat.append(
             ratios(summarize_requests(this["stock"]), summarize_requests(this["asymcache"]))
+            | stolen
         )
     runs = {n: summarize_run(s, results[n], n == "asymcache") for n, s in servers.items()}
     return runs, per_repeat
@@ -255,7 +266,12 @@ def part_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> 
         start_staggered(list(servers.values()), STAGGER_S)
         asym = servers["asymcache"]
         at_startup = extend_fit(asym.url)
-        runs = {name: run_workload(s, workload, name == "asymcache") for name, s in servers.items()}
+        layout = CpuLayout.for_host()
+        runs = {}
+        for name, server in servers.items():
+            isolate(layout, server, servers.values())
+            runs[name] = run_workload(server, workload, name == "asymcache")
+        isolate(layout, asym, servers.values())
         after_run = extend_fit(asym.url)
         measured = measure_position_cost(
             asym.url, out / "asymcache.trace.jsonl", POSITION_NEW_TOKENS
@@ -266,6 +282,7 @@ def part_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> 
         "pool_tokens": pool,
         "max_live_tokens": workload.max_live_tokens(),
         "server_args": server_args(pool),
+        "cpu_layout": None if layout is None else asdict(layout),
         "runs": runs,
         "ratios": ratios(runs["stock"], runs["asymcache"]),
         "position_cost": position_cost(measured, {"startup": at_startup, "after_run": after_run}),
@@ -299,16 +316,19 @@ def part_no_pressure(
             start_staggered(list(servers.values()), STAGGER_S)
             asym = servers["asymcache"]
             at_startup = extend_fit(asym.url)
-            runs, per_repeat = run_interleaved(servers, workload, repeats)
+            layout = CpuLayout.for_host()
+            runs, per_repeat = run_interleaved(servers, workload, repeats, layout)
             entry = {
                 "server_args": flags,
+                "cpu_layout": None if layout is None else asdict(layout),
                 "runs": runs,
                 **ratios(runs["stock"], runs["asymcache"]),
                 "per_repeat_ratios": per_repeat,
             }
             if extra:
-                entry.update(decode_probes(servers, repeats))
+                entry.update(decode_probes(servers, repeats, layout))
             else:
+                isolate(layout, asym, servers.values())
                 after_run = extend_fit(asym.url)
                 measured = measure_position_cost(
                     asym.url, log_dir / "asymcache.trace.jsonl", POSITION_NEW_TOKENS_BIG_POOL
@@ -322,15 +342,19 @@ def part_no_pressure(
     return result
 
 
-def decode_probes(servers: dict[str, SGLangServer], repeats: int) -> dict[str, Any]:
-    """``decode_probe`` at batch sizes 1 and 8, ``repeats`` times per server, the server that goes
-    first alternating; the TPOT ratio of the means over the repeats, and per repeat."""
+def decode_probes(
+    servers: dict[str, SGLangServer], repeats: int, layout: CpuLayout | None
+) -> dict[str, Any]:
+    """``decode_probe`` at batch sizes 1 and 8, ``repeats`` times per server, each measured alone
+    (``isolate``), the server that goes first alternating; the TPOT ratio of the means over the
+    repeats, and per repeat."""
     probes: dict[str, dict[str, list[dict[str, float]]]] = {
         name: {"bs1": [], "bs8": []} for name in servers
     }
     for repeat in range(repeats):
         order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
         for name in order:
+            isolate(layout, servers[name], servers.values())
             for bs in (1, 8):
                 probes[name][f"bs{bs}"].append(decode_probe(servers[name].url, bs))
 

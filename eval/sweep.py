@@ -20,6 +20,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from eval.bench import WORKLOADS, run_bench
 from eval.common import result_header
+from eval.host_cpus import CpuLayout, isolate
 from eval.server import (
     SGLangServer,
     cpu_env,
@@ -91,6 +93,8 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run every configuration at every pool size; ``None`` in ``pools`` is the unlimited pool."""
     out.mkdir(parents=True, exist_ok=True)
+    # Servers measured one at a time on one card each get the host's cores to themselves.
+    layout = CpuLayout.for_host() if not cpu and gpus == 1 else None
     runs = []
     progress = tqdm(total=len(pools) * len(configs), desc="sweep", unit="run")
     for pool in pools:
@@ -111,7 +115,9 @@ def run_sweep(
                     progress.update()
             else:
                 start_staggered(list(servers.values()), stagger_s)
-                measure = partial(_measure_tick, servers, label, workload, overrides, out, progress)
+                measure = partial(
+                    _measure_tick, servers, label, workload, overrides, out, progress, layout
+                )
                 runs += measure_by_gpu(list(servers), gpus, measure)
         finally:
             for server in servers.values():
@@ -123,6 +129,7 @@ def run_sweep(
         "workload": workload,
         "overrides": list(overrides),
         "base_args": list(base_args),
+        "cpu_layout": None if layout is None else asdict(layout),
         "configurations": {c: CONFIGURATIONS[c] for c in configs},
         "runs": runs,
     }
@@ -154,8 +161,10 @@ def _measure_tick(
     overrides: Sequence[str],
     out: Path,
     progress: tqdm,
+    layout: CpuLayout | None,
     config: str,
 ) -> dict[str, Any]:
+    isolate(layout, servers[config], servers.values())
     result = _measure(servers[config], config, pool, workload, overrides, out)
     progress.update()
     return result
