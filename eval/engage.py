@@ -247,6 +247,7 @@ def run_interleaved(
             ratios(summarize_requests(this["stock"]), summarize_requests(this["asymcache"]))
             | stolen
         )
+        print(f"repeat {repeat + 1}/{repeats}: {json.dumps(per_repeat[-1])}", flush=True)
     runs = {n: summarize_run(s, results[n], n == "asymcache") for n, s in servers.items()}
     return runs, per_repeat
 
