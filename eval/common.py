@@ -19,6 +19,8 @@ from eval.workloads import TurnResult, inter_token_gaps_s, tpot_s
 # Server-log lines that mean a run went wrong even when every request was answered.
 LEAK_MARKERS = ("memory leak detected", "Traceback", "KV double free", "use-after-free")
 SUMMARY_QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+# SGLang 0.5.16's --radix-eviction-policy values.
+STOCK_POLICIES = ("lru", "lfu", "slru", "priority")
 
 
 # ----- where the numbers come from -----

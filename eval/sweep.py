@@ -1,16 +1,21 @@
 """Every cache configuration at every pool size, on one workload: servers launched here.
 
-    python -m eval.sweep --model M --workload agents --pools 40000,80000,160000 --unlimited \\
-        --configs lru,lfu,slru,priority,no-radix,asymcache,asymcache-no-holes --out DIR
+    python -m eval.sweep --model M --workload agents --pools 40000,80000,160000 \\
+        --configs lru,lfu,slru,priority,no-radix,asymcache --unlimited lru --out DIR
+    python -m eval.sweep merge DIR1/sweep.json DIR2/sweep.json ... --out RESULTS/<card>_sweep.json
 
 Each (configuration, pool) runs ``eval.bench`` on its own server; the servers differ only in the
-configuration's flags and ``--max-total-tokens`` (``--unlimited``: the pool SGLang sizes from
-memory, the limit). On a GPU the servers of one pool size start together, ``--stagger-s`` apart,
-and are measured one at a time; with ``--gpus N`` (N > 1) server i runs on GPU i mod N and the
-servers on different GPUs are measured at the same time; with ``--cpu`` they run one after
-another. Writes
-``DIR/<config>_<pool>.json`` per run, ``DIR/sweep.json`` with all of them, and ``DIR/sweep.png``:
-TTFT mean (and job time, for agents) against pool size, one line per configuration.
+configuration's flags and ``--max-total-tokens`` (``--unlimited C,...``: those configurations
+once more at the pool SGLang sizes from memory, the limit). On a GPU the servers of one pool size
+start together, ``--stagger-s`` apart, and are measured one at a time, each on its own share of
+the host's cores (``eval.host_cpus``); with ``--gpus N`` (N > 1) server i runs on GPU i mod N and
+the servers on different GPUs are measured at the same time; with ``--cpu`` they run one after
+another. A server whose pool is not the one asked for (the card could not hold it beside the
+others) stops the sweep. Writes ``DIR/<config>_<pool>.json`` per run, ``DIR/sweep.json`` with all
+of them, and ``DIR/sweep.png``: TTFT mean (and job time, for agents) against pool size, one line
+per configuration. ``merge`` joins sweeps from one card (several calls, or sessions) into one
+file with every workload, the latest run of each (workload, configuration, pool) kept, and draws
+each workload's plots beside it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from eval.bench import WORKLOADS, run_bench
-from eval.common import result_header
+from eval.common import STOCK_POLICIES, result_header
 from eval.host_cpus import CpuLayout, isolate
 from eval.server import (
     SGLangServer,
@@ -41,9 +46,7 @@ from eval.server import (
 
 # Flags of each configuration; those without --enable-asymcache run with no plugin loaded.
 CONFIGURATIONS = {
-    **{
-        policy: ["--radix-eviction-policy", policy] for policy in ("lru", "lfu", "slru", "priority")
-    },
+    **{policy: ["--radix-eviction-policy", policy] for policy in STOCK_POLICIES},
     "no-radix": ["--disable-radix-cache"],
     "asymcache": ["--enable-asymcache"],
     # Cost-aware, leaf-only eviction: the position-aware key without holes.
@@ -83,28 +86,33 @@ def run_sweep(
     workload: str,
     overrides: Sequence[str],
     configs: Sequence[str],
-    pools: Sequence[int | None],
+    pools: Sequence[int],
     out: Path,
     *,
+    unlimited: Sequence[str] = (),
     base_args: Sequence[str] = (),
     cpu: bool = False,
     stagger_s: float = 20.0,
     gpus: int = 1,
 ) -> dict[str, Any]:
-    """Run every configuration at every pool size; ``None`` in ``pools`` is the unlimited pool."""
+    """Run every configuration at every pool size, then the ``unlimited`` configurations at the
+    pool SGLang sizes from memory."""
     out.mkdir(parents=True, exist_ok=True)
+    cells: list[tuple[int | None, Sequence[str]]] = [(pool, configs) for pool in pools]
+    if unlimited:
+        cells.append((None, unlimited))
     # Servers measured one at a time on one card each get the host's cores to themselves.
     layout = CpuLayout.for_host() if not cpu and gpus == 1 else None
     runs = []
-    progress = tqdm(total=len(pools) * len(configs), desc="sweep", unit="run")
-    for pool in pools:
+    progress = tqdm(total=sum(len(c) for _, c in cells), desc="sweep", unit="run")
+    for pool, pool_configs in cells:
         label = UNLIMITED if pool is None else str(pool)
         servers = {
             c: server_for(
                 model, c, pool, base_args, out / f"{c}_{label}.log", cpu,
                 gpu=i % gpus if gpus > 1 else None,
             )
-            for i, c in enumerate(configs)
+            for i, c in enumerate(pool_configs)
         }  # fmt: skip
         try:
             if cpu:
@@ -130,7 +138,7 @@ def run_sweep(
         "overrides": list(overrides),
         "base_args": list(base_args),
         "cpu_layout": None if layout is None else asdict(layout),
-        "configurations": {c: CONFIGURATIONS[c] for c in configs},
+        "configurations": {c: CONFIGURATIONS[c] for c in dict.fromkeys([*configs, *unlimited])},
         "runs": runs,
     }
     (out / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
@@ -174,6 +182,12 @@ def _measure(
     server: SGLangServer, config: str, pool: str, workload: str, overrides: Sequence[str], out: Path
 ) -> dict[str, Any]:
     result = {"config": config, "pool": pool, **run_bench(server.url, workload, overrides)}
+    granted = result["server"]["max_total_num_tokens"]
+    if pool != UNLIMITED and granted != int(pool):
+        raise RuntimeError(
+            f"{config} at pool {pool}: the server holds {granted} tokens; the card cannot hold "
+            "this many servers at this pool, run fewer configurations at a time"
+        )
     (out / f"{config}_{pool}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -244,29 +258,115 @@ def plot_cdf(sweep: dict[str, Any], out: Path, pool: str | None = None) -> None:
     fig.savefig(out, dpi=80)
 
 
+def merge(paths: Sequence[Path], dest: Path) -> dict[str, Any]:
+    """Sweeps from one card joined per workload, the latest run of each (configuration, pool)
+    kept; with each bounded pool's standing of AsymCache against the best stock policy. Writes
+    ``dest`` and, beside it, ``<stem>_<workload>.png`` and ``<stem>_<workload>_cdf.png``."""
+    sweeps = sorted((json.loads(p.read_text()) for p in paths), key=lambda s: s["date"])
+    cards = {s["card"] for s in sweeps}
+    if len(cards) != 1:
+        raise ValueError(f"sweeps from different cards: {sorted(cards)}")
+    workloads: dict[str, dict[str, Any]] = {}
+    for sweep in sweeps:
+        name = sweep["workload"]
+        merged = workloads.setdefault(
+            name,
+            {
+                "card": sweep["card"], "workload": name, "overrides": sweep["overrides"],
+                "base_args": sweep["base_args"], "configurations": {}, "parts": [], "runs": {},
+            },
+        )  # fmt: skip
+        for key in ("overrides", "base_args"):
+            if sweep[key] != merged[key]:
+                raise ValueError(
+                    f"{name}: {key} differ between sweeps: {sweep[key]} vs {merged[key]}"
+                )
+        merged["configurations"].update(sweep["configurations"])
+        merged["parts"].append(
+            {k: sweep.get(k) for k in ("commit", "date", "cpu_layout")}
+            | {"cells": sorted({f"{r['config']}@{r['pool']}" for r in sweep["runs"]})}
+        )
+        for run in sweep["runs"]:
+            merged["runs"][(run["config"], run["pool"])] = run
+    for merged in workloads.values():
+        order = list(merged["configurations"])
+        merged["runs"] = sorted(
+            merged["runs"].values(),
+            key=lambda r: (order.index(r["config"]), r["pool"] == UNLIMITED, _pool_key(r)),
+        )
+        merged["standings"] = standings(merged["runs"])
+    result = {"card": next(iter(cards)), "workloads": workloads}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(result, indent=2) + "\n")
+    for name, merged in workloads.items():
+        plot(merged, dest.with_name(f"{dest.stem}_{name}.png"))
+        plot_cdf(merged, dest.with_name(f"{dest.stem}_{name}_cdf.png"))
+    return result
+
+
+def _pool_key(run: dict[str, Any]) -> int:
+    return 0 if run["pool"] == UNLIMITED else int(run["pool"])
+
+
+def standings(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per bounded pool where AsymCache and a stock policy both ran: the stock policy with the
+    lowest mean TTFT and AsymCache's mean and p90 TTFT (and job time) over it."""
+    out = []
+    for pool in sorted({_pool_key(r) for r in runs if r["pool"] != UNLIMITED}):
+        here = {r["config"]: r["metrics"] for r in runs if r["pool"] == str(pool)}
+        stock = [c for c in STOCK_POLICIES if c in here]
+        if "asymcache" not in here or not stock:
+            continue
+        best = min(stock, key=lambda c: here[c]["ttft_mean_s"])
+        entry: dict[str, Any] = {"pool": pool, "best_stock": best}
+        for metric in ("ttft_mean_s", "ttft_p90_s", "jct_mean_s"):
+            if metric in here[best]:
+                entry[f"{metric.removesuffix('_s')}_ratio"] = (
+                    here["asymcache"][metric] / here[best][metric]
+                )
+        out.append(entry)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--configs", default=",".join(CONFIGURATIONS))
-    parser.add_argument("--pools", required=True, help="comma-separated --max-total-tokens")
-    parser.add_argument("--unlimited", action="store_true", help="also the unbounded pool")
-    parser.add_argument("--server-arg", action="append", default=[], help="for every server")
-    parser.add_argument("--cpu", action="store_true", help="CPU servers, one at a time")
-    parser.add_argument("--stagger-s", type=float, default=20.0)
-    parser.add_argument("--gpus", type=int, default=1, help="spread the servers over N GPUs")
-    parser.add_argument("--out", type=Path, required=True)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="launch the servers and sweep one workload")
+    run.add_argument("--model", required=True)
+    run.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("--configs", default=",".join(CONFIGURATIONS))
+    run.add_argument("--pools", default="", help="comma-separated --max-total-tokens")
+    run.add_argument(
+        "--unlimited", default="", metavar="CONFIGS",
+        help="comma-separated configurations to run once more at the unbounded pool",
+    )  # fmt: skip
+    run.add_argument("--server-arg", action="append", default=[], help="for every server")
+    run.add_argument("--cpu", action="store_true", help="CPU servers, one at a time")
+    run.add_argument("--stagger-s", type=float, default=20.0)
+    run.add_argument("--gpus", type=int, default=1, help="spread the servers over N GPUs")
+    run.add_argument("--out", type=Path, required=True)
+    join = commands.add_parser("merge", help="join sweeps from one card into one file")
+    join.add_argument("sweeps", type=Path, nargs="+", help="sweep.json files")
+    join.add_argument("--out", type=Path, required=True, help="e.g. eval/results/h200_sweep.json")
     args = parser.parse_args()
-    configs = args.configs.split(",")
-    unknown = [c for c in configs if c not in CONFIGURATIONS]
+    if args.command == "merge":
+        try:
+            merged = merge(args.sweeps, args.out)
+        except ValueError as exc:
+            parser.error(str(exc))
+        print(json.dumps({w: m["standings"] for w, m in merged["workloads"].items()}, indent=2))
+        return
+    configs = [c for c in args.configs.split(",") if c]
+    unlimited = [c for c in args.unlimited.split(",") if c]
+    unknown = [c for c in configs + unlimited if c not in CONFIGURATIONS]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {sorted(CONFIGURATIONS)}")
-    pools: list[int | None] = [int(p) for p in args.pools.split(",")]
-    if args.unlimited:
-        pools.append(None)
+    pools = [int(p) for p in args.pools.split(",") if p]
+    if not pools and not unlimited:
+        parser.error("nothing to run: give --pools, --unlimited, or both")
     run_sweep(
-        args.model, args.workload, args.set, configs, pools, args.out,
+        args.model, args.workload, args.set, configs, pools, args.out, unlimited=unlimited,
         base_args=args.server_arg, cpu=args.cpu, stagger_s=args.stagger_s, gpus=args.gpus,
     )  # fmt: skip
 

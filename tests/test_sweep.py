@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import threading
 
-from eval.sweep import CONFIGURATIONS, UNLIMITED, measure_by_gpu, run_sweep
+import pytest
+
+from eval.sweep import CONFIGURATIONS, UNLIMITED, measure_by_gpu, merge, run_sweep
 
 SETTINGS = ["groups=2", "prompts_per_group=3", "system_prompt_tokens=200", "question_tokens=20",
             "output_tokens=4", "max_in_flight=2", "vocab=10,500"]  # fmt: skip
@@ -54,3 +56,55 @@ def test_servers_on_one_gpu_are_measured_in_turn_and_gpus_side_by_side():
     assert [r["config"] for r in runs] == ["a", "b", "c", "d", "e"]
     threads = {r["config"]: r["thread"] for r in runs}
     assert threads["a"] == threads["c"] == threads["e"] != threads["b"] == threads["d"]
+
+
+def _sweep(workload: str, date: str, runs: list[tuple[str, str, float]], card: str = "H") -> dict:
+    return {
+        "card": card, "commit": "c", "date": date, "workload": workload, "overrides": [],
+        "base_args": ["--x"], "configurations": {c: CONFIGURATIONS[c] for c, _, _ in runs},
+        "runs": [
+            {"config": c, "pool": p, "metrics": {"ttft_mean_s": t, "ttft_p90_s": 2 * t}}
+            for c, p, t in runs
+        ],
+    }  # fmt: skip
+
+
+def test_merge_keeps_the_latest_run_per_cell_and_ranks_against_the_best_stock_policy(tmp_path):
+    first = _sweep("agents", "2026-12-01", [("lru", "100", 4.0), ("asymcache", "100", 3.0)])
+    second = _sweep(
+        "agents", "2026-12-02", [("lfu", "100", 2.0), ("lru", "100", 5.0), ("lru", UNLIMITED, 1.0)]
+    )
+    other = _sweep("long-multi-turn", "2026-12-02", [("lru", "50", 9.0), ("asymcache", "50", 9.9)])
+    paths = []
+    for i, sweep in enumerate((second, first, other)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(sweep))
+    merged = merge(paths, tmp_path / "out" / "h_sweep.json")
+    agents = merged["workloads"]["agents"]
+    cells = [(r["config"], r["pool"], r["metrics"]["ttft_mean_s"]) for r in agents["runs"]]
+    assert cells == [("lru", "100", 5.0), ("lru", UNLIMITED, 1.0), ("asymcache", "100", 3.0),
+                     ("lfu", "100", 2.0)]  # fmt: skip
+    assert agents["standings"] == [
+        {"pool": 100, "best_stock": "lfu", "ttft_mean_ratio": 1.5, "ttft_p90_ratio": 1.5}
+    ]
+    assert merged["workloads"]["long-multi-turn"]["standings"][0]["ttft_mean_ratio"] == 1.1
+    assert [p["date"] for p in agents["parts"]] == ["2026-12-01", "2026-12-02"]
+    for name in ("h_sweep_agents.png", "h_sweep_agents_cdf.png", "h_sweep_long-multi-turn.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "h_sweep.json").read_text()) == json.loads(
+        json.dumps(merged)
+    )
+
+
+def test_merge_refuses_two_cards_or_two_flag_sets(tmp_path):
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(_sweep("agents", "1", [("lru", "1", 1.0)])))
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(_sweep("agents", "2", [("lru", "1", 1.0)], card="other")))
+    with pytest.raises(ValueError, match="different cards"):
+        merge([a, b], tmp_path / "m.json")
+    flags = _sweep("agents", "2", [("lru", "1", 1.0)])
+    flags["base_args"] = ["--y"]
+    b.write_text(json.dumps(flags))
+    with pytest.raises(ValueError, match="base_args differ"):
+        merge([a, b], tmp_path / "m.json")

@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from eval.agent_workload import AgentPrograms
 from eval.bench import parse_overrides
-from eval.common import result_header
+from eval.common import STOCK_POLICIES, result_header
 from eval.mooncake_trace import TraceCut
-from eval.sim.engine import CACHES, ORACLE, SIM_ONLY, STOCK_POLICIES, EngineConfig, simulate
+from eval.sim.engine import CACHES, ORACLE, SIM_ONLY, EngineConfig, simulate
 from eval.sim.scripts import (
     Client,
     RoundRobinClient,
@@ -182,21 +182,10 @@ def gpu_points(
                 )  # fmt: skip
             )
     for path in sweeps:
-        sweep = json.loads(path.read_text())
-        for run in sweep["runs"]:
-            if run["config"] == "lru" and run["pool"] != UNLIMITED:
-                points.append(
-                    GpuPoint(
-                        f"{path}: lru at {run['pool']}",
-                        sweep["card"],
-                        sweep["workload"],
-                        run["workload"],
-                        int(run["pool"]),
-                        "lru",
-                        trace,
-                        run["metrics"],
-                    )  # fmt: skip
-                )
+        result = json.loads(path.read_text())
+        # One eval.sweep run, or eval.sweep merge's file of every workload.
+        for sweep in result["workloads"].values() if "workloads" in result else [result]:
+            points += sweep_points(path, sweep, trace)
     if pressure is not None:
         result = json.loads(pressure.read_text())
         args = result["server_args"]
@@ -216,6 +205,24 @@ def gpu_points(
             if config in result["runs"]
         ]
     return points
+
+
+def sweep_points(path: Path, sweep: dict[str, Any], trace: Path) -> list[GpuPoint]:
+    """The bounded-pool LRU runs of one workload's sweep."""
+    return [
+        GpuPoint(
+            f"{path.name}: {sweep['workload']}, lru at {run['pool']}",
+            sweep["card"],
+            sweep["workload"],
+            run["workload"],
+            int(run["pool"]),
+            "lru",
+            trace,
+            run["metrics"],
+        )  # fmt: skip
+        for run in sweep["runs"]
+        if run["config"] == "lru" and run["pool"] != UNLIMITED
+    ]
 
 
 def validate(points: list[GpuPoint]) -> dict[str, Any]:

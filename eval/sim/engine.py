@@ -48,6 +48,7 @@ from asymcache_sglang.patches import prefill_adder_add_chunked_req, prefill_adde
 from asymcache_sglang.patches.http_server_wait_and_warmup import calibration_extends
 from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_holes
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
+from eval.common import STOCK_POLICIES
 from eval.sim.oracle import OracleRadixCache, ReturnTimes
 from eval.sim.scripts import Client, Script, Send, SessionClient
 from eval.sim.step_model import StepModel
@@ -62,7 +63,6 @@ def unhooked(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
-STOCK_POLICIES = ("lru", "lfu", "slru", "priority")
 CACHES = (*STOCK_POLICIES, "no-radix", "asymcache", "asymcache-no-holes")
 # Offline, simulation only: Belady's MIN with the position-aware cost (``eval.sim.oracle``).
 ORACLE = "belady"
