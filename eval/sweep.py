@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from eval.bench import WORKLOADS, run_bench
+from eval.bench import WORKLOADS, run_bench, server_settings
 from eval.common import STOCK_POLICIES, result_header
 from eval.host_cpus import CpuLayout, isolate
 from eval.server import (
@@ -123,6 +123,8 @@ def run_sweep(
                     progress.update()
             else:
                 start_staggered(list(servers.values()), stagger_s)
+                if pool is not None:
+                    check_pools(servers, pool)
                 measure = partial(
                     _measure_tick, servers, label, workload, overrides, out, progress, layout
                 )
@@ -145,6 +147,18 @@ def run_sweep(
     plot(sweep, out / "sweep.png")
     plot_cdf(sweep, out / "sweep_cdf.png")
     return sweep
+
+
+def check_pools(servers: dict[str, SGLangServer], pool: int) -> None:
+    """Raise unless every server holds ``pool`` tokens: SGLang caps ``--max-total-tokens`` at
+    what the card has left, which the servers started before took."""
+    for config, server in servers.items():
+        granted = server_settings(server.url)["max_total_num_tokens"]
+        if granted != pool:
+            raise RuntimeError(
+                f"{config} at pool {pool}: the server holds {granted} tokens; the card cannot "
+                "hold this many servers at this pool, run fewer configurations at a time"
+            )
 
 
 def measure_by_gpu(
@@ -182,12 +196,6 @@ def _measure(
     server: SGLangServer, config: str, pool: str, workload: str, overrides: Sequence[str], out: Path
 ) -> dict[str, Any]:
     result = {"config": config, "pool": pool, **run_bench(server.url, workload, overrides)}
-    granted = result["server"]["max_total_num_tokens"]
-    if pool != UNLIMITED and granted != int(pool):
-        raise RuntimeError(
-            f"{config} at pool {pool}: the server holds {granted} tokens; the card cannot hold "
-            "this many servers at this pool, run fewer configurations at a time"
-        )
     (out / f"{config}_{pool}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
