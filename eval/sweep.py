@@ -11,11 +11,12 @@ start together, ``--stagger-s`` apart, and are measured one at a time, each on i
 the host's cores (``eval.host_cpus``); with ``--gpus N`` (N > 1) server i runs on GPU i mod N and
 the servers on different GPUs are measured at the same time; with ``--cpu`` they run one after
 another. A server whose pool is not the one asked for (the card could not hold it beside the
-others) stops the sweep. Writes ``DIR/<config>_<pool>.json`` per run, ``DIR/sweep.json`` with all
-of them, and ``DIR/sweep.png``: TTFT mean (and job time, for agents) against pool size, one line
-per configuration. ``merge`` joins sweeps from one card (several calls, or sessions) into one
-file with every workload, the latest run of each (workload, configuration, pool) kept, and draws
-each workload's plots beside it.
+others) stops the sweep. Writes ``DIR/<config>_<pool>.json`` per run (an AsymCache server's
+latency trace beside it, ``.trace.jsonl``), ``DIR/sweep.json`` with all of them, and
+``DIR/sweep.png``: TTFT mean (and job time, for agents) against pool size, one line per
+configuration. ``merge`` joins sweeps from one card (several calls, or sessions) into one file
+with every workload, the latest run of each (workload, configuration, pool) kept, and draws each
+workload's plots beside it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from asymcache_sglang.core.config import LATENCY_TRACE_ENV
 from eval.bench import WORKLOADS, run_bench, server_settings
 from eval.common import STOCK_POLICIES, result_header
 from eval.host_cpus import CpuLayout, isolate
@@ -74,6 +76,9 @@ def server_for(
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         args = []
+    if asym:
+        # The forward timings the simulator's step model is fitted to.
+        env[LATENCY_TRACE_ENV] = str(log.with_suffix(".trace.jsonl"))
     pool_args = [] if pool is None else ["--max-total-tokens", str(pool)]
     return SGLangServer(
         model, extra_args=[*args, *base_args, *flags, *pool_args], env=env, log_path=log,
