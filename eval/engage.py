@@ -8,7 +8,9 @@ config-only Llama-3-8B folder from ``.gpu/make_model.py DIR --preset llama3-8b``
   size. Then the AsymCache server's position cost (below), after the run.
 - ``no_pressure``: the same workload on a pool that holds everything, with CUDA graphs at
   SGLang's defaults and again with ``--disable-cuda-graph``; AsymCache / stock ratios, over
-  ``--repeats`` interleaved runs per server (eager decode is bound by the host, which drifts).
+  ``--repeats`` interleaved runs per server (eager decode is bound by the host, which drifts);
+  ``--paired``: both servers run each repeat at the same time, on their own cores, so the
+  host's drift falls on both.
 - ``overhead``: both servers eager under a decode-only load, TPOT at batch sizes 1 and 8, with
   ``eval.stack_sampler`` profiling their schedulers during the load.
 
@@ -50,7 +52,7 @@ from eval.common import (
     summarize_requests,
     summary_stats,
 )
-from eval.host_cpus import CpuLayout, isolate, steal_seconds
+from eval.host_cpus import CpuLayout, isolate, paired_cores, set_affinity, steal_seconds
 from eval.report import grouped_bars
 from eval.server import SGLangServer, start_staggered, stock_env
 from eval.workloads import (
@@ -252,6 +254,55 @@ def run_interleaved(
     return runs, per_repeat
 
 
+def run_paired(
+    servers: dict[str, SGLangServer], workload: LongMultiTurn, repeats: int
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Like ``run_interleaved``, but in each repeat both servers run the workload at the same
+    time, each on its own half of the host's cores (``paired_cores``): drift in the host's speed
+    falls on both alike, at the price of the two sharing the card."""
+    cores = paired_cores()
+    if cores is not None:
+        set_affinity(os.getpid(), cores[0], with_children=False)
+        for server, share in zip(servers.values(), cores[1:]):
+            if server.proc is not None:
+                set_affinity(server.proc.pid, share, with_children=True)
+    results: dict[str, list[TurnResult]] = {name: [] for name in servers}
+    per_repeat = []
+    for repeat in range(repeats):
+        for server in servers.values():
+            flush_cache(server.url)
+        with ThreadPoolExecutor(len(servers)) as pool:
+            this = dict(
+                zip(
+                    servers,
+                    pool.map(lambda s: run_long_multi_turn(s.url, workload), servers.values()),
+                )
+            )
+        for name in servers:
+            results[name] += this[name]
+        per_repeat.append(
+            ratios(summarize_requests(this["stock"]), summarize_requests(this["asymcache"]))
+        )
+        print(f"paired repeat {repeat + 1}/{repeats}: {json.dumps(per_repeat[-1])}", flush=True)
+    runs = {n: summarize_run(s, results[n], n == "asymcache") for n, s in servers.items()}
+    return runs, per_repeat
+
+
+def paired_decode_probes(servers: dict[str, SGLangServer], repeats: int) -> dict[str, Any]:
+    """``decode_probe`` at batch sizes 1 and 8 on both servers at the same time, ``repeats``
+    times; the TPOT ratio of the means, and per repeat."""
+    probes: dict[str, dict[str, list[dict[str, float]]]] = {
+        n: {"bs1": [], "bs8": []} for n in servers
+    }
+    for _ in range(repeats):
+        for bs in (1, 8):
+            with ThreadPoolExecutor(len(servers)) as pool:
+                got = pool.map(lambda s, b=bs: decode_probe(s.url, b), servers.values())
+                for name, probe in zip(servers, got):
+                    probes[name][f"bs{bs}"].append(probe)
+    return probe_ratios(probes, repeats)
+
+
 def ratios(stock: dict[str, Any], asym: dict[str, Any]) -> dict[str, float]:
     return {
         "ttft_ratio": asym["ttft_mean_s"] / stock["ttft_mean_s"],
@@ -300,6 +351,7 @@ def part_no_pressure(
     pool: int,
     settings: Sequence[str] = tuple(CUDA_GRAPH_SETTINGS),
     repeats: int = 1,
+    paired: bool = False,
 ) -> dict[str, Any]:
     """The workload with CUDA graphs at SGLang's defaults, then eager, ``repeats`` times per
     server (``run_interleaved``). The defaults pair's AsymCache server also measures the position
@@ -318,16 +370,28 @@ def part_no_pressure(
             asym = servers["asymcache"]
             at_startup = extend_fit(asym.url)
             layout = CpuLayout.for_host()
-            runs, per_repeat = run_interleaved(servers, workload, repeats, layout)
+            if paired:
+                runs, per_repeat = run_paired(servers, workload, repeats)
+            else:
+                runs, per_repeat = run_interleaved(servers, workload, repeats, layout)
             entry = {
                 "server_args": flags,
-                "cpu_layout": None if layout is None else asdict(layout),
+                "method": "paired" if paired else "interleaved",
+                "cpu_layout": paired_cores()
+                if paired
+                else None
+                if layout is None
+                else asdict(layout),
                 "runs": runs,
                 **ratios(runs["stock"], runs["asymcache"]),
                 "per_repeat_ratios": per_repeat,
             }
             if extra:
-                entry.update(decode_probes(servers, repeats, layout))
+                entry.update(
+                    paired_decode_probes(servers, repeats)
+                    if paired
+                    else decode_probes(servers, repeats, layout)
+                )
             else:
                 isolate(layout, asym, servers.values())
                 after_run = extend_fit(asym.url)
@@ -359,10 +423,16 @@ def decode_probes(
             for bs in (1, 8):
                 probes[name][f"bs{bs}"].append(decode_probe(servers[name].url, bs))
 
+    return probe_ratios(probes, repeats)
+
+
+def probe_ratios(
+    probes: dict[str, dict[str, list[dict[str, float]]]], repeats: int
+) -> dict[str, Any]:
+    """The probes, AsymCache / stock TPOT of their means over the repeats, and per repeat."""
+
     def ratio(bs: str, runs: slice) -> float:
-        means = {
-            n: statistics.fmean(p["tpot_mean_s"] for p in probes[n][bs][runs]) for n in servers
-        }
+        means = {n: statistics.fmean(p["tpot_mean_s"] for p in probes[n][bs][runs]) for n in probes}
         return means["asymcache"] / means["stock"]
 
     return {
@@ -545,6 +615,10 @@ def main() -> None:
         help="no_pressure: the CUDA graph settings to run",
     )  # fmt: skip
     run.add_argument("--repeats", type=int, default=1, help="no_pressure: runs per server")
+    run.add_argument(
+        "--paired", action="store_true",
+        help="no_pressure: both servers run each repeat at the same time, on their own cores",
+    )  # fmt: skip
     join = sub.add_parser("merge")
     join.add_argument("parts", type=Path, nargs="+")
     join.add_argument("--dest", type=Path, default=Path("eval/results"))
@@ -559,7 +633,9 @@ def main() -> None:
         body = part_pressure(args.model, args.out, workload, pool)
     elif args.part == "no_pressure":
         pool = args.pool_tokens or workload.max_live_tokens() + 16_000
-        body = part_no_pressure(args.model, args.out, workload, pool, args.settings, args.repeats)
+        body = part_no_pressure(
+            args.model, args.out, workload, pool, args.settings, args.repeats, args.paired
+        )
     else:
         body = part_overhead(args.model, args.out, args.pool_tokens or 100_000)
     result = {

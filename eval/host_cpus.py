@@ -68,6 +68,18 @@ class CpuLayout:
         )
 
 
+def paired_cores(client_cores: int = 2) -> tuple[tuple[int, ...], ...] | None:
+    """The client's cores, then two equal disjoint shares of the rest (whole physical cores),
+    for two servers measured side by side; None where the host has too few cores."""
+    cores = physical_cores()
+    share = (len(cores) - client_cores) // 2
+    if len(cores) < MIN_PHYSICAL_CORES or share < 1:
+        return None
+    groups = (cores[:client_cores], cores[client_cores : client_cores + share],
+              cores[client_cores + share : client_cores + 2 * share])  # fmt: skip
+    return tuple(tuple(cpu for core in group for cpu in core) for group in groups)
+
+
 def set_affinity(pid: int, cpus: Iterable[int], *, with_children: bool) -> None:
     """Every thread of ``pid`` (and of its descendants, ``with_children``) onto ``cpus``; a
     process or thread that exits meanwhile is skipped."""

@@ -1,4 +1,5 @@
-"""The engage benchmark's pure parts: workload size, the model's position cost, the summary."""
+"""The engage benchmark: workload size, the model's position cost, the summary, and paired runs
+on two real CPU servers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from eval import engage
 from eval.engage import merge, model_relative_cost, summary
+from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_cpu_env
 from eval.workloads import LongMultiTurn
 
 RECORDED = Path(__file__).resolve().parents[1] / "eval" / "results" / "h200_engage.json"
@@ -61,3 +64,28 @@ def test_a_later_no_pressure_file_replaces_only_its_settings(tmp_path):
     }
     assert merged["commits"]["no_pressure.disable_cuda_graph"] == "rerun1"
     assert merged["commits"]["no_pressure.cuda_graph_default"] == parts["no_pressure"]["commit"]
+
+
+def test_paired_runs_measure_both_servers_at_once_on_the_cpu(tiny_model, tmp_path):
+    workload = LongMultiTurn(
+        sessions=2, turns=2, doc_tokens=(60, 80), question_tokens=(5, 10), answer_tokens=4,
+        think_s=(0.1, 0.2), arrival_gap_s=0.1, vocab=(10, 500),
+    )  # fmt: skip
+    servers = {
+        "stock": SGLangServer(tiny_model, extra_args=cpu_server_args(), env=stock_cpu_env(),
+                              log_path=tmp_path / "stock.log", timeout_s=420),
+        "asymcache": SGLangServer(tiny_model, extra_args=[*cpu_server_args(), "--enable-asymcache"],
+                                  env=cpu_env(), log_path=tmp_path / "asym.log", timeout_s=420),
+    }  # fmt: skip
+    try:
+        for server in servers.values():
+            server.start()
+        runs, per_repeat = engage.run_paired(servers, workload, repeats=2)
+    finally:
+        for server in servers.values():
+            server.stop()
+    assert len(per_repeat) == 2 and all(r["tpot_ratio"] > 0 for r in per_repeat)
+    for name, run in runs.items():
+        assert run["requests"] == 2 * 2 * 2, name
+        assert run["cached_tokens"] > 0
+    assert runs["asymcache"]["counters"]["timed_forwards"] > 0

@@ -66,3 +66,12 @@ def test_set_affinity_moves_every_thread_of_the_tree() -> None:
             member.kill()
         proc.kill()
         proc.wait()
+
+
+def test_paired_cores_give_two_equal_shares_beside_the_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(host_cpus, "physical_cores", lambda: [[i, i + 8] for i in range(7)])
+    assert host_cpus.paired_cores() == ((0, 8, 1, 9), (2, 10, 3, 11), (4, 12, 5, 13))
+    monkeypatch.setattr(host_cpus, "physical_cores", lambda: [[0], [1], [2]])
+    assert host_cpus.paired_cores() is None
