@@ -36,7 +36,7 @@ from eval.sim.scripts import (
     long_multi_turn_scripts,
     mooncake_scripts,
 )
-from eval.sim.step_model import StepModel, fit_step_model
+from eval.sim.step_model import StepModel, fit_step_model, host_time_per_step
 from eval.sim.summary import summarize
 from eval.sweep import CONFIGURATIONS, plot, plot_cdf
 from eval.workloads import LongMultiTurn, MultiTurnWorkload
@@ -141,10 +141,38 @@ def test_scripts_follow_the_workloads_draws():
 
 
 def test_the_step_model_prices_a_forward_from_its_features():
-    step = StepModel((1.0, 2.0, 3.0, 4.0, 5.0, 6.0), host_overhead_s=0.5)
+    step = StepModel((1.0, 2.0, 3.0, 4.0, 5.0, 6.0), host_extend_s=0.5, host_decode_s=0.25)
     features = BatchFeatures.from_segments([(0, 2)], [7])
     # [1, new 2, new_ctx 2, decodes 1, decode_ctx 7, extend 1]
+    assert step.forward_s(features) == pytest.approx(1 + 4 + 6 + 4 + 35 + 6)
     assert step.step_s(features) == pytest.approx(1 + 4 + 6 + 4 + 35 + 6 + 0.5)
+    decode = BatchFeatures.from_segments([], [7])
+    assert step.step_s(decode) == pytest.approx(step.forward_s(decode) + 0.25)
+
+
+def test_host_time_per_step_is_the_launch_gap_beyond_the_forward(tmp_path):
+    rows = [
+        # an extend of 10 ms, the next launch 14 ms later: 4 ms of host time
+        {"new_tokens": 5, "new_ctx": 2.0, "decode_reqs": 0, "decode_ctx": 0, "seconds": 0.010,
+         "launched_s": 1.000},
+        {"new_tokens": 0, "new_ctx": 0.0, "decode_reqs": 1, "decode_ctx": 6, "seconds": 0.005,
+         "launched_s": 1.014},
+        # a decode step, then 1 ms to the next launch
+        {"new_tokens": 0, "new_ctx": 0.0, "decode_reqs": 1, "decode_ctx": 7, "seconds": 0.005,
+         "launched_s": 1.020},
+        # then the scheduler idles for seconds: not host time
+        {"new_tokens": 0, "new_ctx": 0.0, "decode_reqs": 1, "decode_ctx": 8, "seconds": 0.005,
+         "launched_s": 3.000},
+    ]  # fmt: skip
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    host = host_time_per_step(trace)
+    assert host == {"host_extend_s": pytest.approx(0.004), "host_decode_s": pytest.approx(0.001),
+                    "extend_gaps": 1, "decode_gaps": 1}  # fmt: skip
+    for row in rows:
+        del row["launched_s"]
+    trace.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert host_time_per_step(trace) is None
 
 
 def test_the_oracle_keeps_the_session_that_comes_back():

@@ -234,10 +234,10 @@ class Engine:
         for start in range(0, base, self.config.chunk_tokens):
             end = min(base, start + self.config.chunk_tokens)
             features = BatchFeatures.from_segments([(start, end)], [])
-            latency.observe_forward(features, self.step.step_s(features))
+            latency.observe_forward(features, self.step.forward_s(features))
         for prefix, new in extends:
             features = BatchFeatures.from_segments([(prefix, prefix + new)], [])
-            latency.observe_forward(features, self.step.step_s(features))
+            latency.observe_forward(features, self.step.forward_s(features))
 
     @property
     def is_asymcache(self) -> bool:
@@ -444,10 +444,10 @@ class Engine:
         self.batch_full = False
 
     def _advance(self, features: BatchFeatures) -> None:
-        seconds = self.step.step_s(features)
-        self.now += seconds
+        self.now += self.step.step_s(features)
         if self.is_asymcache:
-            self.cache.latency.observe_forward(features, seconds)
+            # The server's timer sees the forward alone.
+            self.cache.latency.observe_forward(features, self.step.forward_s(features))
 
     def _tag(self, req: Req) -> None:
         """The oracle's record of which session uses the request's cached path."""
