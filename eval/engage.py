@@ -258,17 +258,13 @@ def run_paired(
     servers: dict[str, SGLangServer], workload: LongMultiTurn, repeats: int
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """Like ``run_interleaved``, but in each repeat both servers run the workload at the same
-    time, each on its own half of the host's cores (``paired_cores``): drift in the host's speed
-    falls on both alike, at the price of the two sharing the card."""
-    cores = paired_cores()
-    if cores is not None:
-        set_affinity(os.getpid(), cores[0], with_children=False)
-        for server, share in zip(servers.values(), cores[1:]):
-            if server.proc is not None:
-                set_affinity(server.proc.pid, share, with_children=True)
+    time, each on its own half of the host's cores (``pin_pair``, the halves swapped every
+    repeat): drift in the host's speed falls on both alike, and a slower half on each in turn,
+    at the price of the two sharing the card."""
     results: dict[str, list[TurnResult]] = {name: [] for name in servers}
     per_repeat = []
     for repeat in range(repeats):
+        pin_pair(servers, swap=repeat % 2 == 1)
         for server in servers.values():
             flush_cache(server.url)
         with ThreadPoolExecutor(len(servers)) as pool:
@@ -288,13 +284,27 @@ def run_paired(
     return runs, per_repeat
 
 
+def pin_pair(servers: dict[str, SGLangServer], swap: bool) -> None:
+    """This process on the client's cores, the two servers on the two halves (``swap``: the
+    other way round); nothing on a host too small to split."""
+    cores = paired_cores()
+    if cores is None:
+        return
+    set_affinity(os.getpid(), cores[0], with_children=False)
+    shares = cores[2:0:-1] if swap else cores[1:]
+    for server, share in zip(servers.values(), shares):
+        if server.proc is not None:
+            set_affinity(server.proc.pid, share, with_children=True)
+
+
 def paired_decode_probes(servers: dict[str, SGLangServer], repeats: int) -> dict[str, Any]:
     """``decode_probe`` at batch sizes 1 and 8 on both servers at the same time, ``repeats``
-    times; the TPOT ratio of the means, and per repeat."""
+    times, the cores swapped every repeat; the TPOT ratio of the means, and per repeat."""
     probes: dict[str, dict[str, list[dict[str, float]]]] = {
         n: {"bs1": [], "bs8": []} for n in servers
     }
-    for _ in range(repeats):
+    for repeat in range(repeats):
+        pin_pair(servers, swap=repeat % 2 == 1)
         for bs in (1, 8):
             with ThreadPoolExecutor(len(servers)) as pool:
                 got = pool.map(lambda s, b=bs: decode_probe(s.url, b), servers.values())

@@ -22,11 +22,14 @@ from eval.server import SGLangServer
 MIN_PHYSICAL_CORES = 4
 
 
+# The CPUs this process may use as it started, before ``isolate`` narrowed them to the client's.
+ALLOWED_CPUS = frozenset(os.sched_getaffinity(0))
+
+
 def physical_cores() -> list[list[int]]:
-    """This process's allowed logical CPUs grouped by physical core (hyperthread siblings)."""
-    allowed = os.sched_getaffinity(0)
+    """The allowed logical CPUs grouped by physical core (hyperthread siblings)."""
     cores: dict[tuple[int, ...], list[int]] = {}
-    for cpu in sorted(allowed):
+    for cpu in sorted(ALLOWED_CPUS):
         siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
         key = tuple(_cpu_list(siblings.read_text())) if siblings.exists() else (cpu,)
         cores.setdefault(key, []).append(cpu)
