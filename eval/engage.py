@@ -352,6 +352,9 @@ def part_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> 
 
 
 CUDA_GRAPH_SETTINGS = {"cuda_graph_default": [], "disable_cuda_graph": ["--disable-cuda-graph"]}
+# Where a no_pressure file keeps each setting's result: measured one server at a time, or paired.
+PAIRED = "_paired"
+NO_PRESSURE_ENTRIES = (*CUDA_GRAPH_SETTINGS, *(s + PAIRED for s in CUDA_GRAPH_SETTINGS))
 
 
 def part_no_pressure(
@@ -413,7 +416,7 @@ def part_no_pressure(
                 )
         finally:
             stop_all(servers)
-        result[setting] = entry
+        result[setting + (PAIRED if paired else "")] = entry
     return result
 
 
@@ -527,7 +530,7 @@ def summary(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if "no_pressure" in parts:
         out["no_pressure"] = {
             setting: {k: v for k, v in parts["no_pressure"][setting].items() if "ratio" in k}
-            for setting in CUDA_GRAPH_SETTINGS
+            for setting in NO_PRESSURE_ENTRIES
             if setting in parts["no_pressure"]
         }
     fits = parts.get("pressure", {}).get("position_cost", {}).get("extend_fits")
@@ -583,9 +586,10 @@ def merge(parts: Sequence[Path], dest_dir: Path) -> Path:
     loaded: dict[str, dict[str, Any]] = {}
     for path in parts:
         body = json.loads(path.read_text())
-        for setting in CUDA_GRAPH_SETTINGS:
+        for setting in NO_PRESSURE_ENTRIES:
             if setting in body:
-                body[setting] |= {"commit": body["commit"], "date": body["date"]}
+                # An entry merged before keeps its own commit.
+                body[setting] = {"commit": body["commit"], "date": body["date"], **body[setting]}
         # A later no_pressure file (one CUDA graph setting rerun) replaces that setting only.
         loaded[body["part"]] = {**loaded.get(body["part"], {}), **body}
     card = next(iter(loaded.values()))["card"]
@@ -598,7 +602,7 @@ def merge(parts: Sequence[Path], dest_dir: Path) -> Path:
             **{name: part["commit"] for name, part in loaded.items()},
             **{
                 f"no_pressure.{setting}": loaded["no_pressure"][setting]["commit"]
-                for setting in CUDA_GRAPH_SETTINGS
+                for setting in NO_PRESSURE_ENTRIES
                 if setting in loaded.get("no_pressure", {})
             },
         },

@@ -13,6 +13,8 @@ from eval.engage import merge, model_relative_cost, summary
 from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_cpu_env
 from eval.workloads import LongMultiTurn
 
+# Two CPU servers side by side: bounded pools, or the first takes most of the host's memory.
+POOL = ["--max-total-tokens", "8192"]
 RECORDED = Path(__file__).resolve().parents[1] / "eval" / "results" / "h200_engage.json"
 
 
@@ -50,7 +52,15 @@ def test_a_later_no_pressure_file_replaces_only_its_settings(tmp_path):
     rerun = {
         **{k: v for k, v in parts["no_pressure"].items() if k != "cuda_graph_default"},
         "commit": "rerun1",
-        "disable_cuda_graph": {**parts["no_pressure"]["disable_cuda_graph"], "tpot_ratio": 0.5},
+        # As `run` writes it: the entry's commit is the file's.
+        "disable_cuda_graph": {
+            **{
+                k: v
+                for k, v in parts["no_pressure"]["disable_cuda_graph"].items()
+                if k not in ("commit", "date")
+            },
+            "tpot_ratio": 0.5,
+        },
     }
     files = []
     for name, body in (("p", parts["pressure"]), ("n", parts["no_pressure"]), ("r", rerun)):
@@ -63,7 +73,11 @@ def test_a_later_no_pressure_file_replaces_only_its_settings(tmp_path):
         k: v for k, v in parts["no_pressure"]["cuda_graph_default"].items() if "ratio" in k
     }
     assert merged["commits"]["no_pressure.disable_cuda_graph"] == "rerun1"
-    assert merged["commits"]["no_pressure.cuda_graph_default"] == parts["no_pressure"]["commit"]
+    # An entry merged before keeps its own commit.
+    assert (
+        merged["commits"]["no_pressure.cuda_graph_default"]
+        == parts["no_pressure"]["cuda_graph_default"]["commit"]
+    )
 
 
 def test_paired_runs_measure_both_servers_at_once_on_the_cpu(tiny_model, tmp_path):
@@ -71,11 +85,16 @@ def test_paired_runs_measure_both_servers_at_once_on_the_cpu(tiny_model, tmp_pat
         sessions=2, turns=2, doc_tokens=(60, 80), question_tokens=(5, 10), answer_tokens=4,
         think_s=(0.1, 0.2), arrival_gap_s=0.1, vocab=(10, 500),
     )  # fmt: skip
+    stock_args = [*cpu_server_args(), *POOL]
     servers = {
-        "stock": SGLangServer(tiny_model, extra_args=cpu_server_args(), env=stock_cpu_env(),
-                              log_path=tmp_path / "stock.log", timeout_s=420),
-        "asymcache": SGLangServer(tiny_model, extra_args=[*cpu_server_args(), "--enable-asymcache"],
-                                  env=cpu_env(), log_path=tmp_path / "asym.log", timeout_s=420),
+        "stock": SGLangServer(
+            tiny_model, extra_args=stock_args, env=stock_cpu_env(),
+            log_path=tmp_path / "stock.log", timeout_s=420,
+        ),
+        "asymcache": SGLangServer(
+            tiny_model, extra_args=[*stock_args, "--enable-asymcache"], env=cpu_env(),
+            log_path=tmp_path / "asym.log", timeout_s=420,
+        ),
     }  # fmt: skip
     try:
         for server in servers.values():
