@@ -14,7 +14,7 @@ from asymcache_sglang.core.latency_fit import BatchFeatures
 from asymcache_sglang.plugin import register
 from eval.agent_workload import AgentPrograms
 from eval.mooncake_trace import TraceCut
-from eval.sim.__main__ import advice, run_sweep
+from eval.sim.__main__ import advice, run_sweep, seed_sweep
 from eval.sim.engine import (
     CACHES,
     ORACLE,
@@ -280,3 +280,35 @@ def test_a_session_is_expected_back_after_the_gaps_seen_so_far():
     assert returns.expected_remaining_s(0.0) == pytest.approx(4.0)
     assert returns.expected_remaining_s(3.0) == pytest.approx(2.0)  # (1 + 3) / 2
     assert returns.expected_remaining_s(6.0) == math.inf
+
+
+def test_hit_density_learns_from_the_trees_idle_periods(step):
+    engine = Engine(EngineConfig(pool_tokens=4000, cache="hit-density"), step)
+    result = engine.run(SessionClient(long_multi_turn_scripts(SMALL)))
+    assert len(result.records) == SMALL.sessions * SMALL.turns
+    assert all(r.finish_s is not None for r in result.records)
+    density = engine.cache.learned.density
+    # Sessions came back (hits) and, under this pool, KV was dropped unused (evictions).
+    assert sum(density.hits) > 0 and sum(density.ends) > sum(density.hits)
+    # A session's follow-up locks its path after its think time, not within a step.
+    idle_hits = sum(h for h, edge in zip(density.hits, density.edges) if edge >= 0.4)
+    assert idle_hits > 0
+    # Every idle node the tree still holds has an idle-since time; none is locked.
+    assert all(node.lock_ref == 0 for node in engine.cache.learned.idle_since)
+
+
+def test_a_seed_sweep_ranks_against_lru_seed_by_seed():
+    result = seed_sweep(
+        "long-multi-turn",
+        ["sessions=3", "turns=3", "doc_tokens=1500,2500", "answer_tokens=8"],
+        ["lru", "hit-density"], [3000], TRACE, seeds=2,
+    )  # fmt: skip
+    cells = {(c["config"], c["pool"]): c for c in result["cells"]}
+    assert set(cells) == {("lru", "3000"), ("hit-density", "3000")}
+    lru = cells[("lru", "3000")]
+    assert lru["ttft_mean_ratio_geomean"] == pytest.approx(1.0) and lru["seeds"] == 2
+    assert lru["ttft_mean_ratio_range"] == [pytest.approx(1.0), pytest.approx(1.0)]
+    low, high = cells[("hit-density", "3000")]["ttft_mean_ratio_range"]
+    assert 0 < low <= cells[("hit-density", "3000")]["ttft_mean_ratio_geomean"] <= high
+    with pytest.raises(ValueError, match="lru"):
+        seed_sweep("long-multi-turn", [], ["asymcache"], [3000], TRACE, seeds=1)

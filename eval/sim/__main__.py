@@ -5,6 +5,8 @@
     python -m eval.sim validate --engage eval/results/h200_engage.json \\
         --sweep GPU_DIR/sweep.json --pressure PRESSURE.json --pressure-trace ITS_TRACE \\
         --trace TRACE --out eval/results/sim_validation.json
+    python -m eval.sim seeds --workload agents --pools 24000,32000 --configs lru,hit-density \\
+        --seeds 8 --trace TRACE --out seeds.json
 
 ``sweep`` writes ``DIR/sim_sweep.json`` in ``eval.sweep``'s shape (``runs`` of config, pool,
 metrics) with its plot, and prints per pool the best configuration and how far it is from the
@@ -12,7 +14,8 @@ unlimited pool. ``--trace`` is the AsymCache latency trace of a GPU run on the c
 (``eval.engage`` writes one per AsymCache server); its step model is fitted here and recorded.
 ``validate`` simulates each stock-policy run of the GPU results given (engage, sweep, and
 ``eval.gpu_pressure`` JSONs), each with its card's trace, and records TTFT mean and token hit
-rate beside the measured ones.
+rate beside the measured ones. ``seeds`` runs the sweep once per workload seed and records each
+configuration's TTFT over LRU's, seed by seed, as a geometric mean with its range.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,6 +120,50 @@ def run_sweep(
         "configurations": {c: c for c in configs},
         "wall_s": time.perf_counter() - start,
         "runs": runs,
+    }
+
+
+def seed_sweep(
+    workload: str,
+    overrides: Sequence[str],
+    configs: Sequence[str],
+    pools: Sequence[int],
+    trace: Path,
+    seeds: int,
+) -> dict[str, Any]:
+    """``run_sweep`` once per workload seed (0 .. seeds - 1): per (configuration, pool) the
+    geometric mean over seeds of its mean TTFT (and job time, where measured) over LRU's in the
+    same seed, with the range, and the means of TTFT and hit rate. One seed's realisation of a
+    few sessions moves a policy's ratio by tens of percent; a design choice needs several."""
+    if "lru" not in configs:
+        raise ValueError("seed_sweep compares against lru: include it in configs")
+    by_cell: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for seed in range(seeds):
+        sweep = run_sweep(workload, [*overrides, f"seed={seed}"], configs, pools, trace)
+        metrics = {(r["config"], r["pool"]): r["metrics"] for r in sweep["runs"]}
+        for (config, pool), m in metrics.items():
+            by_cell.setdefault((config, pool), []).append(m | {"lru": metrics[("lru", pool)]})
+    cells = []
+    for (config, pool), runs in by_cell.items():
+        cell: dict[str, Any] = {"config": config, "pool": pool, "seeds": len(runs)}
+        for metric in ("ttft_mean_s", "ttft_p50_s", "jct_mean_s"):
+            if metric not in runs[0]:
+                continue
+            ratios = [r[metric] / r["lru"][metric] for r in runs]
+            cell[f"{metric.removesuffix('_s')}_ratio_geomean"] = math.exp(
+                statistics.fmean(map(math.log, ratios))
+            )
+            cell[f"{metric.removesuffix('_s')}_ratio_range"] = [min(ratios), max(ratios)]
+            cell[metric] = statistics.fmean(r[metric] for r in runs)
+        cell["token_hit_rate"] = statistics.fmean(r["token_hit_rate"] for r in runs)
+        cells.append(cell)
+    return {
+        **result_header(),
+        "card": f"simulated from {trace.name}",
+        "workload": workload,
+        "overrides": list(overrides),
+        "seeds": seeds,
+        "cells": cells,
     }
 
 
@@ -270,6 +319,14 @@ def main() -> None:
     sweep.add_argument("--unlimited", action="store_true", help="also the unbounded pool")
     sweep.add_argument("--trace", type=Path, required=True)
     sweep.add_argument("--out", type=Path, required=True)
+    several = sub.add_parser("seeds", help="a sweep over workload seeds, ratios to LRU")
+    several.add_argument("--workload", required=True, choices=sorted(SIM_WORKLOADS))
+    several.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    several.add_argument("--configs", default=",".join((*CACHES, *SIM_ONLY)))
+    several.add_argument("--pools", required=True, help="comma-separated --max-total-tokens")
+    several.add_argument("--seeds", type=int, default=8)
+    several.add_argument("--trace", type=Path, required=True)
+    several.add_argument("--out", type=Path, required=True, help="a JSON file")
     check = sub.add_parser("validate")
     check.add_argument("--engage", type=Path, help="an eval.engage result (long multi-turn)")
     check.add_argument("--sweep", type=Path, action="append", default=[], help="eval.sweep JSON")
@@ -290,6 +347,25 @@ def main() -> None:
     unknown = [c for c in configs if c not in (*CACHES, *SIM_ONLY)]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {[*CACHES, *SIM_ONLY]}")
+    if args.command == "seeds":
+        try:
+            result = seed_sweep(
+                args.workload, args.set, configs, [int(p) for p in args.pools.split(",")],
+                args.trace, args.seeds,
+            )  # fmt: skip
+        except ValueError as exc:
+            parser.error(str(exc))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        for cell in result["cells"]:
+            low, high = cell["ttft_mean_ratio_range"]
+            ratio = cell["ttft_mean_ratio_geomean"]
+            print(
+                f"{cell['pool']:>8} {cell['config']:<20} TTFT x{ratio:.3f}"
+                f" LRU's ({low:.2f}-{high:.2f}), {cell['ttft_mean_s']:.3f} s,"
+                f" hit rate {cell['token_hit_rate']:.1%}"
+            )
+        return
     pools: list[int | None] = [int(p) for p in args.pools.split(",")]
     if args.unlimited:
         pools.append(None)

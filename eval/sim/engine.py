@@ -49,6 +49,7 @@ from asymcache_sglang.patches.http_server_wait_and_warmup import calibration_ext
 from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_holes
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.common import STOCK_POLICIES
+from eval.sim.learned import HitDensityRadixCache
 from eval.sim.oracle import OracleRadixCache, ReturnTimes
 from eval.sim.scripts import Client, Script, Send, SessionClient
 from eval.sim.step_model import StepModel
@@ -69,7 +70,12 @@ ORACLE = "belady"
 # Online, simulation only: the same rule with each session's return estimated from the return
 # gaps seen so far (``eval.sim.oracle.ReturnTimes``), a sketch of a learned reuse model.
 RETURN_TIME = "return-time"
-SIM_ONLY = (ORACLE, RETURN_TIME)
+# Online, simulation only: issue 12's learned hit density by idle age (``eval.sim.learned``).
+HIT_DENSITY = "hit-density"
+# Online, simulation only: return-time plus what issue 12's soft holds tell the server, that a
+# program's step was its last: its KV goes first at once.
+HOLDS = "holds"
+SIM_ONLY = (ORACLE, RETURN_TIME, HIT_DENSITY, HOLDS)
 
 
 @dataclass(frozen=True)
@@ -203,7 +209,13 @@ class Engine:
                 AsymCacheConfig(recompute_chunk_tokens=self.config.chunk_tokens)
             )
             self._calibrate(latency)
-            next_use = self.next_use_in_s if kind == ORACLE else self.estimated_next_use_in_s
+            if kind == HIT_DENSITY:
+                return HitDensityRadixCache(params, latency.cost, self.clock)
+            next_use = {
+                ORACLE: self.next_use_in_s,
+                RETURN_TIME: self.estimated_next_use_in_s,
+                HOLDS: self.held_next_use_in_s,
+            }[kind]
             return OracleRadixCache(params, latency.cost, next_use)
         if not kind.startswith("asymcache"):
             return RadixCache(params)
@@ -226,6 +238,13 @@ class Engine:
         if session in self.active or session not in self.last_answer:
             return 0.0
         return self.returns.expected_remaining_s(self.now - self.last_answer[session])
+
+    def held_next_use_in_s(self, session: int) -> float:
+        """``estimated_next_use_in_s``, but never for a session whose last step was answered
+        (a client that names its last step says so when it sends it)."""
+        if session not in self.active and self.next_arrival.get(session) == math.inf:
+            return math.inf
+        return self.estimated_next_use_in_s(session)
 
     def _calibrate(self, latency: LatencyRuntime) -> None:
         """What the server's start-up profile feeds the latency model: its calibration extends,

@@ -37,11 +37,11 @@ class NextUseStrategy(EvictionStrategy):
 
     def get_priority(self, node: TreeNode) -> float:
         wait_s = min((self.next_use_in_s(s) for s in self.sessions.get(node, ())), default=math.inf)
-        start = _start(node)
+        start = node_start(node)
         return self.cost.cost_per_token(start, start + len(node.key)) / max(wait_s, 1e-9)
 
 
-def _start(node: TreeNode) -> int:
+def node_start(node: TreeNode) -> int:
     """The node's first position: the tokens on the path above it."""
     start, parent = 0, node.parent
     while parent is not None:
