@@ -29,6 +29,7 @@ PATCH_MODULES = (
     "asymcache_sglang.patches.prefill_cuda_graph_runner_can_run_graph",
     "asymcache_sglang.patches.scheduler_get_new_batch_prefill_raw",
     "asymcache_sglang.patches.http_server_wait_and_warmup",
+    "asymcache_sglang.patches.scheduler_close_session",
 )
 
 

@@ -162,6 +162,9 @@ class HoleAwareRadixCache(RadixCache):
         if is_insert:
             outcome = self.tree.insert(token_ids, kv_indices, retained, req.extra_key)
             self._free(outcome.duplicates)
+            # A request that names its program (SGLang's session_id) leaves its path tagged.
+            if getattr(req, "session_id", None) is not None:
+                self.tree.tag(outcome.last_node, req.session_id)
         else:
             self._free([kv_indices[s:e] for s, e in owned_ranges(0, len(kv_indices), retained)])
         if req.last_node is not None:
@@ -193,6 +196,11 @@ class HoleAwareRadixCache(RadixCache):
         req.prefix_indices = new_indices
         req.cache_protected_len = len(new_indices)
         handoff.request_plan(req).retained = [(0, len(new_indices))]
+
+    def release_program(self, session_id: str) -> int:
+        """The program ``session_id`` closed (``/close_session``): the KV only it held goes
+        first on eviction. Returns those tokens."""
+        return self.tree.release(session_id)
 
     # ----- eviction and locks -----
 
@@ -258,6 +266,7 @@ class HoleAwareRadixCache(RadixCache):
             "duplicate_recompute_tokens": s.duplicate_recompute_tokens,
             "collected_hole_nodes": s.collected_hole_nodes,
             "fallback_plans": s.fallback_plans,
+            "released_tokens": s.released_tokens,
             "resident_tokens": self.tree.evictable_size + self.tree.protected_size,
             "hole_tokens": self.tree.hole_tokens(),
         }

@@ -799,3 +799,65 @@ def test_uniform_cost_reduces_to_lru(stock, monkeypatch, seed):
     assert sorted(flat(tree.evict(10**6))) == sorted(recorder.freed)
     compare()
     assert tree.num_nodes == 1 and evictions > 10
+
+
+# ----- programs: tags and release -----
+
+
+def two_programs(**kw):
+    """A shared 10-token prompt, then program "a"'s 20 tokens (older) and program "b"'s 20."""
+    tree, clock = make_tree(**kw)
+    prompt = list(range(1, 11))
+    a, b = prompt + list(range(200, 220)), prompt + list(range(300, 320))
+    out_a = tree.insert(toks(a), list(range(30)), [])
+    tree.tag(out_a.last_node, "a")
+    clock.advance()
+    out_b = tree.insert(toks(b), list(range(100, 130)), [])
+    tree.tag(out_b.last_node, "b")
+    return tree, clock, prompt, a, b
+
+
+def test_a_released_program_goes_first_and_a_shared_prefix_stays():
+    tree, clock, prompt, a, b = two_programs()
+    # LRU order would evict the older program "a" first; release "b", the newer, instead.
+    assert tree.release("b") == 20
+    freed = tree.evict(20)
+    assert flat(freed) == list(range(110, 130))
+    assert resident_positions(tree, a) == set(range(30))
+    # The prompt is still held by "a": releasing "b" did not release it.
+    (prompt_node, _, _), *_ = walk(tree, prompt)
+    assert prompt_node.owners == {"a"} and not prompt_node.released
+    check_counters(tree)
+    assert tree.stats.released_tokens == 20
+
+
+def test_the_last_owner_releases_the_shared_prefix_and_a_match_revives_it():
+    tree, clock, prompt, a, b = two_programs()
+    tree.release("a")
+    assert tree.release("b") == 20 + 10  # b's own tail, then the prompt nobody holds now
+    tree.match(toks(prompt))  # a new program reads the prompt: ordinary again
+    (prompt_node, _, _), *_ = walk(tree, prompt)
+    assert not prompt_node.released
+    freed = tree.evict(40)
+    # Both tails go before the prompt, which was just used.
+    assert sorted(flat(freed)) == list(range(10, 30)) + list(range(110, 130))
+    check_counters(tree)
+
+
+def test_release_of_an_unknown_program_and_of_evicted_nodes_is_harmless():
+    tree, clock, prompt, a, b = two_programs(max_holes=0)
+    assert tree.release("nobody") == 0
+    tree.evict(60)  # everything goes; the tags go with the deleted nodes
+    assert tree.resident_tokens() == 0 and tree._owned == {}
+    assert tree.release("a") == 0 and tree.release("b") == 0
+    check_counters(tree)
+
+
+def test_tags_follow_splits():
+    tree, clock, prompt, a, b = two_programs()
+    tree.match(toks(a[:15]))  # splits a's tail at position 15
+    lower = walk(tree, a)[-1][0]
+    upper = lower.parent
+    assert upper.owners == lower.owners == {"a"}
+    assert tree.release("a") == 20  # the prompt is b's too
+    assert upper.released and lower.released

@@ -11,6 +11,7 @@ Scale with ASYMCACHE_FUZZ_EXAMPLES (and ASYMCACHE_FUZZ_STEPS); the default is ab
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from array import array
@@ -45,6 +46,8 @@ COVERAGE: dict[str, int] = {
     "chunked_requests": 0,
     "fitted_plans": 0,
     "multi_chunk_plans": 0,
+    "closes": 0,
+    "released_tokens": 0,
 }
 
 
@@ -294,6 +297,8 @@ class TreeMachine(RuleBasedStateMachine):
         for p, slot in enumerate(path_slots):
             assert self.content[slot] == (req.ns, tuple(req.tokens[: p + 1]))
         assert out.last_node.end == len(req.tokens)
+        # Every request belongs to a program; two of them per namespace.
+        self.tree.tag(out.last_node, (req.ns, req.rid % 2))
         self.tree.dec_lock(req.locked)
         for k in range(1, len(req.tokens) + 1):
             self.inserted_prefixes.add((req.ns, tuple(req.tokens[:k])))
@@ -431,6 +436,27 @@ class TreeMachine(RuleBasedStateMachine):
 
     # ----- invariants -----
 
+    @rule(ns=st.sampled_from([None, "a", "b"]), which=st.integers(0, 1))
+    def close(self, ns, which):
+        """A program's last step: what only it held goes first, nothing is freed or unlocked."""
+        before = (self.tree.evictable_size, self.tree.protected_size)
+        COVERAGE["released_tokens"] += self.tree.release((ns, which))
+        assert (self.tree.evictable_size, self.tree.protected_size) == before
+        COVERAGE["closes"] += 1
+
+    @invariant()
+    def programs_are_consistent(self):
+        tree = self.tree
+        attached = {id(n) for n in tree.iter_nodes()}
+        for owner, owned in tree._owned.items():
+            assert owned, f"empty tag set for {owner}"
+            for node in owned:
+                assert id(node) in attached and node.owners and owner in node.owners
+        for node in tree.iter_nodes():
+            for owner in node.owners or ():
+                assert node in tree._owned[owner]
+            assert not (node.released and node.owners), "a released node still has owners"
+
     @invariant()
     def tree_is_consistent(self):
         tree = self.tree
@@ -489,7 +515,7 @@ class TreeMachine(RuleBasedStateMachine):
                         evictable += len(node.key)
                         entry = live.get(id(node))
                         assert entry is not None, f"evictable {node} missing from the heap"
-                        key = eviction_key(
+                        key = -math.inf if node.released else eviction_key(
                             tree.cost, tree.reuse, tree._key_tau, node.start, node.end,
                             node.last_access_time, len(node.children),
                         )  # fmt: skip
@@ -553,6 +579,7 @@ def seeded_machine(
 def test_seeded_random_walk_reaches_holes():
     """The same machine driven by a seeded random walk: deterministic coverage of hole paths."""
     rng = random.Random(20240611)
+    closer = random.Random(7)
     before = dict(COVERAGE)
     for _ in range(60):
         # 0: leaf-only eviction; 1 makes paths with more holes than allowed (fallbacks) common.
@@ -573,10 +600,15 @@ def test_seeded_random_walk_reaches_holes():
                 m.probe(rng.randrange(5), ext)
             elif action == "tick":
                 m.tick(rng.choice([0.5, 1.0, 3.0, 50.0]))
+            # Programs close on a stream of their own, so the walk above stays as it was.
+            if closer.random() < 0.1:
+                m.close(closer.choice([None, "a", "b"]), closer.randrange(2))
             m.tree_is_consistent()
+            m.programs_are_consistent()
         m.teardown()
     gained = {k: COVERAGE[k] - before[k] for k in COVERAGE}
     for key in (
+        "released_tokens",
         "planned_holes",
         "adopted_tokens",
         "duplicate_tokens",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from array import array
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -35,6 +36,8 @@ class CacheNode:
         "version",
         "node_id",
         "ckey",
+        "owners",
+        "released",
     )
 
     def __init__(self, key: array, value: Any, parent: CacheNode | None, start: int, node_id: int):
@@ -49,6 +52,10 @@ class CacheNode:
         self.version = 0
         self.node_id = node_id
         self.ckey: Hashable = None
+        # The programs (SGLang session ids) whose requests ran through this node; None: none.
+        self.owners: set[Hashable] | None = None
+        # Every owner said it is done (and nothing touched the node since): evicted first.
+        self.released = False
 
     @property
     def end(self) -> int:
@@ -134,6 +141,7 @@ class TreeStats:
     duplicate_recompute_tokens: int = 0
     collected_hole_nodes: int = 0
     fallback_plans: int = 0
+    released_tokens: int = 0
 
 
 def _common_prefix_len(a: array, b: array, b_start: int) -> int:
@@ -213,6 +221,7 @@ class HoleAwareTree:
         self._heap: list[tuple[float, int, int, int, CacheNode]] = []
         self._seq = itertools.count()
         self._key_tau = self.reuse.tau_s
+        self._owned: dict[Hashable, set[CacheNode]] = {}
 
     # ----- keys and the eviction heap -----
 
@@ -232,14 +241,18 @@ class HoleAwareTree:
     def _changed(self, node: CacheNode) -> None:
         node.version += 1
         if self._evictable(node):
-            key = eviction_key(
-                self.cost,
-                self.reuse,
-                self._key_tau,
-                node.start,
-                node.end,
-                node.last_access_time,
-                len(node.children),
+            key = (
+                -math.inf
+                if node.released
+                else eviction_key(
+                    self.cost,
+                    self.reuse,
+                    self._key_tau,
+                    node.start,
+                    node.end,
+                    node.last_access_time,
+                    len(node.children),
+                )
             )
             # Ties go to the deeper node, so uniform cost evicts exactly like leaf-first LRU.
             heapq.heappush(self._heap, (key, -node.start, next(self._seq), node.version, node))
@@ -273,6 +286,11 @@ class HoleAwareTree:
         upper.lock_ref = node.lock_ref
         upper.hit_count = node.hit_count
         upper.last_access_time = node.last_access_time
+        upper.released = node.released
+        if node.owners:
+            upper.owners = set(node.owners)
+            for owner in node.owners:
+                self._owned[owner].add(upper)
         upper.ckey = node.ckey
         parent.children[upper.ckey] = upper
         node.key = node.key[n:]
@@ -297,6 +315,7 @@ class HoleAwareTree:
             parent = node.parent
             removed = parent.children.pop(node.ckey, None)
             assert removed is node, "tree corrupted: child key does not map to its node"
+            self._untag(node)
             node.parent = None
             self.num_nodes -= 1
             self.stats.collected_hole_nodes += 1
@@ -325,6 +344,7 @@ class HoleAwareTree:
             self.reuse.observe_gap(now - path[-1].last_access_time)
         for n_ in path:
             n_.last_access_time = now
+            n_.released = False
             self._changed(n_)
         return path
 
@@ -429,12 +449,52 @@ class HoleAwareTree:
                     self.stats.duplicate_recompute_tokens += e - s
             child.last_access_time = now
             child.hit_count += int(count_hit)
+            child.released = False
             self._changed(child)
             path_values.append(child.value)
             node = child
             pos += n
         self.stats.adopted_hole_tokens += adopted
         return InsertOutcome(duplicates, path_values, node, adopted)
+
+    def tag(self, node: CacheNode, owner: Hashable) -> None:
+        """Record that program ``owner`` holds the path to ``node``: O(nodes newly tagged)."""
+        while node is not self.root:
+            if node.owners is None:
+                node.owners = set()
+            elif owner in node.owners:
+                break  # and so is every node above it
+            node.owners.add(owner)
+            self._owned.setdefault(owner, set()).add(node)
+            parent = node.parent
+            assert parent is not None, "tagged node is detached from the tree"
+            node = parent
+
+    def release(self, owner: Hashable) -> int:
+        """Program ``owner`` will not come back: the resident nodes no other program holds go
+        first on eviction (a later match or insert makes them ordinary again). Returns their
+        tokens."""
+        released = 0
+        for node in self._owned.pop(owner, ()):
+            assert node.owners is not None
+            node.owners.discard(owner)
+            if node.owners:
+                continue
+            node.owners = None
+            if node.value is not None:
+                node.released = True
+                released += len(node.key)
+                self._changed(node)
+        self.stats.released_tokens += released
+        return released
+
+    def _untag(self, node: CacheNode) -> None:
+        for owner in node.owners or ():
+            owned = self._owned[owner]
+            owned.discard(node)
+            if not owned:
+                del self._owned[owner]
+        node.owners = None
 
     def evict(self, num_tokens: int) -> list[Any]:
         """Free at least ``num_tokens`` (if possible), cheapest key first; returns freed values."""

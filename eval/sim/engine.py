@@ -75,7 +75,10 @@ HIT_DENSITY = "hit-density"
 # Online, simulation only: return-time plus what issue 12's soft holds tell the server, that a
 # program's step was its last: its KV goes first at once.
 HOLDS = "holds"
-SIM_ONLY = (ORACLE, RETURN_TIME, HIT_DENSITY, HOLDS)
+# AsymCache with clients that name their program (``session_id``) and close it after its last
+# step (``/close_session``), as an agent framework can.
+ASYMCACHE_CLOSE = "asymcache-close"
+SIM_ONLY = (ORACLE, RETURN_TIME, HIT_DENSITY, HOLDS, ASYMCACHE_CLOSE)
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ class Engine:
         )
         if kind == "no-radix":
             return ChunkCache(params)  # what --disable-radix-cache builds
-        if kind in SIM_ONLY:
+        if kind in SIM_ONLY and kind != ASYMCACHE_CLOSE:
             latency = LatencyRuntime(
                 AsymCacheConfig(recompute_chunk_tokens=self.config.chunk_tokens)
             )
@@ -275,6 +278,8 @@ class Engine:
         params.normalize(None)
         rid = f"s{send.session}c{send.call}r{self._rids}"
         req = Req(rid, "", array("q", send.prompt_ids), params)
+        if self.config.cache == ASYMCACHE_CLOSE:
+            req.session_id = str(send.session)
         self._rids += 1
         outputs = random.Random(hash((self.config.seed, send.session, send.call)))
         record = CallRecord(send.session, send.call, send.at_s, len(send.prompt_ids))
@@ -493,6 +498,8 @@ class Engine:
         sends = self.client.answered(live.send, list(req.output_ids), self.now)
         if not any(send.session == live.send.session for send in sends):
             self.next_arrival[live.send.session] = math.inf
+            if self.config.cache == ASYMCACHE_CLOSE:
+                self.cache.release_program(str(live.send.session))
         for send in sends:
             self._submit(send)
         return True

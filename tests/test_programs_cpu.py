@@ -1,0 +1,60 @@
+"""Agent programs on a real CPU server: a request's SGLang ``session_id`` names its program, and
+``/close_session`` (its last step) makes the KV only it held go first on eviction."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import requests
+
+from eval.common import asymcache_counters, server_health
+
+pytestmark = pytest.mark.e2e
+
+
+def generate(url: str, input_ids: list[int], session_id: str | None = None) -> dict:
+    payload = {
+        "input_ids": input_ids,
+        "sampling_params": {"max_new_tokens": 2, "temperature": 0.0, "ignore_eos": True},
+    }
+    if session_id is not None:
+        payload["session_id"] = session_id
+    resp = requests.post(f"{url}/generate", json=payload, timeout=300)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def test_closing_a_program_releases_only_its_own_kv(asymcache_server):
+    url = asymcache_server.url
+    requests.post(f"{url}/flush_cache?timeout=30", timeout=60).raise_for_status()
+    rng = random.Random(5)
+
+    def tokens(n: int) -> list[int]:
+        return [rng.randrange(10, 500) for _ in range(n)]
+
+    prompt = tokens(64)
+    fodder, waiting, done = tokens(500), prompt + tokens(96), prompt + tokens(400)
+    # KV nobody names, then two programs. The one that ends has the deepest, costliest tail and
+    # is the newest: the cost key alone would evict the shared prompt and the other's tail first.
+    generate(url, fodder)
+    generate(url, waiting, "program-waiting")
+    generate(url, done, "program-done")
+    before = asymcache_counters(url)["released_tokens"]
+    resp = requests.post(f"{url}/close_session", json={"session_id": "program-done"}, timeout=60)
+    resp.raise_for_status()
+    released = asymcache_counters(url)["released_tokens"] - before
+    # Its own 400 prompt tokens and its 2-token answer; the shared 64 stay (the other holds them).
+    assert 400 <= released <= 400 + 2, released
+    # Closing again, or a program never seen, releases nothing and breaks nothing.
+    for session in ("program-done", "never-seen"):
+        requests.post(f"{url}/close_session", json={"session_id": session}, timeout=60)
+    assert asymcache_counters(url)["released_tokens"] - before == released
+    # A request a little larger than the free pool: SGLang evicts as many tokens as it asks for,
+    # fewer than the released tail holds, which goes first.
+    pool = requests.get(f"{url}/get_server_info", timeout=60).json()["max_total_num_tokens"]
+    resident = asymcache_counters(url)["resident_tokens"]
+    generate(url, tokens(pool - resident + 20))
+    assert generate(url, waiting)["meta_info"]["cached_tokens"] >= 64 + 96 - 1
+    assert generate(url, done)["meta_info"]["cached_tokens"] <= 64
+    assert server_health(asymcache_server)["leak_or_error_lines"] == 0
