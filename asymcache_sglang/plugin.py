@@ -30,6 +30,7 @@ PATCH_MODULES = (
     "asymcache_sglang.patches.scheduler_get_new_batch_prefill_raw",
     "asymcache_sglang.patches.http_server_wait_and_warmup",
     "asymcache_sglang.patches.scheduler_close_session",
+    "asymcache_sglang.patches.evict_from_tree_cache",
 )
 
 

@@ -64,7 +64,7 @@ def test_the_simulator_runs_what_the_gpu_sweep_runs():
 
 @pytest.mark.parametrize("cache", [*CACHES, *SIM_ONLY])
 def test_every_slot_is_free_cached_or_held_after_every_step(cache, step):
-    pool = 3000
+    pool = 4000
     scripts = long_multi_turn_scripts(SMALL)
     seen = []
 
@@ -241,7 +241,7 @@ def test_the_plugins_hooks_in_this_process_do_not_run_twice(step):
     assert unhooked(PrefillAdder.add_one_req) is unhooked(stock) is stock
     result = simulate(
         long_multi_turn_scripts(SMALL),
-        EngineConfig(pool_tokens=3000, cache="asymcache", chunk_tokens=512),
+        EngineConfig(pool_tokens=4000, cache="asymcache", chunk_tokens=512),
         step,
     )
     assert len(result.records) == SMALL.sessions * SMALL.turns
@@ -321,3 +321,27 @@ def test_asymcache_close_releases_each_program_after_its_last_step(step):
     # Every session closed once its last turn was answered; nothing is tagged any more.
     assert engine.cache.tree.stats.released_tokens > 0
     assert engine.cache.tree._owned == {}
+
+
+@pytest.mark.parametrize("cache", ["lru", "asymcache"])
+def test_eviction_frees_the_shortfall_for_asymcache_and_the_whole_ask_for_stock(cache, step):
+    """SGLang 0.5.16's evict_from_tree_cache evicts as many tokens as the allocation asks for;
+    AsymCache's hook evicts only what is missing."""
+    engine = Engine(EngineConfig(pool_tokens=3000, cache=cache), step)
+    engine.run(SessionClient(long_multi_turn_scripts(SMALL)))
+    cached = cached_slots(engine)
+    free = engine.allocator.available_size()
+    ask = free + 100
+    assert cached >= ask, (cached, free)
+    asked = []
+    evict = engine.cache.evict
+
+    def recording(params):
+        asked.append(params.num_tokens)
+        return evict(params)
+
+    engine.cache.evict = recording
+    engine._evict_for(ask)
+    assert engine.allocator.available_size() >= ask
+    assert asked == [100 if cache == "asymcache" else ask]
+    assert cached - cached_slots(engine) >= 100

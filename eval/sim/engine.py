@@ -44,6 +44,9 @@ from asymcache_sglang import handoff
 from asymcache_sglang.core.config import AsymCacheConfig
 from asymcache_sglang.core.latency_fit import BatchFeatures
 from asymcache_sglang.latency_runtime import LatencyRuntime
+from asymcache_sglang.patches import (
+    evict_from_tree_cache as evict_hook,
+)
 from asymcache_sglang.patches import prefill_adder_add_chunked_req, prefill_adder_add_one_req
 from asymcache_sglang.patches.http_server_wait_and_warmup import calibration_extends
 from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_holes
@@ -378,9 +381,11 @@ class Engine:
             if plan is not None:
                 planned.append((req, plan))
         if planned:
+            self._evict_for(sum(plan.recompute_tokens for _, plan in planned))
             fill_holes(self.cache, planned)
         plans = {id(req): plan for req, plan in planned}
         tail_tokens = sum(req.extend_range.end - len(req.prefix_indices) for req in batch)
+        self._evict_for(tail_tokens)  # then alloc_token_slots finds the room
         tail_slots = alloc_token_slots(self.cache, tail_tokens)
         segments, offset = [], 0
         for req in batch:
@@ -426,6 +431,7 @@ class Engine:
     def _run_decode(self) -> None:
         self._retract_until_it_fits()
         batch = self.running
+        self._evict_for(len(batch))
         slots = alloc_token_slots(self.cache, len(batch))
         rows = torch.tensor([r.req_pool_idx for r in batch])
         positions = torch.tensor([r.kv_committed_len for r in batch])
@@ -442,10 +448,14 @@ class Engine:
                 still.append(req)
         self.running = still
 
+    def _evict_for(self, num_tokens: int) -> None:
+        """SGLang's ``evict_from_tree_cache``, under AsymCache's hook as the server runs it."""
+        evict_hook.hook(unhooked(evict_from_tree_cache), self.cache, num_tokens)
+
     def _retract_until_it_fits(self) -> None:
         """``ScheduleBatch.retract_decode``: its keep order, retracting from the end."""
         need = len(self.running)
-        evict_from_tree_cache(self.cache, need)
+        self._evict_for(need)
         if self.allocator.available_size() >= need:
             return
         order = ScheduleBatch._get_decode_retraction_order(
@@ -458,7 +468,7 @@ class Engine:
             req.reset_for_retract()
             self.waiting.insert(0, req)
             self.steps["retracted"] += 1
-            evict_from_tree_cache(self.cache, len(keep))
+            self._evict_for(len(keep))
             if self.allocator.available_size() >= len(keep):
                 break
         self.running = [r for r in self.running if any(r is k for k in keep)]
