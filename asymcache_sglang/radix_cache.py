@@ -197,9 +197,9 @@ class HoleAwareRadixCache(RadixCache):
         req.cache_protected_len = len(new_indices)
         handoff.request_plan(req).retained = [(0, len(new_indices))]
 
-    def release_program(self, session_id: str) -> int:
-        """The program ``session_id`` closed (``/close_session``): the KV only it held goes
-        first on eviction. Returns those tokens."""
+    def release_radix_session(self, session_id: str) -> int:
+        """SGLang's close of a radix session: the program ``session_id`` ended, so the KV only
+        it held goes first on eviction (SGLang's mixin frees it at once). Returns those tokens."""
         return self.tree.release(session_id)
 
     # ----- eviction and locks -----

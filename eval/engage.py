@@ -33,7 +33,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -221,6 +221,28 @@ def flush_cache(url: str) -> None:
     requests.post(f"{url}/flush_cache?timeout=30", timeout=60).raise_for_status()
 
 
+Repeat = Callable[[int], tuple[dict[str, list[TurnResult]], dict[str, float]]]
+
+
+def run_repeats(
+    servers: dict[str, SGLangServer], repeats: int, one_repeat: Repeat
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """``one_repeat(r)``: each server's results of repeat ``r`` and fields to record beside its
+    ratios. Per server the summary over every repeat's requests, and each repeat's ratios."""
+    results: dict[str, list[TurnResult]] = {name: [] for name in servers}
+    per_repeat = []
+    for repeat in range(repeats):
+        this, extra = one_repeat(repeat)
+        for name in servers:
+            results[name] += this[name]
+        per_repeat.append(
+            ratios(summarize_requests(this["stock"]), summarize_requests(this["asymcache"])) | extra
+        )
+        print(f"repeat {repeat + 1}/{repeats}: {json.dumps(per_repeat[-1])}", flush=True)
+    runs = {n: summarize_run(s, results[n], n == "asymcache") for n, s in servers.items()}
+    return runs, per_repeat
+
+
 def run_interleaved(
     servers: dict[str, SGLangServer],
     workload: LongMultiTurn,
@@ -229,29 +251,21 @@ def run_interleaved(
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """The workload ``repeats`` times on each server from an empty cache, each measured alone on
     its share of the host's cores (``layout``), the server that goes first alternating (stock,
-    AsymCache, AsymCache, stock, ...) so drift on the host falls on both; per server the summary
-    over every repeat's requests, and each repeat's ratios with the CPU time stolen from the
-    host during each server's run."""
-    results: dict[str, list[TurnResult]] = {name: [] for name in servers}
-    per_repeat = []
-    for repeat in range(repeats):
+    AsymCache, AsymCache, stock, ...) so drift on the host falls on both; with each repeat's
+    ratios the CPU time stolen from the host during each server's run."""
+
+    def one_repeat(repeat: int) -> tuple[dict[str, list[TurnResult]], dict[str, float]]:
         order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
-        this = {}
-        stolen = {}
+        this, stolen = {}, {}
         for name in order:
             flush_cache(servers[name].url)
             isolate(layout, servers[name], servers.values())
             before = steal_seconds()
             this[name] = run_long_multi_turn(servers[name].url, workload)
             stolen[f"{name}_steal_s"] = steal_seconds() - before
-            results[name] += this[name]
-        per_repeat.append(
-            ratios(summarize_requests(this["stock"]), summarize_requests(this["asymcache"]))
-            | stolen
-        )
-        print(f"repeat {repeat + 1}/{repeats}: {json.dumps(per_repeat[-1])}", flush=True)
-    runs = {n: summarize_run(s, results[n], n == "asymcache") for n, s in servers.items()}
-    return runs, per_repeat
+        return this, stolen
+
+    return run_repeats(servers, repeats, one_repeat)
 
 
 def run_paired(
@@ -261,27 +275,16 @@ def run_paired(
     time, each on its own half of the host's cores (``pin_pair``, the halves swapped every
     repeat): drift in the host's speed falls on both alike, and a slower half on each in turn,
     at the price of the two sharing the card."""
-    results: dict[str, list[TurnResult]] = {name: [] for name in servers}
-    per_repeat = []
-    for repeat in range(repeats):
+
+    def one_repeat(repeat: int) -> tuple[dict[str, list[TurnResult]], dict[str, float]]:
         pin_pair(servers, swap=repeat % 2 == 1)
         for server in servers.values():
             flush_cache(server.url)
         with ThreadPoolExecutor(len(servers)) as pool:
-            this = dict(
-                zip(
-                    servers,
-                    pool.map(lambda s: run_long_multi_turn(s.url, workload), servers.values()),
-                )
-            )
-        for name in servers:
-            results[name] += this[name]
-        per_repeat.append(
-            ratios(summarize_requests(this["stock"]), summarize_requests(this["asymcache"]))
-        )
-        print(f"paired repeat {repeat + 1}/{repeats}: {json.dumps(per_repeat[-1])}", flush=True)
-    runs = {n: summarize_run(s, results[n], n == "asymcache") for n, s in servers.items()}
-    return runs, per_repeat
+            runs = pool.map(lambda s: run_long_multi_turn(s.url, workload), servers.values())
+            return dict(zip(servers, runs)), {}
+
+    return run_repeats(servers, repeats, one_repeat)
 
 
 def pin_pair(servers: dict[str, SGLangServer], swap: bool) -> None:

@@ -1,10 +1,11 @@
 """AROUND ``sglang.srt.managers.scheduler.Scheduler.close_session`` (SGLang 0.5.16).
 
-``/close_session`` with a ``session_id`` that requests carried is a program's last step: its KV
-that no other program holds goes first on eviction (``HoleAwareRadixCache.release_program``).
-SGLang's own close still runs for sessions it opened (``/open_session``) or with
-``--enable-session-radix-cache``; a plain ``session_id`` it never opened is only AsymCache's, so
-the close ends here instead of in SGLang's "session id does not exist" warning.
+``/close_session`` with a ``session_id`` that requests carried is a program's last step. SGLang
+releases a radix session's KV (``tree_cache.release_radix_session``) only under
+``--enable-session-radix-cache``, which AsymCache refuses; here AsymCache's cache always does
+(the KV no other program holds goes first on eviction). SGLang's own close still runs for
+sessions it opened (``/open_session``); a plain ``session_id`` it never opened ends here instead
+of in its "session id does not exist" warning.
 """
 
 from __future__ import annotations
@@ -24,10 +25,7 @@ def hook(original: Callable[..., Any], scheduler: Any, recv_req: Any, *a: Any, *
     cache = handoff.enabled_cache(scheduler.tree_cache)
     if cache is None:
         return original(scheduler, recv_req, *a, **kw)
-    cache.release_program(recv_req.session_id)
-    if (
-        recv_req.session_id in scheduler.session_controller
-        or scheduler.server_args.enable_session_radix_cache
-    ):
+    cache.release_radix_session(recv_req.session_id)
+    if recv_req.session_id in scheduler.session_controller:
         return original(scheduler, recv_req, *a, **kw)
     return None

@@ -81,7 +81,9 @@ HOLDS = "holds"
 # AsymCache with clients that name their program (``session_id``) and close it after its last
 # step (``/close_session``), as an agent framework can.
 ASYMCACHE_CLOSE = "asymcache-close"
-SIM_ONLY = (ORACLE, RETURN_TIME, HIT_DENSITY, HOLDS, ASYMCACHE_CLOSE)
+# The ones SGLang's tree ranks by each session's next use (``eval.sim.oracle``).
+NEXT_USE_RANKED = (ORACLE, RETURN_TIME, HOLDS)
+SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY, ASYMCACHE_CLOSE)
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ class Engine:
         )
         if kind == "no-radix":
             return ChunkCache(params)  # what --disable-radix-cache builds
-        if kind in SIM_ONLY and kind != ASYMCACHE_CLOSE:
+        if kind in (*NEXT_USE_RANKED, HIT_DENSITY):
             latency = LatencyRuntime(
                 AsymCacheConfig(recompute_chunk_tokens=self.config.chunk_tokens)
             )
@@ -509,7 +511,7 @@ class Engine:
         if not any(send.session == live.send.session for send in sends):
             self.next_arrival[live.send.session] = math.inf
             if self.config.cache == ASYMCACHE_CLOSE:
-                self.cache.release_program(str(live.send.session))
+                self.cache.release_radix_session(str(live.send.session))
         for send in sends:
             self._submit(send)
         return True
