@@ -4,8 +4,11 @@ Sessions arrive as a Poisson process. Each starts from a system prompt and tool 
 all sessions, adds its own task, then runs a fixed number of steps: the model writes an action,
 a tool runs for a while (lognormal delay) and its result is appended, and the next step sends the
 whole history again. A session's job completion time runs from its arrival to the end of its
-last step. Everything but the model's answers is drawn from the seed, so two servers get the
-same programs, tool results and delays.
+last step. With ``close_programs`` (the default) every call names its program with SGLang's
+``session_id``, and the program's last step is followed by ``/close_session``, as an agent
+framework that knows its own programs can do; stock SGLang records the id and logs the close of
+a session it never opened. Everything but the model's answers is drawn from the seed, so two
+servers get the same programs, tool results and delays.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import requests
 
 from eval.common import seconds_fields
 from eval.workloads import TurnResult, generate_streaming
@@ -34,6 +39,7 @@ class AgentPrograms:
     tool_delay_sigma: float = 0.8
     vocab: tuple[int, int] = (10, 120000)
     seed: int = 0
+    close_programs: bool = True
 
     def __post_init__(self) -> None:
         if self.sessions < 1 or self.arrival_rate_per_s <= 0 or self.steps[0] < 1:
@@ -95,6 +101,16 @@ class AgentJob:
     completion_s: float
 
 
+def program_id(workload: AgentPrograms, session: AgentSession) -> str:
+    return f"agents-{workload.seed}-{session.index}"
+
+
+def close_program(url: str, program: str) -> None:
+    """The program's last step is done: SGLang's ``/close_session`` for its ``session_id``."""
+    resp = requests.post(f"{url}/close_session", json={"session_id": program}, timeout=60)
+    resp.raise_for_status()
+
+
 def run_agent_programs(url: str, workload: AgentPrograms) -> list[AgentJob]:
     """Every session in its own thread; results in session order."""
     start = time.perf_counter()
@@ -103,11 +119,16 @@ def run_agent_programs(url: str, workload: AgentPrograms) -> list[AgentJob]:
         time.sleep(max(0.0, session.arrival_s - (time.perf_counter() - start)))
         began = time.perf_counter()
         history, calls = list(session.prompt_ids), []
+        program = program_id(workload, session) if workload.close_programs else None
         for turn, step in enumerate(session.steps):
-            res = generate_streaming(url, history, workload.action_tokens, return_logprob=False)
+            res = generate_streaming(
+                url, history, workload.action_tokens, return_logprob=False, session_id=program
+            )
             res.session, res.turn = session.index, turn
             calls.append(res)
             if step.tool_delay_s is None:
+                if program is not None:
+                    close_program(url, program)
                 break
             time.sleep(step.tool_delay_s)
             history += res.output_ids + step.tool_result_ids

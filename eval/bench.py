@@ -122,6 +122,10 @@ def parse_overrides(settings: type, pairs: Sequence[str]) -> dict[str, Any]:
             out[name] = tuple(type(d)(part) for d, part in zip(default, text.split(",")))
             if len(out[name]) != len(default):
                 raise ValueError(f"--set {pair!r}: expected {len(default)} comma-separated values")
+        elif isinstance(default, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(f"--set {pair!r}: expected true or false")
+            out[name] = text.lower() == "true"
         elif default is None:
             out[name] = int(text)
         else:

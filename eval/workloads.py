@@ -65,12 +65,18 @@ def _sampling(max_new_tokens: int) -> dict:
 
 
 def generate_streaming(
-    url: str, input_ids: list[int], max_new_tokens: int, *, return_logprob: bool = True
+    url: str,
+    input_ids: list[int],
+    max_new_tokens: int,
+    *,
+    return_logprob: bool = True,
+    session_id: str | None = None,
 ) -> TurnResult:
     """One greedy request; TTFT is the arrival of the first streamed chunk.
 
     SGLang mixes a prefill with running decodes (``--enable-mixed-chunk``) only when no request in
-    either batch asks for logprobs; ``return_logprob=False`` keeps that possible.
+    either batch asks for logprobs; ``return_logprob=False`` keeps that possible. ``session_id``
+    names the request's program (SGLang's own field; stock SGLang only records it).
     """
     payload = {
         "input_ids": input_ids,
@@ -78,6 +84,8 @@ def generate_streaming(
         "return_logprob": return_logprob,
         "stream": True,
     }
+    if session_id is not None:
+        payload["session_id"] = session_id
     start = time.perf_counter()
     ttft = None
     last = None

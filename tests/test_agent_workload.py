@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from eval.agent_workload import AgentPrograms, plan_sessions, run_agent_programs, summarize_jobs
+from eval.common import asymcache_counters
 
 
 def test_plan_is_seeded_and_shares_the_system_prompt():
@@ -45,7 +46,11 @@ def test_agent_programs_run_against_a_cpu_server(asymcache_server):
     )  # fmt: skip
     # An empty tree: the session's own prefix then stays resident (the server is shared).
     requests.post(f"{asymcache_server.url}/flush_cache?timeout=30", timeout=60).raise_for_status()
+    released = asymcache_counters(asymcache_server.url)["released_tokens"]
     jobs = run_agent_programs(asymcache_server.url, workload)
+    # Each program's close reached the cache: its own task and tool results left its hold.
+    released = asymcache_counters(asymcache_server.url)["released_tokens"] - released
+    assert released >= sum(len(p.prompt_ids) - 128 for p in plan_sessions(workload))
     plans = plan_sessions(workload)
     assert [len(job.calls) for job in jobs] == [len(s.steps) for s in plans]
     for job, plan in zip(jobs, plans):

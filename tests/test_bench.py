@@ -9,6 +9,7 @@ import sys
 import pytest
 import requests
 
+from eval.agent_workload import AgentPrograms
 from eval.bench import SharedPrefixGroups, parse_overrides, run_bench
 from eval.mooncake_trace import TraceCut
 from eval.server import REPO_ROOT
@@ -23,6 +24,9 @@ def test_overrides_are_typed_by_the_settings_defaults():
         parse_overrides(LongMultiTurn, ["nonsense=1"])
     with pytest.raises(ValueError, match="expected 2 comma-separated"):
         parse_overrides(LongMultiTurn, ["doc_tokens=100"])
+    assert parse_overrides(AgentPrograms, ["close_programs=False"]) == {"close_programs": False}
+    with pytest.raises(ValueError, match="true or false"):
+        parse_overrides(AgentPrograms, ["close_programs=0"])
 
 
 def test_shared_prefix_groups_share_within_a_group_only():
