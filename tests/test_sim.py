@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -314,12 +315,25 @@ def test_a_seed_sweep_ranks_against_lru_seed_by_seed():
         seed_sweep("long-multi-turn", [], ["asymcache"], [3000], TRACE, seeds=1)
 
 
-def test_asymcache_close_releases_each_program_after_its_last_step(step):
-    engine = Engine(EngineConfig(pool_tokens=4000, cache="asymcache-close"), step)
-    result = engine.run(SessionClient(long_multi_turn_scripts(SMALL)))
-    assert len(result.records) == SMALL.sessions * SMALL.turns
-    # Every session closed once its last turn was answered; nothing is tagged any more.
-    assert engine.cache.tree.stats.released_tokens > 0
+SMALL_AGENTS = AgentPrograms(
+    sessions=4, arrival_rate_per_s=4.0, system_prompt_tokens=256, task_tokens=(200, 400),
+    steps=(2, 3), action_tokens=8, tool_result_tokens=(100, 300), tool_delay_median_s=0.5,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("close_programs", [True, False])
+def test_programs_that_close_are_released_after_their_last_step(close_programs, step):
+    workload = dataclasses.replace(SMALL_AGENTS, close_programs=close_programs)
+    scripts = agent_scripts(workload)
+    assert all((s.program is not None) == close_programs for s in scripts)
+    engine = Engine(EngineConfig(pool_tokens=4000, cache="asymcache"), step)
+    result = engine.run(SessionClient(scripts))
+    assert len(result.records) == sum(len(s.calls) for s in scripts)
+    if close_programs:
+        # Every program closed once its last step was answered; nothing is tagged any more.
+        assert engine.cache.tree.stats.released_tokens > 0
+    else:
+        assert engine.cache.tree.stats.released_tokens == 0
     assert engine.cache.tree._owned == {}
 
 

@@ -78,12 +78,9 @@ HIT_DENSITY = "hit-density"
 # Online, simulation only: return-time plus what issue 12's soft holds tell the server, that a
 # program's step was its last: its KV goes first at once.
 HOLDS = "holds"
-# AsymCache with clients that name their program (``session_id``) and close it after its last
-# step (``/close_session``), as an agent framework can.
-ASYMCACHE_CLOSE = "asymcache-close"
 # The ones SGLang's tree ranks by each session's next use (``eval.sim.oracle``).
 NEXT_USE_RANKED = (ORACLE, RETURN_TIME, HOLDS)
-SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY, ASYMCACHE_CLOSE)
+SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY)
 
 
 @dataclass(frozen=True)
@@ -282,9 +279,7 @@ class Engine:
         params = SamplingParams(max_new_tokens=send.max_new_tokens, ignore_eos=True)
         params.normalize(None)
         rid = f"s{send.session}c{send.call}r{self._rids}"
-        req = Req(rid, "", array("q", send.prompt_ids), params)
-        if self.config.cache == ASYMCACHE_CLOSE:
-            req.session_id = str(send.session)
+        req = Req(rid, "", array("q", send.prompt_ids), params, session_id=send.program)
         self._rids += 1
         outputs = random.Random(hash((self.config.seed, send.session, send.call)))
         record = CallRecord(send.session, send.call, send.at_s, len(send.prompt_ids))
@@ -510,8 +505,9 @@ class Engine:
         sends = self.client.answered(live.send, list(req.output_ids), self.now)
         if not any(send.session == live.send.session for send in sends):
             self.next_arrival[live.send.session] = math.inf
-            if self.config.cache == ASYMCACHE_CLOSE:
-                self.cache.release_radix_session(str(live.send.session))
+            # The client's ``/close_session``: only AsymCache's hook changes the tree for it.
+            if live.send.program is not None and self.is_asymcache:
+                self.cache.release_radix_session(live.send.program)
         for send in sends:
             self._submit(send)
         return True

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from eval.agent_workload import AgentPrograms, plan_sessions
+from eval.agent_workload import AgentPrograms, plan_sessions, program_id
 from eval.mooncake_trace import TraceCut, load_trace
 from eval.workloads import LongMultiTurn, MultiTurnWorkload, plan_long_multi_turn
 
@@ -28,6 +28,8 @@ class Script:
     arrival_s: float
     prompt_ids: list[int]
     calls: list[Call]
+    # The SGLang ``session_id`` every call names, closed after the last call; None: neither.
+    program: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Send:
     prompt_ids: list[int]
     max_new_tokens: int
     at_s: float
+    program: str | None = None
 
 
 class Client(Protocol):
@@ -73,7 +76,9 @@ class SessionClient:
 
     @staticmethod
     def _send(script: Script, call: int, prompt: list[int], at_s: float) -> Send:
-        return Send(script.session, call, prompt, script.calls[call].max_new_tokens, at_s)
+        return Send(
+            script.session, call, prompt, script.calls[call].max_new_tokens, at_s, script.program
+        )
 
 
 @dataclass
@@ -138,6 +143,7 @@ def agent_scripts(workload: AgentPrograms) -> list[Script]:
                 Call(workload.action_tokens, step.tool_result_ids, step.tool_delay_s)
                 for step in session.steps
             ],
+            program_id(workload, session) if workload.close_programs else None,
         )
         for session in plan_sessions(workload)
     ]
