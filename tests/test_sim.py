@@ -326,8 +326,16 @@ def test_programs_that_close_are_released_after_their_last_step(close_programs, 
     workload = dataclasses.replace(SMALL_AGENTS, close_programs=close_programs)
     scripts = agent_scripts(workload)
     assert all((s.program is not None) == close_programs for s in scripts)
-    engine = Engine(EngineConfig(pool_tokens=4000, cache="asymcache"), step)
-    result = engine.run(SessionClient(scripts))
+    pool = 4000
+    engine = Engine(EngineConfig(pool_tokens=pool, cache="asymcache", chunk_tokens=512), step)
+    totals = []
+
+    def check(engine: Engine) -> None:
+        totals.append(engine.allocator.available_size() + cached_slots(engine) + held_slots(engine))
+
+    result = engine.run(SessionClient(scripts), on_step=check)
+    # Releases leave every slot free, cached or held, as the accounting test asks of every cache.
+    assert len(totals) > 20 and set(totals) == {pool}
     assert len(result.records) == sum(len(s.calls) for s in scripts)
     if close_programs:
         # Every program closed once its last step was answered; nothing is tagged any more.
