@@ -109,10 +109,21 @@ def summarize_requests(results: Sequence[TurnResult]) -> dict[str, float]:
     than one token, and the inter-token gaps' (none: no TPOT or ITL fields)."""
     tpots = [t for t in map(tpot_s, results) if t is not None]
     gaps = [g for r in results for g in inter_token_gaps_s(r)]
+    stages = [r.meta["ttft_stages"] for r in results if "ttft_stages" in r.meta]
     return {
         **summarize_turns(results),
         **(seconds_fields("tpot", tpots) if tpots else {}),
         **(seconds_fields("itl", gaps) if gaps else {}),
+        **({"ttft_stages": summarize_stages(stages)} if len(stages) == len(results) else {}),
+    }
+
+
+def summarize_stages(stages: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and percentiles of each TTFT stage (``eval.workloads.ttft_stages``) over requests."""
+    return {
+        name: {key: stats[key] for key in ("mean", *SUMMARY_QUANTILES)}
+        for name in stages[0]
+        for stats in [summary_stats(s[name] for s in stages)]
     }
 
 

@@ -60,6 +60,23 @@ def inter_token_gaps_s(result: TurnResult) -> list[float]:
     return gaps
 
 
+def ttft_stages(sent_s: float, first_token_s: float, meta: dict) -> dict[str, float] | None:
+    """Where one request's TTFT went, from the wall-clock times the server puts in the last
+    chunk's meta_info when it runs with ``--enable-metrics`` (None without them): the trip to the
+    tokenizer manager, on to the scheduler's queue, the wait there, the prefill forwards, and the
+    first token's way back to this client."""
+    if "forward_entry_time" not in meta or "prefill_finished_time" not in meta:
+        return None
+    queued_at = meta["forward_entry_time"] - meta["queue_time"]
+    return {
+        "to_server": meta["request_received_ts"] - sent_s,
+        "to_queue": queued_at - meta["request_received_ts"],
+        "queued": meta["queue_time"],
+        "prefill": meta["prefill_finished_time"] - meta["forward_entry_time"],
+        "to_client": first_token_s - meta["prefill_finished_time"],
+    }
+
+
 def _sampling(max_new_tokens: int) -> dict:
     return {"max_new_tokens": max_new_tokens, "temperature": 0.0, "ignore_eos": True}
 
@@ -86,7 +103,7 @@ def generate_streaming(
     }
     if session_id is not None:
         payload["session_id"] = session_id
-    start = time.perf_counter()
+    sent_s, start = time.time(), time.perf_counter()
     ttft = None
     last = None
     # (seconds since the request, output tokens so far) per streamed chunk: inter-token gaps.
@@ -108,6 +125,7 @@ def generate_streaming(
         raise RuntimeError(f"no result streamed back for a {len(input_ids)}-token request")
     latency = time.perf_counter() - start
     meta = last["meta_info"]
+    stages = ttft_stages(sent_s, sent_s + (ttft if ttft is not None else latency), meta)
     return TurnResult(
         session=-1,
         turn=-1,
@@ -117,7 +135,11 @@ def generate_streaming(
         cached_tokens=int(meta["cached_tokens"]),
         ttft_s=ttft if ttft is not None else latency,
         latency_s=latency,
-        meta={"prompt_tokens": meta["prompt_tokens"], "arrivals": arrivals},
+        meta={
+            "prompt_tokens": meta["prompt_tokens"],
+            "arrivals": arrivals,
+            **({"ttft_stages": stages} if stages is not None else {}),
+        },
     )
 
 

@@ -6,7 +6,14 @@ import statistics
 
 import pytest
 
-from eval.common import percentile, result_header, seconds_fields, summary_stats
+from eval.common import (
+    percentile,
+    result_header,
+    seconds_fields,
+    summarize_requests,
+    summary_stats,
+)
+from eval.workloads import TurnResult, ttft_stages
 
 
 def test_percentile_is_nearest_rank():
@@ -51,3 +58,33 @@ def test_seconds_fields_name_mean_and_percentiles():
     assert fields == {"jct_mean_s": 2.5, "jct_p50_s": 2.0, "jct_p90_s": 4.0, "jct_p99_s": 4.0}
     with pytest.raises(ValueError):
         seconds_fields("ttft", [])
+
+
+def test_ttft_stages_split_the_ttft_at_the_servers_timestamps():
+    meta = {
+        "request_received_ts": 100.002,
+        "forward_entry_time": 100.010,
+        "queue_time": 0.005,
+        "prefill_finished_time": 100.050,
+    }
+    stages = ttft_stages(100.0, 100.053, meta)
+    assert stages == pytest.approx(
+        {"to_server": 0.002, "to_queue": 0.003, "queued": 0.005, "prefill": 0.040,
+         "to_client": 0.003}
+    )  # fmt: skip
+    assert sum(stages.values()) == pytest.approx(0.053)
+    # A server without --enable-metrics (or behind the detokenizer) sends no scheduler times.
+    assert ttft_stages(100.0, 100.053, {"queue_time": 0.0}) is None
+
+
+def test_stage_summary_needs_every_request_to_carry_stages():
+    def turn(stages: dict | None) -> TurnResult:
+        meta = {"ttft_stages": stages} if stages else {}
+        return TurnResult(0, 0, [1, 2], [3], [], 0, 0.05, 0.06, meta)
+
+    one = {"to_server": 0.001, "queued": 0.01}
+    two = {"to_server": 0.003, "queued": 0.03}
+    summary = summarize_requests([turn(one), turn(two)])["ttft_stages"]
+    assert summary["queued"]["mean"] == pytest.approx(0.02)
+    assert summary["to_server"]["p90"] == 0.003
+    assert "ttft_stages" not in summarize_requests([turn(one), turn(None)])
