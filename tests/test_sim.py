@@ -101,6 +101,10 @@ def test_one_request_takes_its_chunks_then_its_decodes():
         9.9
     )
     assert metrics["computed_prompt_tokens_per_s"] == pytest.approx(2500 / 9.9)
+    # Admitted as it arrived (nothing ran before it); all of its TTFT is its three prefill steps.
+    assert record.admitted_s == 2.0
+    assert metrics["ttft_stages"]["queued"]["mean"] == 0.0
+    assert metrics["ttft_stages"]["prefill"]["mean"] == pytest.approx(5.5)
 
 
 def test_a_returning_session_hits_what_the_pool_kept(step):

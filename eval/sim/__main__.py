@@ -207,9 +207,11 @@ def gpu_points(
     trace: Path,
     pressure: Path | None = None,
     pressure_trace: Path | None = None,
+    sweep_trace: Path | None = None,
 ) -> list[GpuPoint]:
     """The stock-policy runs of the GPU results given (``trace`` models the card of the engage
-    and sweep results, ``pressure_trace`` that of the pressure result)."""
+    and sweep results, ``sweep_trace`` where given that of the sweeps' workload, and
+    ``pressure_trace`` that of the pressure result)."""
     points = []
     if engage is not None:
         merged = json.loads(engage.read_text())
@@ -234,7 +236,7 @@ def gpu_points(
         result = json.loads(path.read_text())
         # One eval.sweep run, or eval.sweep merge's file of every workload.
         for sweep in result["workloads"].values() if "workloads" in result else [result]:
-            points += sweep_points(path, sweep, trace)
+            points += sweep_points(path, sweep, sweep_trace or trace)
     if pressure is not None:
         result = json.loads(pressure.read_text())
         args = result["server_args"]
@@ -334,11 +336,17 @@ def main() -> None:
         "--pressure", type=Path, help="an eval.gpu_pressure result (round-robin multi-turn)"
     )
     check.add_argument("--pressure-trace", type=Path, help="a latency trace from its card")
+    check.add_argument(
+        "--sweep-trace", type=Path, help="a latency trace of the sweeps' workload (or --trace)"
+    )
     check.add_argument("--trace", type=Path, required=True)
     check.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "validate":
-        points = gpu_points(args.engage, args.sweep, args.trace, args.pressure, args.pressure_trace)
+        points = gpu_points(
+            args.engage, args.sweep, args.trace, args.pressure, args.pressure_trace,
+            args.sweep_trace,
+        )  # fmt: skip
         result = validate(points)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result["points"], indent=2), f"\nmax_rel_err {result['max_rel_err']:.3f}")

@@ -95,6 +95,8 @@ class EngineConfig:
     max_context_tokens: int = 131072
     vocab: tuple[int, int] = (10, 120000)
     seed: int = 0
+    # SGLang's default; --disable-overlap-schedule turns it off.
+    overlap_schedule: bool = True
 
     def __post_init__(self) -> None:
         if self.cache not in (*CACHES, *SIM_ONLY):
@@ -112,6 +114,8 @@ class CallRecord:
     arrival_s: float
     prompt_tokens: int
     output_tokens: int = 0
+    # When the scheduler formed the first prefill batch it is in.
+    admitted_s: float | None = None
     first_token_s: float | None = None
     finish_s: float | None = None
     # Prompt positions this call's prefills computed (holes and tails, and again after a retract).
@@ -306,21 +310,30 @@ class Engine:
         self.client = client
         for send in client.start():
             self._submit(send)
+        # What the scheduler had received when it formed the batch about to run.
+        self.decided_s = self.now
         while True:
-            while self.arrivals and self.arrivals[0][0] <= self.now:
+            while self.arrivals and self.arrivals[0][0] <= self.decided_s:
                 at_s, _, req = heapq.heappop(self.arrivals)
                 self._arrive(req, at_s)
+            started_s, ran_step = self.now, True
             batch = self._prefill_batch()
             if batch:
                 self._run_prefill(batch)
             elif self.running:
                 self._run_decode()
             elif self.arrivals:
-                self.now = self.arrivals[0][0]
+                ran_step = False
+                # Idle: the next arrival wakes it (or those that came during the last step).
+                self.now = max(self.now, self.arrivals[0][0])
             elif self.waiting:
                 raise RuntimeError(f"{len(self.waiting)} requests wait with nothing running")
             else:
                 break
+            # SGLang's overlap scheduler forms the next batch while this one runs on the GPU,
+            # from what it had received when this one started.
+            overlap = ran_step and self.config.overlap_schedule
+            self.decided_s = started_s if overlap else self.now
             if on_step is not None:
                 on_step(self)
         counters = self.cache.stats_snapshot() if self.is_asymcache else {}
@@ -400,9 +413,10 @@ class Engine:
                 req.cache_protected_len = plan.retained_tokens
                 handoff.request_plan(req).retained = plan.retained
             prompt = len(req.origin_input_ids)
-            self.live[id(req)].record.computed_prompt_tokens += sum(
-                max(0, min(e, prompt) - s) for s, e in own
-            )
+            record = self.live[id(req)].record
+            if record.admitted_s is None:
+                record.admitted_s = self.decided_s
+            record.computed_prompt_tokens += sum(max(0, min(e, prompt) - s) for s, e in own)
             segments += own
             req.already_computed = req.kv_committed_len = end
         return segments

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eval.common import seconds_fields
+from eval.common import seconds_fields, summarize_stages
 from eval.sim.engine import SimResult
 
 
@@ -30,6 +30,13 @@ def summarize(result: SimResult, jobs: bool) -> dict[str, Any]:
         **(seconds_fields("itl", gaps) if gaps else {}),
         "duration_s": duration_s,
         "computed_prompt_tokens_per_s": computed / duration_s,
+        # The scheduler's part of eval.workloads.ttft_stages (the simulator has no HTTP path).
+        "ttft_stages": summarize_stages(
+            [
+                {"queued": r.admitted_s - r.arrival_s, "prefill": r.first_token_s - r.admitted_s}
+                for r in records
+            ]
+        ),
     }
     if jobs:
         sessions: dict[int, list[float]] = {}
