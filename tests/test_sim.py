@@ -107,6 +107,23 @@ def test_one_request_takes_its_chunks_then_its_decodes():
     assert metrics["ttft_stages"]["prefill"]["mean"] == pytest.approx(5.5)
 
 
+@pytest.mark.parametrize("overlap", [True, False])
+def test_the_overlap_scheduler_takes_an_arrival_one_step_late(overlap):
+    """1 s per step. A decodes from t=1; B arrives at 1.5, during the step [1, 2]. SGLang's
+    overlap loop formed the step after it, [2, 3], when [1, 2] started, so B's prefill is [3, 4]
+    (TTFT 2.5 s); without overlap it is [2, 3] (1.5 s)."""
+    step = StepModel((1.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    scripts = [
+        Script(0, 0.0, list(range(10, 20)), [Call(6, [], None)]),
+        Script(1, 1.5, list(range(30, 40)), [Call(2, [], None)]),
+    ]
+    config = EngineConfig(pool_tokens=10_000, overlap_schedule=overlap)
+    first, second = simulate(scripts, config, step).records
+    assert first.ttft_s == 1.0
+    assert second.admitted_s == 2.0
+    assert second.ttft_s == (2.5 if overlap else 1.5)
+
+
 def test_a_returning_session_hits_what_the_pool_kept(step):
     unlimited = summarize(
         simulate(long_multi_turn_scripts(SMALL), EngineConfig(10**6), step), False

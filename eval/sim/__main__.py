@@ -259,20 +259,20 @@ def gpu_points(
 
 
 def sweep_points(path: Path, sweep: dict[str, Any], trace: Path) -> list[GpuPoint]:
-    """The bounded-pool LRU runs of one workload's sweep."""
+    """The bounded-pool runs of SGLang's own policies in one workload's sweep."""
     return [
         GpuPoint(
-            f"{path.name}: {sweep['workload']}, lru at {run['pool']}",
+            f"{path.name}: {sweep['workload']}, {run['config']} at {run['pool']}",
             sweep["card"],
             sweep["workload"],
             run["workload"],
             int(run["pool"]),
-            "lru",
+            run["config"],
             trace,
             run["metrics"],
         )  # fmt: skip
         for run in sweep["runs"]
-        if run["config"] == "lru" and run["pool"] != UNLIMITED
+        if run["config"] in STOCK_POLICIES and run["pool"] != UNLIMITED
     ]
 
 

@@ -1,13 +1,15 @@
 """One simulated SGLang 0.5.16 server: its scheduler's step loop over a real prefix cache.
 
-Per iteration, as ``Scheduler.event_loop_normal`` with mixed chunks off: arrivals join the
-waiting queue; SGLang's ``PrefillAdder`` (through AsymCache's admission hooks, which pass
-through for a stock cache) builds a prefill batch from the chunked request and then the queue
-in FCFS order; if it built one, that batch runs, else the running batch decodes one token,
-retracting requests as ``ScheduleBatch.retract_decode`` does when the pool cannot hold the next
-tokens. Slots come from SGLang's own allocator through ``alloc_token_slots``, which evicts from
-the cache; requests enter and leave the cache through ``cache_unfinished_req`` and
-``cache_finished_req``. Time advances by ``StepModel.step_s`` of each forward's features.
+Per iteration, as ``Scheduler.event_loop_overlap`` with mixed chunks off: the arrivals the
+scheduler had received when the previous step started join the waiting queue (it forms a batch
+while the one before runs on the GPU; with ``overlap_schedule`` off, every arrival so far);
+SGLang's ``PrefillAdder`` (through AsymCache's admission hooks, which pass through for a stock
+cache) builds a prefill batch from the chunked request and then the queue in FCFS order; if it
+built one, that batch runs, else the running batch decodes one token, retracting requests as
+``ScheduleBatch.retract_decode`` does when the pool cannot hold the next tokens. Slots come from
+SGLang's own allocator through ``alloc_token_slots``, which evicts from the cache; requests enter
+and leave the cache through ``cache_unfinished_req`` and ``cache_finished_req``. Time advances
+by ``StepModel.step_s`` of each forward's features.
 """
 
 from __future__ import annotations
