@@ -48,6 +48,7 @@ from eval.common import (
     asymcache_counters,
     asymcache_latency,
     result_header,
+    save_figure,
     server_health,
     summarize_requests,
     summary_stats,
@@ -581,7 +582,7 @@ def plot(merged: dict[str, Any], out: Path) -> None:
     right.set_title("Extend cost by position", fontsize=8)
     fig.suptitle(merged["card"], fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=80)
+    save_figure(fig, out)
 
 
 def merge(parts: Sequence[Path], dest_dir: Path) -> Path:

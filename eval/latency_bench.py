@@ -32,6 +32,7 @@ from eval.common import (
     asymcache_counters,
     asymcache_latency,
     result_header,
+    save_figure,
     server_health,
     summary_stats,
 )
@@ -217,7 +218,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax.set_ylabel("ms")
     ax.set_title(f"Adaptive vs static chunking, {result['card']}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=80)
+    save_figure(fig, out)
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from asymcache_sglang.kernels.msa_triton import TritonMSAWrapper, reference_msa
-from eval.common import result_header
+from eval.common import result_header, save_figure
 
 NUM_QO_HEADS = 32
 NUM_KV_HEADS = 8
@@ -773,7 +773,7 @@ def _plot(rows: Sequence[dict[str, Any]], impls: Sequence[str], path: Path) -> N
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=6, ncol=1)
     fig.tight_layout()
-    fig.savefig(path, dpi=70)
+    save_figure(fig, path, dpi=70)
     plt.close(fig)
     print(f"[msa_bench] plot: {path} ({path.stat().st_size // 1024} KiB)", flush=True)
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.common import save_figure
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 METRICS = ("ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "latency_mean_s")
 
@@ -52,7 +54,7 @@ def plot(results: dict[str, dict], out: Path) -> None:
         ax.set_ylabel("TTFT (ms)")
         ax.set_title(f"{name}\n{res['card']}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=80)
+    save_figure(fig, out)
 
 
 def main() -> None:

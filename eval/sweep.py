@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from asymcache_sglang.core.config import LATENCY_TRACE_ENV
 from eval.bench import WORKLOADS, run_bench, server_settings
-from eval.common import STOCK_POLICIES, result_header
+from eval.common import STOCK_POLICIES, result_header, save_figure
 from eval.host_cpus import CpuLayout, isolate
 from eval.server import (
     SGLangServer,
@@ -234,7 +234,7 @@ def plot(sweep: dict[str, Any], out: Path) -> None:
         ax.legend(fontsize=6)
     fig.suptitle(f"{sweep['workload']}, {sweep['card']}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=80)
+    save_figure(fig, out)
 
 
 def cdf_pool(sweep: dict[str, Any]) -> str | None:
@@ -268,14 +268,25 @@ def plot_cdf(sweep: dict[str, Any], out: Path, pool: str | None = None) -> None:
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_title(f"{sweep['workload']}, pool {pool}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=80)
+    save_figure(fig, out)
+
+
+def _workload_sweeps(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``eval.sweep`` run, or each workload of a file ``merge`` wrote, with its parts."""
+    if "workloads" in result:
+        return list(result["workloads"].values())
+    part = {k: result.get(k) for k in ("commit", "date", "cpu_layout")}
+    part["cells"] = sorted({f"{r['config']}@{r['pool']}" for r in result["runs"]})
+    return [{**result, "parts": [part]}]
 
 
 def merge(paths: Sequence[Path], dest: Path) -> dict[str, Any]:
-    """Sweeps from one card joined per workload, the latest run of each (configuration, pool)
-    kept; with each bounded pool's standing of AsymCache against the best stock policy. Writes
-    ``dest`` and, beside it, ``<stem>_<workload>.png`` and ``<stem>_<workload>_cdf.png``."""
-    sweeps = sorted((json.loads(p.read_text()) for p in paths), key=lambda s: s["date"])
+    """Sweeps from one card (runs of ``eval.sweep``, or files this wrote) joined per workload,
+    the latest run of each (configuration, pool) kept; with each bounded pool's standing of
+    AsymCache against the best stock policy. Writes ``dest`` and, beside it,
+    ``<stem>_<workload>.png`` and ``<stem>_<workload>_cdf.png``."""
+    sweeps = [w for p in paths for w in _workload_sweeps(json.loads(p.read_text()))]
+    sweeps.sort(key=lambda s: min(p["date"] for p in s["parts"]))
     cards = {s["card"] for s in sweeps}
     if len(cards) != 1:
         raise ValueError(f"sweeps from different cards: {sorted(cards)}")
@@ -295,13 +306,13 @@ def merge(paths: Sequence[Path], dest: Path) -> dict[str, Any]:
                     f"{name}: {key} differ between sweeps: {sweep[key]} vs {merged[key]}"
                 )
         merged["configurations"].update(sweep["configurations"])
-        merged["parts"].append(
-            {k: sweep.get(k) for k in ("commit", "date", "cpu_layout")}
-            | {"cells": sorted({f"{r['config']}@{r['pool']}" for r in sweep["runs"]})}
-        )
+        merged["parts"] += [p for p in sweep["parts"] if p not in merged["parts"]]
         for run in sweep["runs"]:
-            merged["runs"][(run["config"], run["pool"])] = run
+            key = (run["config"], run["pool"])
+            if key not in merged["runs"] or run["date"] >= merged["runs"][key]["date"]:
+                merged["runs"][key] = run
     for merged in workloads.values():
+        merged["parts"].sort(key=lambda p: p["date"])
         order = list(merged["configurations"])
         merged["runs"] = sorted(
             merged["runs"].values(),

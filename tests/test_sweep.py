@@ -63,7 +63,8 @@ def _sweep(workload: str, date: str, runs: list[tuple[str, str, float]], card: s
         "card": card, "commit": "c", "date": date, "workload": workload, "overrides": [],
         "base_args": ["--x"], "configurations": {c: CONFIGURATIONS[c] for c, _, _ in runs},
         "runs": [
-            {"config": c, "pool": p, "metrics": {"ttft_mean_s": t, "ttft_p90_s": 2 * t}}
+            {"config": c, "pool": p, "date": date,
+             "metrics": {"ttft_mean_s": t, "ttft_p90_s": 2 * t}}
             for c, p, t in runs
         ],
     }  # fmt: skip
@@ -94,6 +95,21 @@ def test_merge_keeps_the_latest_run_per_cell_and_ranks_against_the_best_stock_po
     assert json.loads((tmp_path / "out" / "h_sweep.json").read_text()) == json.loads(
         json.dumps(merged)
     )
+
+
+def test_a_merged_file_merges_again_with_a_later_sweep(tmp_path):
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(_sweep("agents", "2026-12-01", [("lru", "100", 4.0)])))
+    merge([first], tmp_path / "merged.json")
+    later = tmp_path / "later.json"
+    later.write_text(
+        json.dumps(_sweep("agents", "2026-12-02", [("lru", "200", 2.0), ("lru", "100", 3.0)]))
+    )
+    again = merge([tmp_path / "merged.json", later], tmp_path / "again.json")["workloads"]["agents"]
+    assert [(r["pool"], r["metrics"]["ttft_mean_s"]) for r in again["runs"]] == [
+        ("100", 3.0), ("200", 2.0)
+    ]  # fmt: skip
+    assert [p["cells"] for p in again["parts"]] == [["lru@100"], ["lru@100", "lru@200"]]
 
 
 def test_merge_refuses_two_cards_or_two_flag_sets(tmp_path):
