@@ -15,7 +15,7 @@ from asymcache_sglang.core.latency_fit import BatchFeatures
 from asymcache_sglang.plugin import register
 from eval.agent_workload import AgentPrograms
 from eval.mooncake_trace import TraceCut
-from eval.sim.__main__ import advice, run_sweep, seed_sweep
+from eval.sim.__main__ import advice, run_sweep, seed_sweep, serving_path
 from eval.sim.engine import (
     CACHES,
     ORACLE,
@@ -122,6 +122,23 @@ def test_the_overlap_scheduler_takes_an_arrival_one_step_late(overlap):
     assert first.ttft_s == 1.0
     assert second.admitted_s == 2.0
     assert second.ttft_s == (2.5 if overlap else 1.5)
+
+
+def test_the_trips_outside_the_scheduler_add_to_ttft_and_delay_the_next_call():
+    """1 s per step; 0.25 s to the scheduler, 0.5 s back. The first call's prefill runs [0.25,
+    1.25], its token reaches the client at 1.75 (TTFT 1.75), its last (one decode later) at 2.75;
+    the next call, sent 1 s after that, reaches the scheduler at 4.0."""
+    step = StepModel((1.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    script = Script(0, 0.0, list(range(10, 20)), [Call(2, [7], 1.0), Call(1, [], None)])
+    config = EngineConfig(pool_tokens=10_000, to_scheduler_s=0.25, to_client_s=0.5)
+    first, second = simulate([script], config, step).records
+    assert (first.ttft_s, first.finish_s) == (1.75, 2.75)
+    assert second.arrival_s == 3.75 and second.admitted_s == 4.0 and second.ttft_s == 1.75
+    stages = {"to_server": {"mean": 0.004}, "to_client": {"mean": 0.002}}
+    runs = [{"metrics": {"ttft_stages": stages}}, {"metrics": {}}]
+    assert serving_path({"runs": runs}) == {"to_scheduler_s": 0.004, "to_client_s": 0.002}
+    with pytest.raises(ValueError, match="enable-metrics"):
+        serving_path({"metrics": {}})
 
 
 def test_a_returning_session_hits_what_the_pool_kept(step):

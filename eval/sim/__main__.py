@@ -75,11 +75,29 @@ def workload_settings(name: str, fields: dict[str, Any]) -> Any:
     )
 
 
+def serving_path(result: dict[str, Any]) -> dict[str, float]:
+    """The trips outside the scheduler as ``eval.bench`` measured them (``ttft_stages``, from a
+    server run with ``--enable-metrics``), averaged over the runs of an ``eval.sweep`` result or
+    the one of a bench result, as ``EngineConfig`` fields."""
+    runs = [r for r in result.get("runs", [result]) if "ttft_stages" in r["metrics"]]
+    if not runs:
+        raise ValueError("no run with ttft_stages: run the servers with --enable-metrics")
+    return {
+        field: statistics.fmean(r["metrics"]["ttft_stages"][stage]["mean"] for r in runs)
+        for field, stage in (("to_scheduler_s", "to_server"), ("to_client_s", "to_client"))
+    }
+
+
 def simulate_run(
-    workload: str, settings: Any, config: str, pool: int | None, step: StepModel
+    workload: str,
+    settings: Any,
+    config: str,
+    pool: int | None,
+    step: StepModel,
+    path: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     engine_config = EngineConfig(
-        pool_tokens=UNLIMITED_POOL_TOKENS if pool is None else pool, cache=config
+        pool_tokens=UNLIMITED_POOL_TOKENS if pool is None else pool, cache=config, **(path or {})
     )
     client = SIM_WORKLOADS[workload][1](settings)
     result = simulate(client, engine_config, step)
@@ -207,11 +225,12 @@ def gpu_points(
     trace: Path,
     pressure: Path | None = None,
     pressure_trace: Path | None = None,
-    sweep_trace: Path | None = None,
+    workload_traces: dict[str, Path] | None = None,
 ) -> list[GpuPoint]:
     """The stock-policy runs of the GPU results given (``trace`` models the card of the engage
-    and sweep results, ``sweep_trace`` where given that of the sweeps' workload, and
+    and sweep results, ``workload_traces`` where given that of a sweep's workload, and
     ``pressure_trace`` that of the pressure result)."""
+    workload_traces = workload_traces or {}
     points = []
     if engage is not None:
         merged = json.loads(engage.read_text())
@@ -236,7 +255,7 @@ def gpu_points(
         result = json.loads(path.read_text())
         # One eval.sweep run, or eval.sweep merge's file of every workload.
         for sweep in result["workloads"].values() if "workloads" in result else [result]:
-            points += sweep_points(path, sweep, sweep_trace or trace)
+            points += sweep_points(path, sweep, workload_traces.get(sweep["workload"], trace))
     if pressure is not None:
         result = json.loads(pressure.read_text())
         args = result["server_args"]
@@ -276,15 +295,20 @@ def sweep_points(path: Path, sweep: dict[str, Any], trace: Path) -> list[GpuPoin
     ]
 
 
-def validate(points: list[GpuPoint]) -> dict[str, Any]:
-    """The simulated run beside each measured point, each with its card's step model; the
-    worst relative error."""
+def validate(
+    points: list[GpuPoint], paths: dict[str, dict[str, float]] | None = None
+) -> dict[str, Any]:
+    """The simulated run beside each measured point, each with its card's step model and, where
+    ``paths`` has its card, the trips outside the scheduler measured there; the worst relative
+    error."""
+    paths = paths or {}
     models = {str(p.trace): fit_step_model(p.trace) for p in points}
     rows = []
     for point in points:
         step = models[str(point.trace)][0]
         settings = workload_settings(point.workload, point.settings)
-        run = simulate_run(point.workload, settings, point.config, point.pool, step)
+        path = paths.get(point.card)
+        run = simulate_run(point.workload, settings, point.config, point.pool, step, path)
         errors = {m: abs(run["metrics"][m] / point.measured[m] - 1.0) for m in VALIDATED_METRICS}
         rows.append(
             {
@@ -294,6 +318,7 @@ def validate(points: list[GpuPoint]) -> dict[str, Any]:
                 "pool": point.pool,
                 "config": point.config,
                 "trace": str(point.trace),
+                "serving_path": path,
                 "measured": {m: point.measured[m] for m in VALIDATED_METRICS},
                 "simulated": {m: run["metrics"][m] for m in VALIDATED_METRICS},
                 "rel_err": errors,
@@ -337,17 +362,37 @@ def main() -> None:
     )
     check.add_argument("--pressure-trace", type=Path, help="a latency trace from its card")
     check.add_argument(
-        "--sweep-trace", type=Path, help="a latency trace of the sweeps' workload (or --trace)"
+        "--workload-trace",
+        action="append",
+        default=[],
+        metavar="WORKLOAD=TRACE",
+        help="a latency trace recorded on that workload, for its sweep runs (else --trace)",
+    )
+    check.add_argument(
+        "--path-from",
+        type=Path,
+        action="append",
+        default=[],
+        help="an eval.bench result with ttft_stages: its card's trips outside the scheduler",
     )
     check.add_argument("--trace", type=Path, required=True)
     check.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "validate":
+        traces = dict(pair.split("=", 1) for pair in args.workload_trace)
+        unknown = sorted(set(traces) - set(SIM_WORKLOADS))
+        if unknown:
+            parser.error(f"--workload-trace for unknown workloads {unknown}")
         points = gpu_points(
             args.engage, args.sweep, args.trace, args.pressure, args.pressure_trace,
-            args.sweep_trace,
+            {name: Path(path) for name, path in traces.items()},
         )  # fmt: skip
-        result = validate(points)
+        try:
+            results = [json.loads(p.read_text()) for p in args.path_from]
+            paths = {r["card"]: serving_path(r) for r in results}
+        except ValueError as exc:
+            parser.error(str(exc))
+        result = validate(points, paths)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result["points"], indent=2), f"\nmax_rel_err {result['max_rel_err']:.3f}")
         return

@@ -99,6 +99,10 @@ class EngineConfig:
     seed: int = 0
     # SGLang's default; --disable-overlap-schedule turns it off.
     overlap_schedule: bool = True
+    # Outside the scheduler (measured by eval.bench's ttft_stages): a request's trip from the
+    # client to the scheduler, and a token's back.
+    to_scheduler_s: float = 0.0
+    to_client_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cache not in (*CACHES, *SIM_ONLY):
@@ -292,7 +296,7 @@ class Engine:
         self.records.append(record)
         self.next_arrival[send.session] = send.at_s
         self.live[id(req)] = _Live(send, record, outputs)
-        heapq.heappush(self.arrivals, (send.at_s, self._rids, req))
+        heapq.heappush(self.arrivals, (send.at_s + self.config.to_scheduler_s, self._rids, req))
 
     def _arrive(self, req: Req, at_s: float) -> None:
         session = self.live[id(req)].send.session
@@ -435,7 +439,7 @@ class Engine:
             record = self.live[id(req)].record
             self._emit(req)
             if record.first_token_s is None:
-                record.first_token_s = self.now
+                record.first_token_s = self.now + self.config.to_client_s
             if not self._maybe_finish(req):
                 self.cache.cache_unfinished_req(req)
                 self._tag(req)
@@ -506,7 +510,7 @@ class Engine:
         req.output_ids.append(self._next_token(req))
         record = self.live[id(req)].record
         record.output_tokens = len(req.output_ids)
-        record.token_times_s.append(self.now)
+        record.token_times_s.append(self.now + self.config.to_client_s)
 
     def _maybe_finish(self, req: Req) -> bool:
         """Finish ``req`` if it has all its tokens; its session's next call is scheduled."""
@@ -515,10 +519,10 @@ class Engine:
         self._release(req, insert=True)
         self.batch_full = False
         live = self.live[id(req)]
-        live.record.finish_s = self.now
+        live.record.finish_s = self.now + self.config.to_client_s
         self.last_answer[live.send.session] = self.now
         self.active.discard(live.send.session)
-        sends = self.client.answered(live.send, list(req.output_ids), self.now)
+        sends = self.client.answered(live.send, list(req.output_ids), live.record.finish_s)
         if not any(send.session == live.send.session for send in sends):
             self.next_arrival[live.send.session] = math.inf
             # The client's ``/close_session``: only AsymCache's hook changes the tree for it.
