@@ -58,6 +58,9 @@ class PlanCounters:
 class HoleAwareRadixCache(RadixCache):
     """Radix prefix cache that evicts cheap heads first and recomputes holes on return."""
 
+    # The tree it builds; a subclass may rank eviction its own way (the simulator's prototypes).
+    tree_class: type[HoleAwareTree] = HoleAwareTree
+
     def __init__(
         self, params: CacheInitParams, config: AsymCacheConfig, latency: LatencyRuntime
     ) -> None:
@@ -72,7 +75,7 @@ class HoleAwareRadixCache(RadixCache):
     # ----- lifecycle -----
 
     def reset(self) -> None:
-        self.tree = HoleAwareTree(
+        self.tree = self.tree_class(
             self.latency.cost,
             self.config.reuse_estimator(),
             max_holes=self.config.max_holes,

@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from array import array
 from pathlib import Path
 
 import pytest
 from sglang.srt.managers.schedule_policy import PrefillAdder
 from sglang.srt.plugins.hook_registry import HookRegistry
 
+from asymcache_sglang.core.cost import StaticCostModel
 from asymcache_sglang.core.latency_fit import BatchFeatures
+from asymcache_sglang.core.reuse import ReuseEstimator
 from asymcache_sglang.plugin import register
 from eval.agent_workload import AgentPrograms
 from eval.mooncake_trace import TraceCut
@@ -27,7 +30,7 @@ from eval.sim.engine import (
     simulate,
     unhooked,
 )
-from eval.sim.oracle import ReturnTimes
+from eval.sim.oracle import NextUseHoleAwareTree, ReturnTimes
 from eval.sim.scripts import (
     Call,
     RoundRobinClient,
@@ -139,6 +142,25 @@ def test_the_trips_outside_the_scheduler_add_to_ttft_and_delay_the_next_call():
     assert serving_path({"runs": runs}) == {"to_scheduler_s": 0.004, "to_client_s": 0.002}
     with pytest.raises(ValueError, match="enable-metrics"):
         serving_path({"metrics": {}})
+
+
+def test_the_next_use_tree_keeps_the_program_back_soonest_and_its_tail_over_its_head():
+    """Three programs of 4 turns, 100 tokens each, cost rising with position: A is back in 1 s,
+    B in 10 s, C closed. C goes first, then B head to tail, then A head to tail."""
+    tree = NextUseHoleAwareTree(StaticCostModel(1.0, 0.01), ReuseEstimator(60.0), clock=lambda: 0.0)
+    tree.next_use_in_s = {"A": 1.0, "B": 10.0, "C": math.inf}.__getitem__
+    for base, program in ((1000, "A"), (2000, "B"), (3000, "C")):
+        for turn in range(4):
+            end = base + 100 * (turn + 1)
+            outcome = tree.insert(
+                array("q", range(base, end)), list(range(base, end)), [(0, 100 * turn)]
+            )
+        tree.tag(outcome.last_node, program)
+    tree.release("C")
+    evicted = [tree.evict(100)[0][0] for _ in range(12)]
+    assert sorted(evicted[:4]) == [3000, 3100, 3200, 3300]
+    assert evicted[4:] == [2000, 2100, 2200, 2300, 1000, 1100, 1200, 1300]
+    assert tree.evictable_size == 0
 
 
 def test_a_returning_session_hits_what_the_pool_kept(step):

@@ -229,7 +229,7 @@ class HoleAwareTree:
     def child_key(token: int, namespace: Hashable | None) -> Hashable:
         return token if namespace is None else (namespace, token)
 
-    def _evictable(self, node: CacheNode) -> bool:
+    def is_evictable(self, node: CacheNode) -> bool:
         # Without holes a hole could never be recomputed cheaply: evict leaves only.
         return (
             node.value is not None
@@ -240,7 +240,7 @@ class HoleAwareTree:
 
     def _changed(self, node: CacheNode) -> None:
         node.version += 1
-        if self._evictable(node):
+        if self.is_evictable(node):
             key = (
                 -math.inf
                 if node.released
@@ -260,7 +260,7 @@ class HoleAwareTree:
                 self._compact_heap()
 
     def _compact_heap(self) -> None:
-        self._heap = [e for e in self._heap if e[3] == e[4].version and self._evictable(e[4])]
+        self._heap = [e for e in self._heap if e[3] == e[4].version and self.is_evictable(e[4])]
         heapq.heapify(self._heap)
 
     def maybe_rekey(self) -> bool:
@@ -269,7 +269,7 @@ class HoleAwareTree:
         if abs(tau - self._key_tau) <= 0.25 * self._key_tau:
             return False
         self._key_tau = tau
-        live = [e[4] for e in self._heap if e[3] == e[4].version and self._evictable(e[4])]
+        live = [e[4] for e in self._heap if e[3] == e[4].version and self.is_evictable(e[4])]
         self._heap = []
         for node in live:
             self._changed(node)
@@ -502,20 +502,25 @@ class HoleAwareTree:
         count = 0
         while count < num_tokens and self._heap:
             _, _, _, version, node = heapq.heappop(self._heap)
-            if version != node.version or not self._evictable(node):
+            if version != node.version or not self.is_evictable(node):
                 continue
-            freed.append(node.value)
-            n = len(node.key)
-            count += n
-            self.evictable_size -= n
-            self.stats.evicted_tokens += n
-            if node.children:
-                self.stats.interior_evicted_tokens += n
-            node.value = None
-            node.version += 1
-            if not node.children:
-                self._delete_dead_holes(node)
+            count += len(node.key)
+            freed.append(self.evict_node(node))
         return freed
+
+    def evict_node(self, node: CacheNode) -> Any:
+        """Drop an evictable node's KV (a hole where it has children); returns its value."""
+        assert self.is_evictable(node), f"{node} is not evictable"
+        value, n = node.value, len(node.key)
+        self.evictable_size -= n
+        self.stats.evicted_tokens += n
+        if node.children:
+            self.stats.interior_evicted_tokens += n
+        node.value = None
+        node.version += 1
+        if not node.children:
+            self._delete_dead_holes(node)
+        return value
 
     def inc_lock(self, node: CacheNode) -> int:
         """Lock ``node`` and its ancestors; returns the change in evictable tokens."""

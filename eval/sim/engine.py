@@ -55,7 +55,7 @@ from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_hole
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.common import STOCK_POLICIES
 from eval.sim.learned import HitDensityRadixCache
-from eval.sim.oracle import OracleRadixCache, ReturnTimes
+from eval.sim.oracle import NextUseHoleAwareRadixCache, OracleRadixCache, ReturnTimes
 from eval.sim.scripts import Client, Script, Send, SessionClient
 from eval.sim.step_model import StepModel
 
@@ -82,7 +82,13 @@ HIT_DENSITY = "hit-density"
 HOLDS = "holds"
 # The ones SGLang's tree ranks by each session's next use (``eval.sim.oracle``).
 NEXT_USE_RANKED = (ORACLE, RETURN_TIME, HOLDS)
-SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY)
+# Online, simulation only: AsymCache's hole-aware tree ranked as ``holds`` ranks SGLang's (issue
+# 12's reuse model in the tree); and offline, by each session's true next use (the oracle's rule
+# with holes). Every request names its session, as SGLang frontend programs would.
+ASYMCACHE_HOLDS = "asymcache-holds"
+ASYMCACHE_ORACLE = "asymcache-belady"
+HOLE_AWARE_NEXT_USE = (ASYMCACHE_HOLDS, ASYMCACHE_ORACLE)
+SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY, *HOLE_AWARE_NEXT_USE)
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,8 @@ class Engine:
         self.last_answer: dict[int, float] = {}
         self.active: set[int] = set()
         self.returns = ReturnTimes()
+        # The session each program id names.
+        self.program_sessions: dict[str, int] = {}
         self.steps = {"prefill": 0, "decode": 0, "retracted": 0}
         self._rids = 0
 
@@ -238,7 +246,12 @@ class Engine:
             max_holes=0 if kind == "asymcache-no-holes" else AsymCacheConfig.max_holes,
             recompute_chunk_tokens=self.config.chunk_tokens,
         )
-        cache = HoleAwareRadixCache(params, asym, LatencyRuntime(asym))
+        if kind in HOLE_AWARE_NEXT_USE:
+            cache = NextUseHoleAwareRadixCache(params, asym, LatencyRuntime(asym))
+            next_use = self.next_use_in_s if kind == ASYMCACHE_ORACLE else self.held_next_use_in_s
+            cache.tree.next_use_in_s = lambda program: next_use(self.program_sessions[program])
+        else:
+            cache = HoleAwareRadixCache(params, asym, LatencyRuntime(asym))
         cache.tree.clock = self.clock
         self._calibrate(cache.latency)
         return cache
@@ -289,7 +302,12 @@ class Engine:
         params = SamplingParams(max_new_tokens=send.max_new_tokens, ignore_eos=True)
         params.normalize(None)
         rid = f"s{send.session}c{send.call}r{self._rids}"
-        req = Req(rid, "", array("q", send.prompt_ids), params, session_id=send.program)
+        program = send.program
+        if program is None and self.config.cache in HOLE_AWARE_NEXT_USE:
+            program = f"session-{send.session}"
+        if program is not None:
+            self.program_sessions[program] = send.session
+        req = Req(rid, "", array("q", send.prompt_ids), params, session_id=program)
         self._rids += 1
         outputs = random.Random(hash((self.config.seed, send.session, send.call)))
         record = CallRecord(send.session, send.call, send.at_s, len(send.prompt_ids))

@@ -15,13 +15,16 @@ from __future__ import annotations
 import math
 import weakref
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.evict_policy import EvictionStrategy
 from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
 
 from asymcache_sglang.core.cost import CostModel
+from asymcache_sglang.core.tree import CacheNode, HoleAwareTree
+from asymcache_sglang.radix_cache import HoleAwareRadixCache
 
 # Seconds until its next use of a session, from the engine (0: now, inf: never).
 NextUse = Callable[[int], float]
@@ -96,3 +99,43 @@ class ReturnTimes:
         was seen): by what was seen, the session does not come back."""
         longer = [g - idle_s for g in self.gaps_s if g > idle_s]
         return sum(longer) / len(longer) if longer else math.inf
+
+
+class NextUseHoleAwareTree(HoleAwareTree):
+    """AsymCache's hole-aware tree ranking eviction by its programs' next use, a prototype of
+    issue 12's reuse model: the resident node with the least recompute cost per token per
+    second until the soonest of its owners is back goes first, so within one program the cheap
+    head goes before the tail; a node no program owns counts its idle time as that wait. Ranked
+    afresh at each call (O(nodes)): a simulation-only sketch, not the 1 ms ranking."""
+
+    # Seconds until a program (an owner) is back; None: rank as HoleAwareTree does.
+    next_use_in_s: Callable[[Hashable], float] | None = None
+
+    def evict(self, num_tokens: int) -> list[Any]:
+        if self.next_use_in_s is None:
+            return super().evict(num_tokens)
+        now = self.clock()
+
+        def priority(node: CacheNode) -> tuple[float, int]:
+            if node.released:
+                return (-math.inf, -node.start)
+            waits = [self.next_use_in_s(owner) for owner in node.owners or ()]
+            wait_s = min(waits) if waits else now - node.last_access_time
+            cost = self.cost.cost_per_token(node.start, node.end)
+            return (cost / max(wait_s, 1e-9), -node.start)
+
+        freed: list[Any] = []
+        count = 0
+        for node in sorted(filter(self.is_evictable, self.iter_nodes()), key=priority):
+            if count >= num_tokens:
+                break
+            if self.is_evictable(node):  # an earlier eviction may have removed it
+                count += len(node.key)
+                freed.append(self.evict_node(node))
+        return freed
+
+
+class NextUseHoleAwareRadixCache(HoleAwareRadixCache):
+    """AsymCache's cache on ``NextUseHoleAwareTree``."""
+
+    tree_class = NextUseHoleAwareTree
