@@ -163,6 +163,21 @@ def test_the_next_use_tree_keeps_the_program_back_soonest_and_its_tail_over_its_
     assert tree.evictable_size == 0
 
 
+def test_the_learned_cache_finds_each_conversation_and_its_return_gaps(step):
+    """No session ids: the cache itself tells the 4 conversations apart (each follow-up holds the
+    whole last request of its own) and sees one return gap per follow-up, each at least the
+    think time before it."""
+    engine = Engine(EngineConfig(pool_tokens=100_000, cache="asymcache-learned"), step)
+    result = engine.run(SessionClient(long_multi_turn_scripts(SMALL)))
+    cache = engine.cache
+    assert len(result.records) == SMALL.sessions * SMALL.turns
+    assert len(cache.tip_of) == SMALL.sessions
+    gaps = sorted(cache.returns.gaps_s)
+    assert len(gaps) == SMALL.sessions * (SMALL.turns - 1)
+    assert gaps[0] >= SMALL.think_s[0]
+    assert not cache.programs  # every request released
+
+
 def test_a_returning_session_hits_what_the_pool_kept(step):
     unlimited = summarize(
         simulate(long_multi_turn_scripts(SMALL), EngineConfig(10**6), step), False

@@ -12,6 +12,7 @@ evicts leaves only, as SGLang's tree does.
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from array import array
@@ -115,11 +116,12 @@ class NextUseHoleAwareTree(HoleAwareTree):
         if self.next_use_in_s is None:
             return super().evict(num_tokens)
         now = self.clock()
+        next_use = functools.cache(self.next_use_in_s)  # one estimate per program per call
 
         def priority(node: CacheNode) -> tuple[float, int]:
             if node.released:
                 return (-math.inf, -node.start)
-            waits = [self.next_use_in_s(owner) for owner in node.owners or ()]
+            waits = [next_use(owner) for owner in node.owners or ()]
             wait_s = min(waits) if waits else now - node.last_access_time
             cost = self.cost.cost_per_token(node.start, node.end)
             return (cost / max(wait_s, 1e-9), -node.start)
