@@ -30,7 +30,7 @@ from eval.sim.engine import (
     simulate,
     unhooked,
 )
-from eval.sim.oracle import NextUseHoleAwareTree, ReturnTimes
+from eval.sim.oracle import NextUseHoleAwareTree
 from eval.sim.scripts import (
     Call,
     RoundRobinClient,
@@ -171,11 +171,11 @@ def test_the_learned_cache_finds_each_conversation_and_its_return_gaps(step):
     result = engine.run(SessionClient(long_multi_turn_scripts(SMALL)))
     cache = engine.cache
     assert len(result.records) == SMALL.sessions * SMALL.turns
-    assert len(cache.tip_of) == SMALL.sessions
-    gaps = sorted(cache.returns.gaps_s)
-    assert len(gaps) == SMALL.sessions * (SMALL.turns - 1)
-    assert gaps[0] >= SMALL.think_s[0]
-    assert not cache.programs  # every request released
+    tracker = cache.tracker
+    assert len(tracker._tip_of) == SMALL.sessions
+    assert len(tracker.returns) == SMALL.sessions * (SMALL.turns - 1)
+    assert tracker.returns.expected_remaining_s(SMALL.think_s[0]) > 0  # every gap is longer
+    assert not tracker._request_program  # every request released
 
 
 def test_a_returning_session_hits_what_the_pool_kept(step):
@@ -346,16 +346,6 @@ def test_the_round_robin_client_sends_one_request_at_a_time_in_turn_order():
         (1, 1, grown),
         (2, 1, grown),
     ]
-
-
-def test_a_session_is_expected_back_after_the_gaps_seen_so_far():
-    returns = ReturnTimes()
-    assert returns.expected_remaining_s(0.0) == math.inf
-    for gap in (2.0, 4.0, 6.0):
-        returns.observe(gap)
-    assert returns.expected_remaining_s(0.0) == pytest.approx(4.0)
-    assert returns.expected_remaining_s(3.0) == pytest.approx(2.0)  # (1 + 3) / 2
-    assert returns.expected_remaining_s(6.0) == math.inf
 
 
 def test_hit_density_learns_from_the_trees_idle_periods(step):

@@ -45,6 +45,7 @@ from sglang.srt.server_args import ServerArgs, set_global_server_args_for_schedu
 from asymcache_sglang import handoff
 from asymcache_sglang.core.config import AsymCacheConfig
 from asymcache_sglang.core.latency_fit import BatchFeatures
+from asymcache_sglang.core.programs import ReturnGaps
 from asymcache_sglang.latency_runtime import LatencyRuntime
 from asymcache_sglang.patches import (
     evict_from_tree_cache as evict_hook,
@@ -55,7 +56,7 @@ from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_hole
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.common import STOCK_POLICIES
 from eval.sim.learned import HitDensityRadixCache, LearnedReturnRadixCache
-from eval.sim.oracle import NextUseHoleAwareRadixCache, OracleRadixCache, ReturnTimes
+from eval.sim.oracle import NextUseHoleAwareRadixCache, OracleRadixCache
 from eval.sim.scripts import Client, Script, Send, SessionClient
 from eval.sim.step_model import StepModel
 
@@ -73,7 +74,8 @@ CACHES = (*STOCK_POLICIES, "no-radix", "asymcache", "asymcache-no-holes")
 # Offline, simulation only: Belady's MIN with the position-aware cost (``eval.sim.oracle``).
 ORACLE = "belady"
 # Online, simulation only: the same rule with each session's return estimated from the return
-# gaps seen so far (``eval.sim.oracle.ReturnTimes``), a sketch of a learned reuse model.
+# gaps seen so far (``asymcache_sglang.core.programs.ReturnGaps``), a sketch of a learned reuse
+# model.
 RETURN_TIME = "return-time"
 # Online, simulation only: issue 12's learned hit density by idle age (``eval.sim.learned``).
 HIT_DENSITY = "hit-density"
@@ -211,7 +213,7 @@ class Engine:
         # request in, and the return gaps seen.
         self.last_answer: dict[int, float] = {}
         self.active: set[int] = set()
-        self.returns = ReturnTimes()
+        self.returns = ReturnGaps()
         # The session each program id names.
         self.program_sessions: dict[str, int] = {}
         self.steps = {"prefill": 0, "decode": 0, "retracted": 0}

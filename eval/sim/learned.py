@@ -10,10 +10,9 @@ when the request is admitted; a chunked request keeps its path locked between ch
 
 from __future__ import annotations
 
-import itertools
 import weakref
 from array import array
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult
@@ -23,8 +22,9 @@ from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
 
 from asymcache_sglang.core.cost import CostModel
 from asymcache_sglang.core.hit_density import HitDensity
+from asymcache_sglang.core.programs import ProgramTracker
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
-from eval.sim.oracle import NextUseHoleAwareTree, ReturnTimes, node_start
+from eval.sim.oracle import NextUseHoleAwareTree, node_start
 
 
 class HitDensityStrategy(EvictionStrategy):
@@ -102,70 +102,37 @@ class HitDensityRadixCache(RadixCache):
 
 class LearnedReturnRadixCache(HoleAwareRadixCache):
     """Issue 12's reuse model as a server could run it, prototyped: AsymCache's cache on
-    ``NextUseHoleAwareTree`` with nothing from the engine. A request's program is its
-    ``session_id`` or, without one, the conversation it continues: the program whose whole last
-    request its prompt begins with (found by that request's length and last tokens, so it
-    survives the eviction of the last request's KV), or a new one. A program's return gap is
-    the time from its last request's release to its next request's first match, pooled over
-    programs (``ReturnTimes``); a waiting program is expected back after the mean of the gaps
-    longer than its idle time, a program with a request in is back now."""
+    ``NextUseHoleAwareTree``, each program's next use from ``ProgramTracker`` fed by the cache's
+    own calls (a request's first match admits it, its insert releases it, a close closes it),
+    nothing from the engine."""
 
     tree_class = NextUseHoleAwareTree
-    # Tokens at the end of a request that identify it among requests of its length.
-    TIP_TOKENS = 16
 
     def __init__(self, params: CacheInitParams, config: Any, latency: Any) -> None:
         super().__init__(params, config, latency)
-        self.returns = ReturnTimes()
-        self.programs: dict[str, Hashable] = {}  # request id -> its program
-        self.released_at: dict[Hashable, float] = {}  # waiting program -> its last release
-        # (length, last tokens) of each program's last request -> the program, and back.
-        self.tips: dict[tuple[int, tuple[int, ...]], Hashable] = {}
-        self.tip_of: dict[Hashable, tuple[int, tuple[int, ...]]] = {}
-        self._auto = itertools.count()
-        self.tree.next_use_in_s = self.next_use_in_s
-
-    def next_use_in_s(self, program: Hashable) -> float:
-        since = self.released_at.get(program)
-        if since is None:  # a request of it is in
-            return 0.0
-        return self.returns.expected_remaining_s(self.tree.clock() - since)
-
-    def _tip(self, tokens: Sequence[int], length: int) -> tuple[int, tuple[int, ...]]:
-        return (length, tuple(tokens[max(0, length - self.TIP_TOKENS) : length]))
-
-    def _continued(self, tokens: Sequence[int]) -> Hashable:
-        """The program whose last request ``tokens`` begin with (the longest), or a new one."""
-        for length in sorted({n for n, _ in self.tips if n <= len(tokens)}, reverse=True):
-            program = self.tips.get(self._tip(tokens, length))
-            if program is not None:
-                return program
-        return f"auto-{next(self._auto)}"
+        self.tracker = ProgramTracker(lambda: self.tree.clock())
+        self.tree.next_use_in_s = self.tracker.next_use_in_s
 
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
         result = super().match_prefix(params)
         req = params.req
-        if req is not None and req.rid not in self.programs:
-            program = req.session_id or self._continued(params.key.raw_token_ids())
-            self.programs[req.rid] = program
-            since = self.released_at.pop(program, None)
-            if since is not None:
-                self.returns.observe(self.tree.clock() - since)
+        if req is not None:
+            self.tracker.admit(req.rid, req.session_id, params.key.raw_token_ids())
         return result
 
     def cache_finished_req(self, req: Any, is_insert: bool = True, **kwargs: Any) -> None:
-        program = self.programs.pop(req.rid, None)
+        program = self.tracker.program_of(req.rid)
         session_id = req.session_id
-        if program is not None and session_id is None:
+        if program is not None:
             req.session_id = program  # so the insert tags the path with it
         super().cache_finished_req(req, is_insert, **kwargs)
         req.session_id = session_id
-        if program is None or not is_insert:
-            return
-        self.released_at[program] = self.tree.clock()
-        old = self.tip_of.pop(program, None)
-        if old is not None:
-            self.tips.pop(old, None)
-        tokens = req.origin_input_ids + req.output_ids
-        tip = self._tip(tokens, kwargs["kv_len_to_handle"])
-        self.tips[tip], self.tip_of[program] = program, tip
+        if is_insert:
+            tokens = (req.origin_input_ids + req.output_ids)[: kwargs["kv_len_to_handle"]]
+            self.tracker.release(req.rid, tokens)
+        else:
+            self.tracker.forget(req.rid)
+
+    def release_radix_session(self, session_id: str) -> int:
+        self.tracker.close(session_id)
+        return super().release_radix_session(session_id)

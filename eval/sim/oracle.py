@@ -85,23 +85,6 @@ class OracleRadixCache(RadixCache):
         super()._delete_leaf(node)
 
 
-class ReturnTimes:
-    """The idle times after which sessions came back, seen so far (one pool for all sessions):
-    how long a session idle for ``idle_s`` is expected to stay away."""
-
-    def __init__(self) -> None:
-        self.gaps_s: list[float] = []
-
-    def observe(self, gap_s: float) -> None:
-        self.gaps_s.append(gap_s)
-
-    def expected_remaining_s(self, idle_s: float) -> float:
-        """Mean of gap - idle over the gaps longer than ``idle_s``; inf where none is (or none
-        was seen): by what was seen, the session does not come back."""
-        longer = [g - idle_s for g in self.gaps_s if g > idle_s]
-        return sum(longer) / len(longer) if longer else math.inf
-
-
 class NextUseHoleAwareTree(HoleAwareTree):
     """AsymCache's hole-aware tree ranking eviction by its programs' next use, a prototype of
     issue 12's reuse model: the resident node with the least recompute cost per token per

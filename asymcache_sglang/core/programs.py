@@ -1,0 +1,164 @@
+"""Programs and their returns, learned from requests alone (issue 12's reuse model).
+
+A program is a multi-turn conversation or an agent: a run of requests, each of which begins
+with the whole of the one before. A request names its program with SGLang's ``session_id``, or
+the tracker finds the program whose last request the prompt begins with. Between two requests a
+program waits (a user thinking, a tool running); the gaps seen so far say how much longer a
+program that has waited so long will stay away.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+
+# A request as the tracker recognises its continuation: its length and its last tokens.
+Tip = tuple[int, tuple[int, ...]]
+
+
+class ReturnGaps:
+    """The last ``window`` return gaps (seconds from a program's release to its next request),
+    kept sorted: how long a program idle for ``idle_s`` is expected to stay away."""
+
+    def __init__(self, window: int = 1024) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self._order: deque[float] = deque(maxlen=window)
+        self._sorted: list[float] = []
+        self._suffix: list[float] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def observe(self, gap_s: float) -> None:
+        """One program came back after ``gap_s``; the oldest gap leaves a full window."""
+        if len(self._order) == self._order.maxlen:
+            del self._sorted[bisect.bisect_left(self._sorted, self._order[0])]
+        self._order.append(gap_s)
+        bisect.insort(self._sorted, gap_s)
+        self._suffix = None
+
+    def expected_remaining_s(self, idle_s: float) -> float:
+        """Mean of gap - idle over the gaps longer than ``idle_s``; inf where none is (or none
+        was seen): by what was seen, the program does not come back."""
+        first = bisect.bisect_right(self._sorted, idle_s)
+        longer = len(self._sorted) - first
+        if longer == 0:
+            return math.inf
+        if self._suffix is None:
+            self._suffix = list(itertools.accumulate(reversed(self._sorted), initial=0.0))
+        return self._suffix[longer] / longer - idle_s
+
+
+class ProgramTracker:
+    """Which program each request belongs to, and when each waiting program is expected back.
+
+    ``admit`` at a request's first prefix match, ``release`` when its KV goes to the cache (or
+    ``forget`` when it does not, a retraction), ``close`` when its program says it is done. At
+    most ``max_waiting`` programs wait; past that the longest-waiting is forgotten.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        tip_tokens: int = 16,
+        window: int = 1024,
+        max_waiting: int = 65536,
+    ) -> None:
+        if tip_tokens < 1 or max_waiting < 1:
+            raise ValueError(f"need tip_tokens and max_waiting >= 1: {tip_tokens}, {max_waiting}")
+        self.clock = clock
+        self.tip_tokens = tip_tokens
+        self.max_waiting = max_waiting
+        self.returns = ReturnGaps(window)
+        self._request_program: dict[str, Hashable] = {}
+        self._requests_in: dict[Hashable, int] = {}  # program -> its requests in the server
+        # Waiting programs, longest-waiting first: when each was released, and its last request.
+        self._waiting_since: dict[Hashable, float] = {}
+        self._tip_of: dict[Hashable, Tip] = {}
+        self._program_at: dict[Tip, Hashable] = {}
+        self._auto = itertools.count()
+
+    def _tip(self, tokens: Sequence[int], length: int) -> Tip:
+        return (length, tuple(tokens[max(0, length - self.tip_tokens) : length]))
+
+    def program_of(self, request_id: str) -> Hashable | None:
+        return self._request_program.get(request_id)
+
+    def admit(
+        self, request_id: str, session_id: Hashable | None, tokens: Sequence[int]
+    ) -> Hashable:
+        """The program of a request seen for the first time: ``session_id``, else the waiting
+        program whose last request ``tokens`` begin with (the longest such), else a new one.
+        A waiting program's wait ends here, and its length is a return gap."""
+        known = self._request_program.get(request_id)
+        if known is not None:
+            return known
+        program = session_id if session_id is not None else self._continued(tokens)
+        self._request_program[request_id] = program
+        self._requests_in[program] = self._requests_in.get(program, 0) + 1
+        since = self._waiting_since.pop(program, None)
+        if since is not None:
+            self.returns.observe(self.clock() - since)
+        return program
+
+    def _continued(self, tokens: Sequence[int]) -> Hashable:
+        lengths = sorted({n for n, _ in self._program_at if n <= len(tokens)}, reverse=True)
+        for length in lengths:
+            program = self._program_at.get(self._tip(tokens, length))
+            if program is not None:
+                return program
+        return f"auto-{next(self._auto)}"
+
+    def release(self, request_id: str, tokens: Sequence[int]) -> Hashable | None:
+        """The request finished and the cache holds ``tokens`` of it: its program waits from
+        now, to be recognised by a prompt that begins with them. Returns the program."""
+        program = self._leave(request_id)
+        if program is None:
+            return None
+        self._forget_tip(program)
+        self._waiting_since.pop(program, None)
+        self._waiting_since[program] = self.clock()
+        tip = self._tip(tokens, len(tokens))
+        self._program_at[tip], self._tip_of[program] = program, tip
+        while len(self._waiting_since) > self.max_waiting:
+            self.close(next(iter(self._waiting_since)))
+        return program
+
+    def forget(self, request_id: str) -> None:
+        """The request left without giving the cache its KV (retracted): it is new next time."""
+        self._leave(request_id)
+
+    def _leave(self, request_id: str) -> Hashable | None:
+        program = self._request_program.pop(request_id, None)
+        if program is not None:
+            left = self._requests_in[program] - 1
+            if left:
+                self._requests_in[program] = left
+            else:
+                del self._requests_in[program]
+        return program
+
+    def close(self, program: Hashable) -> None:
+        """The program is done (``/close_session``, or it waited past ``max_waiting``)."""
+        self._waiting_since.pop(program, None)
+        self._forget_tip(program)
+
+    def _forget_tip(self, program: Hashable) -> None:
+        tip = self._tip_of.pop(program, None)
+        if tip is not None and self._program_at.get(tip) == program:
+            del self._program_at[tip]
+
+    def next_use_in_s(self, program: Hashable) -> float:
+        """Seconds until the program is expected back: 0 while a request of it is in, the
+        return gaps' estimate while it waits, inf once it is closed or forgotten."""
+        if program in self._requests_in:
+            return 0.0
+        since = self._waiting_since.get(program)
+        if since is None:
+            return math.inf
+        return self.returns.expected_remaining_s(self.clock() - since)
