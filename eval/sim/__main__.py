@@ -3,7 +3,8 @@
     python -m eval.sim sweep --workload long-multi-turn --pools 60000,100000,150000 \\
         --unlimited --trace eval/results/traces/h200_b1c14b1_engage_pressure.jsonl.gz --out DIR
     python -m eval.sim validate --engage eval/results/h200_engage.json \\
-        --sweep GPU_DIR/sweep.json --pressure PRESSURE.json --pressure-trace ITS_TRACE \\
+        --sweep GPU_DIR/sweep.json --workload-trace agents=AGENTS_TRACE \\
+        --path-from STAGES.json --pressure PRESSURE.json --pressure-trace ITS_TRACE \\
         --trace TRACE --out eval/results/sim_validation.json
     python -m eval.sim seeds --workload agents --pools 24000,32000 --configs lru,hit-density \\
         --seeds 8 --trace TRACE --out seeds.json
@@ -13,8 +14,10 @@ metrics) with its plot, and prints per pool the best configuration and how far i
 unlimited pool. ``--trace`` is the AsymCache latency trace of a GPU run on the card to model
 (``eval.engage`` writes one per AsymCache server); its step model is fitted here and recorded.
 ``validate`` simulates each stock-policy run of the GPU results given (engage, sweep, and
-``eval.gpu_pressure`` JSONs), each with its card's trace, and records TTFT mean and token hit
-rate beside the measured ones. ``seeds`` runs the sweep once per workload seed and records each
+``eval.gpu_pressure`` JSONs), each with a trace of its card (and, with ``--workload-trace``, of
+its workload) and, with ``--path-from`` (a result with ``ttft_stages``), the trips outside the
+scheduler measured on that card, and records TTFT mean and token hit rate beside the measured
+ones. ``seeds`` runs the sweep once per workload seed and records each
 configuration's TTFT over LRU's, seed by seed, as a geometric mean with its range.
 """
 
