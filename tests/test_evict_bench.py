@@ -21,8 +21,10 @@ def test_every_turn_is_a_node_and_evictions_free_a_tenth(cache):
 
 def test_the_result_names_every_cache_and_call_size():
     result = run(
-        sessions=5, turns=3, turn_tokens=4, caches=["lfu", "asymcache"], max_calls=5, seed=1
+        sessions=5, turns=3, turn_tokens=400, caches=["lfu", "asymcache"], max_calls=5, seed=1
     )
     assert set(result["caches"]) == {"lfu", "asymcache"}
-    assert set(result["caches"]["lfu"]) == {"16", "1024", "8192"}
+    assert set(result["caches"]["lfu"]) == {"build_s", "16", "1024", "8192"}
     assert result["caches"]["asymcache"]["16"]["nodes"] == 16
+    later = result["caches"]["asymcache"]["8192"]["evictable_tokens"]
+    assert later < result["caches"]["asymcache"]["16"]["evictable_tokens"]
