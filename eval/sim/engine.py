@@ -55,7 +55,11 @@ from asymcache_sglang.patches.http_server_wait_and_warmup import calibration_ext
 from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_holes
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.common import STOCK_POLICIES
-from eval.sim.learned import HitDensityRadixCache, LearnedReturnRadixCache
+from eval.sim.learned import (
+    HitDensityRadixCache,
+    LearnedReturnRadixCache,
+    LexicographicReturnRadixCache,
+)
 from eval.sim.oracle import NextUseHoleAwareRadixCache, OracleRadixCache
 from eval.sim.scripts import Client, Script, Send, SessionClient
 from eval.sim.step_model import StepModel
@@ -93,7 +97,13 @@ HOLE_AWARE_NEXT_USE = (ASYMCACHE_HOLDS, ASYMCACHE_ORACLE)
 # Online, simulation only: ``asymcache-holds`` as a server could run it, learning programs and
 # their returns from requests alone (``eval.sim.learned.LearnedReturnRadixCache``).
 ASYMCACHE_LEARNED = "asymcache-learned"
-SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY, *HOLE_AWARE_NEXT_USE, ASYMCACHE_LEARNED)
+# The same, ranked by the wait and then the cost (``LexicographicReturnRadixCache``).
+ASYMCACHE_LEARNED_ORDER = "asymcache-learned-order"
+LEARNED = {
+    ASYMCACHE_LEARNED: LearnedReturnRadixCache,
+    ASYMCACHE_LEARNED_ORDER: LexicographicReturnRadixCache,
+}
+SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY, *HOLE_AWARE_NEXT_USE, *LEARNED)
 
 
 @dataclass(frozen=True)
@@ -251,8 +261,8 @@ class Engine:
             max_holes=0 if kind == "asymcache-no-holes" else AsymCacheConfig.max_holes,
             recompute_chunk_tokens=self.config.chunk_tokens,
         )
-        if kind == ASYMCACHE_LEARNED:
-            cache = LearnedReturnRadixCache(params, asym, LatencyRuntime(asym))
+        if kind in LEARNED:
+            cache = LEARNED[kind](params, asym, LatencyRuntime(asym))
         elif kind in HOLE_AWARE_NEXT_USE:
             cache = NextUseHoleAwareRadixCache(params, asym, LatencyRuntime(asym))
             next_use = self.next_use_in_s if kind == ASYMCACHE_ORACLE else self.held_next_use_in_s

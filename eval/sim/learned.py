@@ -136,3 +136,14 @@ class LearnedReturnRadixCache(HoleAwareRadixCache):
     def release_radix_session(self, session_id: str) -> int:
         self.tracker.close(session_id)
         return super().release_radix_session(session_id)
+
+
+class LexicographicReturnTree(NextUseHoleAwareTree):
+    lexicographic = True
+
+
+class LexicographicReturnRadixCache(LearnedReturnRadixCache):
+    """``LearnedReturnRadixCache`` evicting the program expected back last first, its cheapest
+    tokens first: the order a static heap key can keep (docs/DESIGN.md, section 5)."""
+
+    tree_class = LexicographicReturnTree
