@@ -104,3 +104,25 @@ def test_a_retracted_request_counts_again_and_the_longest_waiting_program_is_for
     assert tracker.admit("d", None, [1] * 30) != program  # and it is no longer recognised
     with pytest.raises(ValueError):
         ProgramTracker(clock, tip_tokens=0)
+
+
+def test_the_tip_index_stays_the_inverse_of_each_programs_last_request():
+    clock = Clock()
+    tracker = ProgramTracker(clock, tip_tokens=2, max_waiting=20)
+    rng = random.Random(3)
+    for step in range(400):
+        clock.now += 0.1
+        tokens = [rng.randrange(4) for _ in range(rng.randrange(1, 8))]  # collisions happen
+        rid = f"r{step}"
+        program = tracker.admit(rid, rng.choice([None, None, f"named-{rng.randrange(5)}"]), tokens)
+        if rng.random() < 0.2:
+            tracker.forget(rid)
+        else:
+            tracker.release(rid, tokens + [rng.randrange(4)])
+        if rng.random() < 0.1:
+            tracker.close(program)
+        tips = tracker._tip_of
+        assert {tip: p for p, tip in tips.items()} == tracker._program_at
+        assert tracker._lengths == sorted({length for length, _ in tips.values()})
+        assert sum(tracker._tips_of_length.values()) == len(tips)
+        assert len(tracker._waiting_since) <= 20

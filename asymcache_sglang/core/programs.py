@@ -81,6 +81,9 @@ class ProgramTracker:
         self._waiting_since: dict[Hashable, float] = {}
         self._tip_of: dict[Hashable, Tip] = {}
         self._program_at: dict[Tip, Hashable] = {}
+        # The lengths of the tips, sorted, and how many tips have each.
+        self._lengths: list[int] = []
+        self._tips_of_length: dict[int, int] = {}
         self._auto = itertools.count()
 
     def _tip(self, tokens: Sequence[int], length: int) -> Tip:
@@ -107,9 +110,10 @@ class ProgramTracker:
         return program
 
     def _continued(self, tokens: Sequence[int]) -> Hashable:
-        lengths = sorted({n for n, _ in self._program_at if n <= len(tokens)}, reverse=True)
-        for length in lengths:
-            program = self._program_at.get(self._tip(tokens, length))
+        """The waiting program with the longest last request that ``tokens`` begin with: one
+        lookup per distinct tip length up to ``len(tokens)``."""
+        for i in range(bisect.bisect_right(self._lengths, len(tokens)) - 1, -1, -1):
+            program = self._program_at.get(self._tip(tokens, self._lengths[i]))
             if program is not None:
                 return program
         return f"auto-{next(self._auto)}"
@@ -124,6 +128,10 @@ class ProgramTracker:
         self._waiting_since.pop(program, None)
         self._waiting_since[program] = self.clock()
         tip = self._tip(tokens, len(tokens))
+        if tip in self._program_at:  # another program's tip, the same tokens: the newer wins
+            self._tip_of.pop(self._program_at[tip])
+        else:
+            self._count_length(tip[0], +1)
         self._program_at[tip], self._tip_of[program] = program, tip
         while len(self._waiting_since) > self.max_waiting:
             self.close(next(iter(self._waiting_since)))
@@ -150,8 +158,19 @@ class ProgramTracker:
 
     def _forget_tip(self, program: Hashable) -> None:
         tip = self._tip_of.pop(program, None)
-        if tip is not None and self._program_at.get(tip) == program:
+        if tip is not None:
             del self._program_at[tip]
+            self._count_length(tip[0], -1)
+
+    def _count_length(self, length: int, delta: int) -> None:
+        count = self._tips_of_length.get(length, 0) + delta
+        if delta > 0 and count == 1:
+            bisect.insort(self._lengths, length)
+        if count == 0:
+            del self._tips_of_length[length]
+            del self._lengths[bisect.bisect_left(self._lengths, length)]
+        else:
+            self._tips_of_length[length] = count
 
     def next_use_in_s(self, program: Hashable) -> float:
         """Seconds until the program is expected back: 0 while a request of it is in, the
