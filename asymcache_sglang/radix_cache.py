@@ -7,6 +7,7 @@ This is the edge where the core meets SGLang 0.5.16: requests, the KV allocator 
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -165,9 +166,10 @@ class HoleAwareRadixCache(RadixCache):
         if is_insert:
             outcome = self.tree.insert(token_ids, kv_indices, retained, req.extra_key)
             self._free(outcome.duplicates)
-            # A request that names its program (SGLang's session_id) leaves its path tagged.
-            if getattr(req, "session_id", None) is not None:
-                self.tree.tag(outcome.last_node, req.session_id)
+            # A request of a program leaves its path tagged with it.
+            program = self.program_of(req)
+            if program is not None:
+                self.tree.tag(outcome.last_node, program)
         else:
             self._free([kv_indices[s:e] for s, e in owned_ranges(0, len(kv_indices), retained)])
         if req.last_node is not None:
@@ -199,6 +201,10 @@ class HoleAwareRadixCache(RadixCache):
         req.prefix_indices = new_indices
         req.cache_protected_len = len(new_indices)
         handoff.request_plan(req).retained = [(0, len(new_indices))]
+
+    def program_of(self, req: Any) -> Hashable | None:
+        """The program a request belongs to: the one it names with SGLang's ``session_id``."""
+        return getattr(req, "session_id", None)
 
     def release_radix_session(self, session_id: str) -> int:
         """SGLang's close of a radix session: the program ``session_id`` ended, so the KV only

@@ -134,11 +134,16 @@ def test_the_trips_outside_the_scheduler_add_to_ttft_and_delay_the_next_call():
     step = StepModel((1.0, 0.0, 0.0, 0.0, 0.0, 0.0))
     script = Script(0, 0.0, list(range(10, 20)), [Call(2, [7], 1.0), Call(1, [], None)])
     config = EngineConfig(pool_tokens=10_000, to_scheduler_s=0.25, to_client_s=0.5)
-    first, second = simulate([script], config, step).records
+    result = simulate([script], config, step)
+    first, second = result.records
     assert (first.ttft_s, first.finish_s) == (1.75, 2.75)
     assert second.arrival_s == 3.75 and second.admitted_s == 4.0 and second.ttft_s == 1.75
-    stages = {"to_server": {"mean": 0.004}, "to_client": {"mean": 0.002}}
-    runs = [{"metrics": {"ttft_stages": stages}}, {"metrics": {}}]
+    stages = summarize(result, jobs=False)["ttft_stages"]
+    assert {name: s["mean"] for name, s in stages.items()} == pytest.approx(
+        {"to_server": 0.25, "queued": 0.0, "prefill": 1.0, "to_client": 0.5}
+    )
+    measured = {"to_server": {"mean": 0.004}, "to_client": {"mean": 0.002}}
+    runs = [{"metrics": {"ttft_stages": measured}}, {"metrics": {}}]
     assert serving_path({"runs": runs}) == {"to_scheduler_s": 0.004, "to_client_s": 0.002}
     with pytest.raises(ValueError, match="enable-metrics"):
         serving_path({"metrics": {}})

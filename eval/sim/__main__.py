@@ -382,10 +382,12 @@ def main() -> None:
     check.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "validate":
-        traces = dict(pair.split("=", 1) for pair in args.workload_trace)
-        unknown = sorted(set(traces) - set(SIM_WORKLOADS))
-        if unknown:
-            parser.error(f"--workload-trace for unknown workloads {unknown}")
+        pairs = [pair.partition("=") for pair in args.workload_trace]
+        if any(not sep or name not in SIM_WORKLOADS for name, sep, _ in pairs):
+            parser.error(
+                f"--workload-trace takes WORKLOAD=TRACE, WORKLOAD one of {sorted(SIM_WORKLOADS)}"
+            )
+        traces = {name: path for name, _, path in pairs}
         points = gpu_points(
             args.engage, args.sweep, args.trace, args.pressure, args.pressure_trace,
             {name: Path(path) for name, path in traces.items()},

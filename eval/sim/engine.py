@@ -141,8 +141,11 @@ class CallRecord:
     arrival_s: float
     prompt_tokens: int
     output_tokens: int = 0
-    # When the scheduler formed the first prefill batch it is in.
+    # When it reached the scheduler, when the scheduler formed the first prefill batch it is in,
+    # and when the scheduler had its first token (first_token_s: when the client had it).
+    reached_s: float | None = None
     admitted_s: float | None = None
+    prefilled_s: float | None = None
     first_token_s: float | None = None
     finish_s: float | None = None
     # Prompt positions this call's prefills computed (holes and tails, and again after a retract).
@@ -334,6 +337,7 @@ class Engine:
         heapq.heappush(self.arrivals, (send.at_s + self.config.to_scheduler_s, self._rids, req))
 
     def _arrive(self, req: Req, at_s: float) -> None:
+        self.live[id(req)].record.reached_s = at_s
         session = self.live[id(req)].send.session
         if session in self.last_answer and session not in self.active:
             self.returns.observe(at_s - self.last_answer[session])
@@ -474,6 +478,7 @@ class Engine:
             record = self.live[id(req)].record
             self._emit(req)
             if record.first_token_s is None:
+                record.prefilled_s = self.now
                 record.first_token_s = self.now + self.config.to_client_s
             if not self._maybe_finish(req):
                 self.cache.cache_unfinished_req(req)

@@ -6,13 +6,16 @@ A node's idle period starts when its last lock is released (or when a finished r
 it) and ends when a request locks it again (a hit) or it is evicted. Locks, not prefix matches,
 mark reuse: the scheduler matches a waiting request's prefix on every pass, but locks it once,
 when the request is admitted; a chunked request keeps its path locked between chunks.
+
+``LearnedReturnRadixCache`` is the other prototype: AsymCache's tree ranked by each program's
+expected return, learned from the requests the cache sees (``asymcache_sglang.core.programs``).
 """
 
 from __future__ import annotations
 
 import weakref
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult
@@ -116,17 +119,17 @@ class LearnedReturnRadixCache(HoleAwareRadixCache):
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
         result = super().match_prefix(params)
         req = params.req
-        if req is not None:
+        # The scheduler matches a waiting request on every pass; only its first one admits it.
+        if req is not None and self.tracker.program_of(req.rid) is None:
             self.tracker.admit(req.rid, req.session_id, params.key.raw_token_ids())
         return result
 
-    def cache_finished_req(self, req: Any, is_insert: bool = True, **kwargs: Any) -> None:
+    def program_of(self, req: Any) -> Hashable | None:
         program = self.tracker.program_of(req.rid)
-        session_id = req.session_id
-        if program is not None:
-            req.session_id = program  # so the insert tags the path with it
+        return super().program_of(req) if program is None else program
+
+    def cache_finished_req(self, req: Any, is_insert: bool = True, **kwargs: Any) -> None:
         super().cache_finished_req(req, is_insert, **kwargs)
-        req.session_id = session_id
         if is_insert:
             tokens = (req.origin_input_ids + req.output_ids)[: kwargs["kv_len_to_handle"]]
             self.tracker.release(req.rid, tokens)

@@ -7,7 +7,8 @@ arrival while the session thinks or waits on a tool, never after its last. Evict
 leaf with the least recompute cost per token (position-aware, from the latency model) per second
 until its next use, so KV nobody needs again goes first, cheapest first. With variable sizes and
 costs this rule is a strong reference, not a proven optimum: it sees the next use only, and
-evicts leaves only, as SGLang's tree does.
+evicts leaves only, as SGLang's tree does. ``NextUseHoleAwareTree`` applies the same rule to
+AsymCache's hole-aware tree, interior nodes included, with whatever next-use estimate it is given.
 """
 
 from __future__ import annotations

@@ -30,10 +30,15 @@ def summarize(result: SimResult, jobs: bool) -> dict[str, Any]:
         **(seconds_fields("itl", gaps) if gaps else {}),
         "duration_s": duration_s,
         "computed_prompt_tokens_per_s": computed / duration_s,
-        # The scheduler's part of eval.workloads.ttft_stages (the simulator has no HTTP path).
+        # eval.workloads.ttft_stages as the simulator has them (its queued is to_queue + queued).
         "ttft_stages": summarize_stages(
             [
-                {"queued": r.admitted_s - r.arrival_s, "prefill": r.first_token_s - r.admitted_s}
+                {
+                    "to_server": r.reached_s - r.arrival_s,
+                    "queued": r.admitted_s - r.reached_s,
+                    "prefill": r.prefilled_s - r.admitted_s,
+                    "to_client": r.first_token_s - r.prefilled_s,
+                }
                 for r in records
             ]
         ),
