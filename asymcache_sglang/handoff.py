@@ -33,10 +33,15 @@ A hole plan travels through SGLang 0.5.16 in these steps (owner in brackets):
    ``patches.torch_native_forward_extend``]: runs attention with them.
 8. ``cache_unfinished_req`` / ``cache_finished_req`` [``radix_cache``]: read
    ``RequestPlan.retained``; the finished request's is cleared.
+
+With ``--asymcache-holds on`` a request's first ``match_prefix`` also names its program
+(``RequestPlan.program``), and ``cache_finished_req`` releases it (``RequestPlan.in_program``).
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +74,11 @@ class RequestPlan:
     # Where the last admitted plan, before it was cut to a chunk, ended: a later chunk's match
     # that ends short of it has lost retained KV.
     plan_end: int = 0
+    # The program the request belongs to (--asymcache-holds), named at its first match.
+    program: Hashable | None = None
+    # While the request counts in its program: until its KV is cached, or it is retracted or
+    # dropped unseen by the cache (the finalizer, when SGLang lets go of a waiting request).
+    in_program: weakref.finalize | None = None
 
     def take_matched(self) -> SegmentPlan | None:
         plan, self.matched = self.matched, None

@@ -7,7 +7,8 @@ This is the edge where the core meets SGLang 0.5.16: requests, the KV allocator 
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
+import weakref
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from sglang.srt.mem_cache.radix_cache import RadixCache
 
 from asymcache_sglang import handoff
 from asymcache_sglang.core.config import AsymCacheConfig
+from asymcache_sglang.core.programs import ProgramTracker
 from asymcache_sglang.core.tree import CacheNode, HoleAwareTree, Range, SegmentPlan, owned_ranges
 from asymcache_sglang.latency_runtime import LatencyRuntime
 
@@ -71,6 +73,8 @@ class HoleAwareRadixCache(RadixCache):
         self.counters = PlanCounters()
         # Outlives reset(): it models the kernels, not what is cached. Its cost keys eviction.
         self.latency = latency
+        # Outlives reset() too: it learns the clients. None: no holds (--asymcache-holds off).
+        self.programs = ProgramTracker(lambda: self.tree.clock()) if config.holds == "on" else None
         super().__init__(params)
 
     # ----- lifecycle -----
@@ -81,6 +85,7 @@ class HoleAwareRadixCache(RadixCache):
             self.config.reuse_estimator(),
             max_holes=self.config.max_holes,
             min_retained_tokens=self.config.min_retained_tokens,
+            returns=self.programs,
         )
         self.root_node = self.tree.root
         self.evictable_leaves.clear()
@@ -100,8 +105,11 @@ class HoleAwareRadixCache(RadixCache):
             handoff.request_plan(req).matched = None
         if self.disable or len(key) == 0:
             return self._empty_match_result
-        path = self.tree.match(key.raw_token_ids(), key.extra_key)
+        tokens = key.raw_token_ids()
+        path = self.tree.match(tokens, key.extra_key)
         self.tree.maybe_rekey()
+        if req is not None and self.programs is not None:
+            self._enter_program(req, tokens)
         plan = self.tree.plan(path)
         prefix = self._empty_match_result.device_indices
         if plan.contiguous_len:
@@ -115,6 +123,33 @@ class HoleAwareRadixCache(RadixCache):
             last_host_node=node,
             best_match_node=node,
         )
+
+    def _enter_program(self, req: Any, tokens: Sequence[int]) -> None:
+        """The first match of a request (the scheduler matches a waiting one on every pass)
+        names its program, which it counts in until its KV is cached."""
+        assert self.programs is not None
+        state = handoff.request_plan(req)
+        if state.in_program is not None:
+            return
+        if state.program is None:
+            state.program = self.programs.admit(req.session_id, tokens)
+        else:  # retracted, and back
+            self.programs.enter(state.program)
+        state.in_program = weakref.finalize(req, self.programs.leave, state.program)
+        state.in_program.atexit = False
+
+    def _leave_program(self, req: Any, cached_tokens: Sequence[int] | None) -> None:
+        """The request is out: its program waits from now (``cached_tokens`` of it cached), or,
+        with None, the request left its KV to no one."""
+        state = handoff.request_plan(req)
+        if state.in_program is None or state.in_program.detach() is None:
+            return
+        state.in_program = None
+        assert self.programs is not None and state.program is not None
+        if cached_tokens is None:
+            self.programs.leave(state.program)
+        else:
+            self.programs.release(state.program, cached_tokens)
 
     def _msa_allowed(self, req: Any) -> bool:
         """Holes need plain token input (holes only exist with a backend that has an MSA plan).
@@ -175,6 +210,7 @@ class HoleAwareRadixCache(RadixCache):
         if req.last_node is not None:
             self.dec_lock_ref(req.last_node)
         handoff.request_plan(req).retained = None
+        self._leave_program(req, token_ids if is_insert else None)
 
     def cache_unfinished_req(self, req: Any, chunked: bool = False) -> None:
         if self.disable:
@@ -203,12 +239,16 @@ class HoleAwareRadixCache(RadixCache):
         handoff.request_plan(req).retained = [(0, len(new_indices))]
 
     def program_of(self, req: Any) -> Hashable | None:
-        """The program a request belongs to: the one it names with SGLang's ``session_id``."""
-        return getattr(req, "session_id", None)
+        """The program a request belongs to: the one its first match named (with holds), else
+        the one it names with SGLang's ``session_id``."""
+        program = handoff.request_plan(req).program
+        return getattr(req, "session_id", None) if program is None else program
 
     def release_radix_session(self, session_id: str) -> int:
         """SGLang's close of a radix session: the program ``session_id`` ended, so the KV only
         it held goes first on eviction (SGLang's mixin frees it at once). Returns those tokens."""
+        if self.programs is not None:
+            self.programs.close(session_id)
         return self.tree.release(session_id)
 
     # ----- eviction and locks -----
@@ -279,4 +319,5 @@ class HoleAwareRadixCache(RadixCache):
             "released_tokens": s.released_tokens,
             "resident_tokens": self.tree.evictable_size + self.tree.protected_size,
             "hole_tokens": self.tree.hole_tokens(),
+            **(self.programs.counts() if self.programs is not None else {}),
         }

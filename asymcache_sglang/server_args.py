@@ -15,6 +15,7 @@ from sglang.srt.server_args import ServerArgs
 
 from asymcache_sglang.core.config import (
     CHUNKING_MODES,
+    HOLDS_MODES,
     MSA_IMPLS,
     AsymCacheConfig,
     attention_backend,
@@ -96,6 +97,19 @@ class AsymCacheServerArgs(ServerArgs):
         "AsymCache: held-out R^2 the online latency model must reach before it replaces the "
         "static costs and drives chunking (0..1).",
     ] = _DEFAULTS.latency_min_r2
+    asymcache_holds: Annotated[
+        str,
+        Arg(
+            help=(
+                "AsymCache: 'on' holds, softly, the KV of a program (a request's session_id, or "
+                "the conversation whose last request its prompt begins with) until it is "
+                "expected back, learned from the return gaps seen; a held program's cheap head "
+                "is evicted before its tail, and /close_session releases it. 'off': the cost "
+                "key alone."
+            ),
+            choices=list(HOLDS_MODES),
+        ),
+    ] = _DEFAULTS.holds
 
     def __post_init__(self) -> None:
         if self.enable_asymcache:

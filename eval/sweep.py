@@ -53,6 +53,8 @@ CONFIGURATIONS = {
     "asymcache": ["--enable-asymcache"],
     # Cost-aware, leaf-only eviction: the position-aware key without holes.
     "asymcache-no-holes": ["--enable-asymcache", "--asymcache-max-holes", "0"],
+    # The cost key without the programs' holds.
+    "asymcache-no-holds": ["--enable-asymcache", "--asymcache-holds", "off"],
 }
 UNLIMITED = "unlimited"
 

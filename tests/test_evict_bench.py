@@ -7,13 +7,15 @@ import pytest
 from eval.evict_bench import build, count_nodes, run, time_evictions
 
 
-@pytest.mark.parametrize("cache", ["lru", "asymcache"])
+@pytest.mark.parametrize("cache", ["lru", "asymcache", "asymcache-no-holds"])
 def test_every_turn_is_a_node_and_evictions_free_a_tenth(cache):
     engine = build(cache, sessions=20, turns=5, turn_tokens=8, seed=0)
     assert count_nodes(engine.cache) == 1 + 20 * 5  # the shared prompt, then a node a turn
     evictable = engine.cache.evictable_size()
     assert evictable == 256 + 20 * 5 * 8
-    timed = time_evictions(engine.cache, call_tokens=16, max_calls=1000)
+    if cache == "asymcache":  # every session a waiting program, each owning its turns
+        assert len(engine.cache.tree._owned) == 20 and engine.cache.programs.ready
+    timed = time_evictions(engine, call_tokens=16, max_calls=1000)
     assert timed["freed_tokens"] >= evictable // 10
     assert timed["calls"] == timed["seconds"]["count"] >= timed["freed_tokens"] // 24
     assert engine.allocator.available_size() >= timed["freed_tokens"]

@@ -51,11 +51,11 @@ def conversation(tracker: ProgramTracker, clock: Clock, turns: int, base: int) -
     answer; returns the program of every turn."""
     history, programs = list(range(base, base + 100)), []
     for turn in range(turns):
-        rid = f"{base}-{turn}"
-        programs.append(tracker.admit(rid, None, history))
+        program = tracker.admit(None, history)
+        programs.append(program)
         history = history + [base + 1000 + turn] * 5  # the answer
         clock.now += 1.0
-        tracker.release(rid, history)
+        tracker.release(program, history)
         clock.now += 3.0  # thinking
         history = history + [base + 2000 + turn] * 7  # the next question
     return programs
@@ -75,50 +75,103 @@ def test_a_conversation_without_session_ids_is_one_program_and_its_returns_are_g
 
 def test_a_named_program_waits_between_requests_and_a_close_ends_it():
     clock = Clock()
-    tracker = ProgramTracker(clock)
+    tracker = ProgramTracker(clock, min_gaps=1)
     tracker.returns.observe(2.0)
-    assert tracker.admit("r1", "agent-7", [1, 2, 3]) == "agent-7"
+    assert tracker.admit("agent-7", [1, 2, 3]) == "agent-7"
     assert tracker.next_use_in_s("agent-7") == 0.0  # a request is in
-    tracker.release("r1", [1, 2, 3, 4])
+    assert tracker.back_at("agent-7") == -math.inf
+    clock.now = 10.0
+    tracker.release("agent-7", [1, 2, 3, 4])
+    assert tracker.back_at("agent-7") == pytest.approx(12.0)
     clock.now += 0.5
     assert tracker.next_use_in_s("agent-7") == pytest.approx(1.5)
     tracker.close("agent-7")
     assert tracker.next_use_in_s("agent-7") == math.inf
+    assert tracker.back_at("agent-7") == math.inf
     # A different prompt with the same length and tail is another program once that one closed.
-    assert tracker.admit("r2", None, [1, 2, 3, 4, 9]) != "agent-7"
+    assert tracker.admit(None, [1, 2, 3, 4, 9]) != "agent-7"
 
 
 def test_a_retracted_request_counts_again_and_the_longest_waiting_program_is_forgotten_first():
     clock = Clock()
     tracker = ProgramTracker(clock, max_waiting=2)
-    tracker.admit("a", None, [1] * 20)
-    tracker.forget("a")  # retracted: no KV went to the cache
-    program = tracker.admit("a", None, [1] * 20)
-    assert tracker.program_of("a") == program
-    tracker.release("a", [1] * 25)
-    for rid, token in (("b", 2), ("c", 3)):
+    program = tracker.admit(None, [1] * 20)
+    tracker.leave(program)  # retracted: no KV went to the cache
+    assert tracker.back_at(program) == math.inf  # out, and not waiting
+    tracker.enter(program)
+    assert tracker.back_at(program) == -math.inf
+    tracker.release(program, [1] * 25)
+    for token in (2, 3):
         clock.now += 1.0
-        tracker.admit(rid, None, [token] * 20)
-        tracker.release(rid, [token] * 25)
+        other = tracker.admit(None, [token] * 20)
+        tracker.release(other, [token] * 25)
     assert tracker.next_use_in_s(program) == math.inf  # the third waiting program pushed it out
-    assert tracker.admit("d", None, [1] * 30) != program  # and it is no longer recognised
+    assert tracker.admit(None, [1] * 30) != program  # and it is no longer recognised
     with pytest.raises(ValueError):
         ProgramTracker(clock, tip_tokens=0)
 
 
+def test_two_requests_of_one_program_in_at_once_wait_only_when_both_are_out():
+    clock = Clock()
+    tracker = ProgramTracker(clock, min_gaps=1)
+    tracker.returns.observe(5.0)
+    tracker.admit("p", [1, 2])
+    tracker.admit("p", [1, 3])  # a parallel branch of the same program
+    tracker.release("p", [1, 2, 9])
+    assert tracker.back_at("p") == -math.inf
+    clock.now = 1.0
+    tracker.release("p", [1, 3, 9])
+    assert tracker.back_at("p") == pytest.approx(6.0)
+    # Either branch's continuation finds the program: the last one released is its tip.
+    assert tracker.admit(None, [1, 3, 9, 4]) == "p"
+
+
+def test_return_times_move_only_at_events_and_deadlines_and_changed_names_them():
+    clock = Clock()
+    tracker = ProgramTracker(clock, min_gaps=2)
+    tracker.admit("a", [1])
+    tracker.release("a", [1, 2])
+    assert tracker.changed(clock.now) == {"a"}
+    assert tracker.back_at("a") is None  # no return seen yet: no opinion
+    clock.now = 2.0
+    tracker.admit("a", [1, 2, 3])  # back after 2 s
+    tracker.release("a", [1, 2, 3, 4])
+    assert tracker.back_at("a") is None  # one gap, two needed
+    tracker.admit("b", [7])
+    tracker.release("b", [7, 8])
+    clock.now = 6.0
+    tracker.admit("a", [1, 2, 3, 4, 5])  # back after 4 s: the second gap
+    assert tracker.ready
+    # "b", waiting since 2.0, got its first estimate from the gaps (2, 4) at once: it has
+    # waited as long as the longest, so it is not expected back.
+    assert tracker.back_at("b") == math.inf
+    assert tracker.changed(clock.now) == {"a", "b"}
+    assert tracker.changed(clock.now) == set()
+    tracker.release("a", [1, 2, 3, 4, 5, 6])
+    assert tracker.back_at("a") == pytest.approx(6.0 + 3.0)  # the mean gap
+    assert tracker.changed(8.0) == {"a"}
+    assert tracker.changed(8.9) == set()
+    # Past its deadline "a" is re-estimated from its wait: 3.1 s so far, only the 4 s gap is
+    # longer, so it is expected 0.9 s later.
+    assert tracker.changed(9.1) == {"a"}
+    assert tracker.back_at("a") == pytest.approx(9.1 + 0.9)
+    # Past every gap seen it is not expected back.
+    assert tracker.changed(10.5) == {"a"} and tracker.back_at("a") == math.inf
+    assert tracker.changed(1e9) == set()
+
+
 def test_the_tip_index_stays_the_inverse_of_each_programs_last_request():
     clock = Clock()
-    tracker = ProgramTracker(clock, tip_tokens=2, max_waiting=20)
+    tracker = ProgramTracker(clock, tip_tokens=2, max_waiting=20, min_gaps=3)
     rng = random.Random(3)
-    for step in range(400):
+    for _ in range(400):
         clock.now += 0.1
         tokens = [rng.randrange(4) for _ in range(rng.randrange(1, 8))]  # collisions happen
-        rid = f"r{step}"
-        program = tracker.admit(rid, rng.choice([None, None, f"named-{rng.randrange(5)}"]), tokens)
+        program = tracker.admit(rng.choice([None, None, f"named-{rng.randrange(5)}"]), tokens)
         if rng.random() < 0.2:
-            tracker.forget(rid)
+            tracker.leave(program)
         else:
-            tracker.release(rid, tokens + [rng.randrange(4)])
+            tracker.release(program, tokens + [rng.randrange(4)])
         if rng.random() < 0.1:
             tracker.close(program)
         tips = tracker._tip_of
@@ -126,3 +179,10 @@ def test_the_tip_index_stays_the_inverse_of_each_programs_last_request():
         assert tracker._lengths == sorted({length for length, _ in tips.values()})
         assert sum(tracker._tips_of_length.values()) == len(tips)
         assert len(tracker._waiting_since) <= 20
+        # Only waiting programs have a return time, every one of them once the gaps can say.
+        assert set(tracker._back_at) <= set(tracker._waiting_since)
+        if tracker.ready:
+            assert set(tracker._back_at) == set(tracker._waiting_since)
+        for back, _, waiting in tracker._deadlines:
+            assert back > clock.now - 0.1 or tracker._back_at.get(waiting) != back
+        tracker.changed(clock.now)

@@ -58,3 +58,22 @@ def test_closing_a_program_releases_only_its_own_kv(asymcache_server):
     assert generate(url, waiting)["meta_info"]["cached_tokens"] >= 64 + 96 - 1
     assert generate(url, done)["meta_info"]["cached_tokens"] <= 64
     assert server_health(asymcache_server)["leak_or_error_lines"] == 0
+
+
+def test_a_conversation_without_session_ids_is_one_program_through_the_scheduler(
+    asymcache_server,
+):
+    """Holds are on by default: each request's first match names its program, its finish
+    releases it, and the next turn (a prompt that begins with the last request) returns it."""
+    url = asymcache_server.url
+    rng = random.Random(11)
+    before = asymcache_counters(url)
+    history = [rng.randrange(10, 500) for _ in range(80)]
+    for _ in range(3):
+        out = generate(url, history)
+        history = history + out["output_ids"] + [rng.randrange(10, 500) for _ in range(12)]
+    after = asymcache_counters(url)
+    assert after["return_gaps"] - before["return_gaps"] == 2  # turns 2 and 3 came back
+    assert after["programs_in"] == 0
+    assert after["programs_waiting"] == before["programs_waiting"] + 1
+    assert server_health(asymcache_server)["leak_or_error_lines"] == 0

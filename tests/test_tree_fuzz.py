@@ -18,10 +18,12 @@ from array import array
 from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from asymcache_sglang.core.cost import StaticCostModel, eviction_key
+from asymcache_sglang.core.programs import ProgramTracker
 from asymcache_sglang.core.reuse import ReuseEstimator
 from asymcache_sglang.core.tree import CacheNode, HoleAwareTree, SegmentPlan
 
@@ -48,6 +50,8 @@ COVERAGE: dict[str, int] = {
     "multi_chunk_plans": 0,
     "closes": 0,
     "released_tokens": 0,
+    "held_evictions": 0,
+    "shared_nodes": 0,
 }
 
 
@@ -127,6 +131,14 @@ def reference_plan(flags: list[bool], max_holes: int, min_retained: int):
     return retained, recompute, (retained[-1][1] if retained else 0)
 
 
+def _ancestors(node: CacheNode) -> set[int]:
+    out = set()
+    while node.parent is not None:
+        node = node.parent
+        out.add(id(node))
+    return out
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.t = 1.0
@@ -146,15 +158,32 @@ class TreeMachine(RuleBasedStateMachine):
         sessions=st.lists(
             st.lists(st.integers(0, 3), min_size=4, max_size=12), min_size=1, max_size=4
         ),
+        holds=st.booleans(),
+        max_owners=st.sampled_from([1, 16]),
     )
-    def setup(self, cost_b, tau, share_boost, max_holes, min_retained, pool_size, sessions):
+    def setup(
+        self,
+        cost_b,
+        tau,
+        share_boost,
+        max_holes,
+        min_retained,
+        pool_size,
+        sessions,
+        holds=False,
+        max_owners=16,
+    ):
         self.clock = FakeClock()
+        # Soft holds: programs tracked as the server does, estimated from the first return on.
+        self.programs = ProgramTracker(self.clock, min_gaps=1) if holds else None
         self.tree = HoleAwareTree(
             StaticCostModel(1.0, cost_b),
             ReuseEstimator(tau, share_boost),
             max_holes=max_holes,
             min_retained_tokens=min_retained,
             clock=self.clock,
+            returns=self.programs,
+            max_owners=max_owners,
         )
         self.pool = SlotPool(pool_size)
         self.sessions = sessions
@@ -187,15 +216,48 @@ class TreeMachine(RuleBasedStateMachine):
             del self.content[s]
 
     def _evict(self, n: int) -> int:
+        held = self._held_entries() if self.programs is not None else []
+        above = {id(e[-1]): _ancestors(e[-1]) for e in held}
         before = self.tree.evictable_size
         freed = flat(self.tree.evict(n))
         self._free(freed)
+        # Held KV goes in order: the program expected back last first, and within a program the
+        # cheapest token first, so a held program's tail outlives its head.
+        for x in (h for h in held if h[-1].value is None):
+            COVERAGE["held_evictions"] += 1
+            for y in held:
+                first = y[0] < x[0] or (y[1] == x[1] and y[2:4] < x[2:4])
+                assert not first or y[-1].value is None, f"{x} went before {y}"
+                if self.tree.cost.b > 0 and y[1] == x[1] and id(y[-1]) in above[id(x[-1])]:
+                    assert y[-1].value is None, f"held tail {x[-1]} went before {y[-1]}"
         # Eviction frees whole nodes: at least n tokens unless the evictable set ran out.
         assert len(freed) <= before
         assert len(freed) >= min(n, before)
         if len(freed) < n:
             assert self.tree.evictable_size == 0
         return len(freed)
+
+    def _held_entries(self) -> list[tuple]:
+        """(-back, program, cost, -start, node) of each held node, once the programs that moved are
+        re-keyed: a held node has one owner, whose entry has its return time now."""
+        tree = self.tree
+        tree.evict(0)
+        held = []
+        for program, heap in tree._program_nodes.items():
+            for entry in filter(tree._live, heap):
+                node = entry[-1]
+                assert node.owners == {program} and not node.released
+                back = tree._program_back[program]
+                assert back == self.programs.back_at(program), f"{program} keyed stale"
+                assert entry[:2] == (tree.cost.cost_per_token(node.start, node.end), -node.start)
+                held.append((-back, program, entry[0], entry[1], node))
+        for node in tree.iter_nodes():
+            if tree.is_evictable(node) and tree._holder(node) is not None:
+                assert any(h[-1] is node for h in held), f"held {node} not in its program's heap"
+        return held
+
+    def _program(self, req: Request) -> tuple:
+        return (req.ns, req.rid % 2)
 
     def _check_plan(self, tokens, path, plan):
         pos = 0
@@ -278,6 +340,10 @@ class TreeMachine(RuleBasedStateMachine):
         COVERAGE["planned_holes"] += len(plan.recompute)
         self.inflight.append(Request(self.next_rid, ns, tokens, plan, row, set(new)))
         self.next_rid += 1
+        if self.programs is not None:
+            assert self.programs.admit(self._program(self.inflight[-1]), tokens) == (
+                self._program(self.inflight[-1])
+            )
         return True
 
     @precondition(lambda self: self.inflight)
@@ -298,8 +364,10 @@ class TreeMachine(RuleBasedStateMachine):
             assert self.content[slot] == (req.ns, tuple(req.tokens[: p + 1]))
         assert out.last_node.end == len(req.tokens)
         # Every request belongs to a program; two of them per namespace.
-        self.tree.tag(out.last_node, (req.ns, req.rid % 2))
+        self.tree.tag(out.last_node, self._program(req))
         self.tree.dec_lock(req.locked)
+        if self.programs is not None:
+            self.programs.release(self._program(req), req.tokens)
         for k in range(1, len(req.tokens) + 1):
             self.inserted_prefixes.add((req.ns, tuple(req.tokens[:k])))
         COVERAGE["finished"] += 1
@@ -409,6 +477,8 @@ class TreeMachine(RuleBasedStateMachine):
         req = self.inflight.pop(which % len(self.inflight))
         self._free(sorted(req.owned))
         self.tree.dec_lock(req.locked)
+        if self.programs is not None:
+            self.programs.leave(self._program(req))
         COVERAGE["aborted"] += 1
 
     @rule(n=st.integers(1, 8))
@@ -440,6 +510,8 @@ class TreeMachine(RuleBasedStateMachine):
     def close(self, ns, which):
         """A program's last step: what only it held goes first, nothing is freed or unlocked."""
         before = (self.tree.evictable_size, self.tree.protected_size)
+        if self.programs is not None:
+            self.programs.close((ns, which))
         COVERAGE["released_tokens"] += self.tree.release((ns, which))
         assert (self.tree.evictable_size, self.tree.protected_size) == before
         COVERAGE["closes"] += 1
@@ -456,6 +528,9 @@ class TreeMachine(RuleBasedStateMachine):
             for owner in node.owners or ():
                 assert node in tree._owned[owner]
             assert not (node.released and node.owners), "a released node still has owners"
+            assert not (node.shared and node.owners), "a shared node still has owners"
+            assert len(node.owners or ()) <= tree.max_owners
+            COVERAGE["shared_nodes"] += node.shared
 
     @invariant()
     def tree_is_consistent(self):
@@ -473,10 +548,12 @@ class TreeMachine(RuleBasedStateMachine):
                 node = node.parent
 
         live = {}
-        for entry in tree._heap:
-            if entry[3] == entry[4].version:
-                assert id(entry[4]) not in live, "two live heap entries for one node"
-                live[id(entry[4])] = entry
+        held_entries = [e for heap in tree._program_nodes.values() for e in heap]
+        for entry in tree._heap + held_entries:
+            if entry[-2] == entry[-1].version:
+                assert id(entry[-1]) not in live, "two live heap entries for one node"
+                live[id(entry[-1])] = entry
+        held_ids = {id(e) for e in held_entries}
 
         evictable = protected = 0
         tree_slots: list[int] = []
@@ -515,11 +592,12 @@ class TreeMachine(RuleBasedStateMachine):
                         evictable += len(node.key)
                         entry = live.get(id(node))
                         assert entry is not None, f"evictable {node} missing from the heap"
-                        key = -math.inf if node.released else eviction_key(
-                            tree.cost, tree.reuse, tree._key_tau, node.start, node.end,
-                            node.last_access_time, len(node.children),
-                        )  # fmt: skip
-                        assert entry[0] == key and entry[1] == -node.start
+                        if id(entry) not in held_ids:  # held ones: before each eviction
+                            key = -math.inf if node.released else eviction_key(
+                                tree.cost, tree.reuse, tree._key_tau, node.start, node.end,
+                                node.last_access_time, len(node.children),
+                            )  # fmt: skip
+                            assert entry[0] == key and entry[1] == -node.start
                 stack.append(node)
         assert (tree.evictable_size, tree.protected_size) == (evictable, protected)
         assert evictable + protected == tree.resident_tokens()
@@ -559,6 +637,7 @@ def seeded_machine(
     max_holes: list[int],
     min_retained: tuple[int, int],
     pool: tuple[int, int],
+    holds: bool = False,
 ) -> TreeMachine:
     """A machine set up from ``rng``: hole bound, retained-island bound and pool from the ranges."""
     m = TreeMachine()
@@ -572,18 +651,24 @@ def seeded_machine(
         sessions=[
             [rng.randrange(4) for _ in range(rng.randint(4, 12))] for _ in range(rng.randint(1, 4))
         ],
+        holds=holds,
+        max_owners=rng.choice([1, 16]) if holds else 16,
     )
     return m
 
 
-def test_seeded_random_walk_reaches_holes():
-    """The same machine driven by a seeded random walk: deterministic coverage of hole paths."""
+@pytest.mark.parametrize("holds", [False, True])
+def test_seeded_random_walk_reaches_holes(holds):
+    """The same machine driven by a seeded random walk: deterministic coverage of hole paths,
+    with and without soft holds."""
     rng = random.Random(20240611)
     closer = random.Random(7)
     before = dict(COVERAGE)
     for _ in range(60):
         # 0: leaf-only eviction; 1 makes paths with more holes than allowed (fallbacks) common.
-        m = seeded_machine(rng, max_holes=[0, 1, 1, 2, 3], min_retained=(1, 4), pool=(48, 160))
+        m = seeded_machine(
+            rng, max_holes=[0, 1, 1, 2, 3], min_retained=(1, 4), pool=(48, 160), holds=holds
+        )
         for _ in range(40):
             ext = [rng.randrange(4) for _ in range(rng.randint(0, 8))]
             which = rng.randrange(MAX_IN_FLIGHT + 1)
@@ -615,9 +700,10 @@ def test_seeded_random_walk_reaches_holes():
         "hole_duplicate_tokens",
         "interior_evicted_tokens",
         "collected_holes",
-        "fallback_plans",
         "aborted",
         "starved",
+        # A held program loses its head first, so paths with more holes than allowed are rare.
+        *(("held_evictions", "shared_nodes") if holds else ("fallback_plans",)),
     ):
         assert gained[key] > 0, (key, gained)
 

@@ -19,6 +19,8 @@ ATTENTION_BACKENDS = ("flashinfer", "triton", "torch_native")
 # Kernels for multi-segment extends on the flashinfer backend (--asymcache-msa-impl).
 MSA_IMPLS = ("flashinfer", "triton")
 CHUNKING_MODES = ("adaptive", "static")
+# Soft holds for programs (--asymcache-holds): on, or off (the cost key alone).
+HOLDS_MODES = ("on", "off")
 # KV cache dtypes the Triton MSA kernel reads (it has no dequantisation).
 TRITON_MSA_KV_DTYPES = ("auto", "bfloat16", "bf16")
 
@@ -57,6 +59,8 @@ class AsymCacheConfig:
     latency_trace_path: str | None = None
     # The extend size evicted KV is recomputed in: --chunked-prefill-size (else the prefill cap).
     recompute_chunk_tokens: int = SGLANG_GPU_CHUNK_TOKENS
+    # Rank the KV of programs by when each is expected back (ProgramTracker), a soft hold.
+    holds: str = "on"
 
     def __post_init__(self) -> None:
         checks = [
@@ -75,6 +79,7 @@ class AsymCacheConfig:
             (0.0 <= self.latency_min_r2 <= 1.0, "--asymcache-latency-min-r2 must be in [0, 1]"),
             (self.tp_size >= 1, "--tp-size must be >= 1"),
             (self.recompute_chunk_tokens >= 1, "--chunked-prefill-size must be >= 1 or -1"),
+            (self.holds in HOLDS_MODES, f"--asymcache-holds must be in {HOLDS_MODES}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -100,6 +105,7 @@ class AsymCacheConfig:
             tp_size=args.tp_size,
             latency_trace_path=os.environ.get(LATENCY_TRACE_ENV) or None,
             recompute_chunk_tokens=recompute_chunk_tokens(args),
+            holds=args.asymcache_holds,
         )
 
     def cost_model(self) -> StaticCostModel:

@@ -10,6 +10,7 @@ program that has waited so long will stay away.
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import math
 from collections import deque
@@ -54,11 +55,14 @@ class ReturnGaps:
 
 
 class ProgramTracker:
-    """Which program each request belongs to, and when each waiting program is expected back.
+    """Which program each request belongs to, and when each program is expected back.
 
-    ``admit`` at a request's first prefix match, ``release`` when its KV goes to the cache (or
-    ``forget`` when it does not, a retraction), ``close`` when its program says it is done. At
-    most ``max_waiting`` programs wait; past that the longest-waiting is forgotten.
+    ``admit`` a request at its first prefix match (``enter`` again for one that was retracted),
+    ``release`` its program when its KV goes to the cache (or ``leave`` when it does not), and
+    ``close`` a program that says it is done. At most ``max_waiting`` programs wait; past that
+    the longest-waiting is forgotten. ``back_at`` is a program's expected return as an absolute
+    time, which changes only at those events and when a program is overdue; ``changed`` names
+    the programs whose ``back_at`` moved, so a caller keying on it re-keys only those.
     """
 
     def __init__(
@@ -68,14 +72,18 @@ class ProgramTracker:
         tip_tokens: int = 16,
         window: int = 1024,
         max_waiting: int = 65536,
+        min_gaps: int = 8,
     ) -> None:
-        if tip_tokens < 1 or max_waiting < 1:
-            raise ValueError(f"need tip_tokens and max_waiting >= 1: {tip_tokens}, {max_waiting}")
+        if tip_tokens < 1 or max_waiting < 1 or min_gaps < 1:
+            raise ValueError(
+                f"need tip_tokens, max_waiting and min_gaps >= 1: "
+                f"{tip_tokens}, {max_waiting}, {min_gaps}"
+            )
         self.clock = clock
         self.tip_tokens = tip_tokens
         self.max_waiting = max_waiting
+        self.min_gaps = min_gaps
         self.returns = ReturnGaps(window)
-        self._request_program: dict[str, Hashable] = {}
         self._requests_in: dict[Hashable, int] = {}  # program -> its requests in the server
         # Waiting programs, longest-waiting first: when each was released, and its last request.
         self._waiting_since: dict[Hashable, float] = {}
@@ -85,28 +93,34 @@ class ProgramTracker:
         self._lengths: list[int] = []
         self._tips_of_length: dict[int, int] = {}
         self._auto = itertools.count()
+        # Each waiting program's expected return, and those times in a heap (stale entries are
+        # skipped: their time is no longer the program's).
+        self._back_at: dict[Hashable, float] = {}
+        self._deadlines: list[tuple[float, int, Hashable]] = []
+        self._seq = itertools.count()
+        self._changed: set[Hashable] = set()
 
     def _tip(self, tokens: Sequence[int], length: int) -> Tip:
         return (length, tuple(tokens[max(0, length - self.tip_tokens) : length]))
 
-    def program_of(self, request_id: str) -> Hashable | None:
-        return self._request_program.get(request_id)
+    @property
+    def ready(self) -> bool:
+        """Enough returns seen to estimate one: until then ``back_at`` has no opinion."""
+        return len(self.returns) >= self.min_gaps
 
-    def admit(
-        self, request_id: str, session_id: Hashable | None, tokens: Sequence[int]
-    ) -> Hashable:
+    def admit(self, session_id: Hashable | None, tokens: Sequence[int]) -> Hashable:
         """The program of a request seen for the first time: ``session_id``, else the waiting
         program whose last request ``tokens`` begin with (the longest such), else a new one.
         A waiting program's wait ends here, and its length is a return gap."""
-        known = self._request_program.get(request_id)
-        if known is not None:
-            return known
         program = session_id if session_id is not None else self._continued(tokens)
-        self._request_program[request_id] = program
-        self._requests_in[program] = self._requests_in.get(program, 0) + 1
-        since = self._waiting_since.pop(program, None)
+        since = self._waiting_since.get(program)
+        was_ready = self.ready
         if since is not None:
             self.returns.observe(self.clock() - since)
+        self.enter(program)
+        if self.ready and not was_ready:  # every waiting program gets its first estimate
+            for waiting in self._waiting_since:
+                self._estimate(waiting, self.clock())
         return program
 
     def _continued(self, tokens: Sequence[int]) -> Hashable:
@@ -118,43 +132,49 @@ class ProgramTracker:
                 return program
         return f"auto-{next(self._auto)}"
 
-    def release(self, request_id: str, tokens: Sequence[int]) -> Hashable | None:
-        """The request finished and the cache holds ``tokens`` of it: its program waits from
-        now, to be recognised by a prompt that begins with them. Returns the program."""
-        program = self._leave(request_id)
-        if program is None:
-            return None
+    def enter(self, program: Hashable) -> None:
+        """A request of ``program`` is in the server (again, for a retracted one)."""
+        self._requests_in[program] = self._requests_in.get(program, 0) + 1
+        self._stop_waiting(program)
+        self._changed.add(program)
+
+    def release(self, program: Hashable, tokens: Sequence[int]) -> None:
+        """A request of ``program`` finished and the cache holds ``tokens`` of it: once no other
+        is in, the program waits from now, to be recognised by a prompt that begins with them."""
+        self.leave(program)
         self._forget_tip(program)
-        self._waiting_since.pop(program, None)
-        self._waiting_since[program] = self.clock()
         tip = self._tip(tokens, len(tokens))
         if tip in self._program_at:  # another program's tip, the same tokens: the newer wins
             self._tip_of.pop(self._program_at[tip])
         else:
             self._count_length(tip[0], +1)
         self._program_at[tip], self._tip_of[program] = program, tip
+        if program in self._requests_in:
+            return
+        self._stop_waiting(program)
+        self._waiting_since[program] = self.clock()
+        self._estimate(program, self.clock())
         while len(self._waiting_since) > self.max_waiting:
             self.close(next(iter(self._waiting_since)))
-        return program
 
-    def forget(self, request_id: str) -> None:
-        """The request left without giving the cache its KV (retracted): it is new next time."""
-        self._leave(request_id)
-
-    def _leave(self, request_id: str) -> Hashable | None:
-        program = self._request_program.pop(request_id, None)
-        if program is not None:
-            left = self._requests_in[program] - 1
-            if left:
-                self._requests_in[program] = left
-            else:
-                del self._requests_in[program]
-        return program
+    def leave(self, program: Hashable) -> None:
+        """A request of ``program`` left without giving the cache its KV (retracted)."""
+        left = self._requests_in.get(program, 0) - 1
+        if left > 0:
+            self._requests_in[program] = left
+        else:
+            self._requests_in.pop(program, None)
+        self._changed.add(program)
 
     def close(self, program: Hashable) -> None:
         """The program is done (``/close_session``, or it waited past ``max_waiting``)."""
-        self._waiting_since.pop(program, None)
+        self._stop_waiting(program)
         self._forget_tip(program)
+        self._changed.add(program)
+
+    def _stop_waiting(self, program: Hashable) -> None:
+        self._waiting_since.pop(program, None)
+        self._back_at.pop(program, None)
 
     def _forget_tip(self, program: Hashable) -> None:
         tip = self._tip_of.pop(program, None)
@@ -172,6 +192,29 @@ class ProgramTracker:
         else:
             self._tips_of_length[length] = count
 
+    def _estimate(self, program: Hashable, now: float) -> None:
+        """A waiting program's return time from the gaps, once they can say; a deadline heap
+        entry brings it back when that time passes."""
+        self._changed.add(program)
+        if not self.ready:
+            return
+        back = now + self.returns.expected_remaining_s(now - self._waiting_since[program])
+        self._back_at[program] = back
+        if back < math.inf:
+            heapq.heappush(self._deadlines, (back, next(self._seq), program))
+            if len(self._deadlines) > 2 * len(self._back_at) + 64:
+                self._deadlines = [d for d in self._deadlines if self._back_at.get(d[2]) == d[0]]
+                heapq.heapify(self._deadlines)
+
+    def back_at(self, program: Hashable) -> float | None:
+        """When ``program`` is expected back: -inf while a request of it is in; its estimate
+        while it waits (None until the gaps can say); inf once it is closed or forgotten."""
+        if program in self._requests_in:
+            return -math.inf
+        if program in self._waiting_since:
+            return self._back_at.get(program)
+        return math.inf
+
     def next_use_in_s(self, program: Hashable) -> float:
         """Seconds until the program is expected back: 0 while a request of it is in, the
         return gaps' estimate while it waits, inf once it is closed or forgotten."""
@@ -181,3 +224,21 @@ class ProgramTracker:
         if since is None:
             return math.inf
         return self.returns.expected_remaining_s(self.clock() - since)
+
+    def counts(self) -> dict[str, int]:
+        """Programs with a request in, programs waiting, and return gaps in the window."""
+        return {
+            "programs_in": len(self._requests_in),
+            "programs_waiting": len(self._waiting_since),
+            "return_gaps": len(self.returns),
+        }
+
+    def changed(self, now: float) -> set[Hashable]:
+        """The programs whose ``back_at`` moved since the last call, overdue ones included (each
+        is re-estimated from how long it has waited): O(programs changed)."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            back, _, program = heapq.heappop(self._deadlines)
+            if self._back_at.get(program) == back:
+                self._estimate(program, now)
+        changed, self._changed = self._changed, set()
+        return changed

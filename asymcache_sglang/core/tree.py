@@ -15,7 +15,7 @@ import time
 from array import array
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from asymcache_sglang.core.cost import CostModel, eviction_key
 from asymcache_sglang.core.reuse import ReuseEstimator
@@ -38,6 +38,7 @@ class CacheNode:
         "ckey",
         "owners",
         "released",
+        "shared",
     )
 
     def __init__(self, key: array, value: Any, parent: CacheNode | None, start: int, node_id: int):
@@ -56,6 +57,8 @@ class CacheNode:
         self.owners: set[Hashable] | None = None
         # Every owner said it is done (and nothing touched the node since): evicted first.
         self.released = False
+        # More programs ran through it than the tree tracks: ranked as if no program owned it.
+        self.shared = False
 
     @property
     def end(self) -> int:
@@ -185,12 +188,30 @@ def owned_ranges(lo: int, hi: int, retained: Sequence[Range]) -> list[Range]:
     return out
 
 
+class ReturnTimes(Protocol):
+    """When programs are expected back (``core.programs.ProgramTracker``)."""
+
+    def back_at(self, program: Hashable) -> float | None: ...
+
+    def changed(self, now: float) -> Iterable[Hashable]: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+
 class HoleAwareTree:
     """Radix tree whose resident set along a path need not be prefix-closed.
 
     Eviction pops a lazy min-heap keyed by log(P(reuse) * cost per token): O(log n) per evicted
     node. Entries carry the node's version; any change bumps the version and stale entries are
     skipped on pop.
+
+    With ``returns`` (soft holds), a node that one program alone owns is held: it waits in its
+    program's heap, cheapest token first, so a waiting program's head goes before its tail, and
+    the programs wait in a heap by when each is expected back, the latest first. A program's
+    move (``returns.changed``) re-keys one program entry, none of its nodes. An eviction takes
+    whichever waits longer: the top program until it is back, or the top of the other nodes'
+    heap as long as it has been idle. Until ``returns`` can estimate returns nothing is held.
     """
 
     def __init__(
@@ -201,13 +222,20 @@ class HoleAwareTree:
         max_holes: int = 8,
         min_retained_tokens: int = 16,
         clock: Callable[[], float] = time.monotonic,
+        returns: ReturnTimes | None = None,
+        max_owners: int = 16,
     ) -> None:
-        """``max_holes`` >= 0 (0: leaf-only eviction), ``min_retained_tokens`` >= 1."""
+        """``max_holes`` >= 0 (0: leaf-only eviction), ``min_retained_tokens`` >= 1; a node that
+        more than ``max_owners`` programs ran through is shared: no release frees it."""
+        if max_owners < 1:
+            raise ValueError(f"max_owners must be >= 1, got {max_owners}")
         self.cost = cost
         self.reuse = reuse
         self.max_holes = max_holes
         self.min_retained_tokens = min_retained_tokens
         self.clock = clock
+        self.returns = returns
+        self.max_owners = max_owners
         self.reset()
 
     def reset(self) -> None:
@@ -218,7 +246,15 @@ class HoleAwareTree:
         self.protected_size = 0
         self.num_nodes = 1
         self.stats = TreeStats()
+        # Entries end with (version, node); an entry whose version is not the node's is stale.
         self._heap: list[tuple[float, int, int, int, CacheNode]] = []
+        # Held nodes: each program's, by (cost per token, -start); the programs, by -back time,
+        # each with the back time of its live entry.
+        self._holding = False
+        self._program_nodes: dict[Hashable, list[tuple[float, int, int, int, CacheNode]]] = {}
+        self._program_order: list[tuple[float, int, Hashable]] = []
+        self._program_back: dict[Hashable, float] = {}
+        self._held_entries = 0
         self._seq = itertools.count()
         self._key_tau = self.reuse.tau_s
         self._owned: dict[Hashable, set[CacheNode]] = {}
@@ -240,7 +276,17 @@ class HoleAwareTree:
 
     def _changed(self, node: CacheNode) -> None:
         node.version += 1
-        if self.is_evictable(node):
+        if not self.is_evictable(node):
+            return
+        holder = self._holder(node)
+        if holder is not None:
+            cost = self.cost.cost_per_token(node.start, node.end)
+            entry = (cost, -node.start, next(self._seq), node.version, node)
+            heapq.heappush(self._program_nodes.setdefault(holder, []), entry)
+            self._held_entries += 1
+            if holder not in self._program_back:
+                self._order_program(holder)
+        else:
             key = (
                 -math.inf
                 if node.released
@@ -256,12 +302,39 @@ class HoleAwareTree:
             )
             # Ties go to the deeper node, so uniform cost evicts exactly like leaf-first LRU.
             heapq.heappush(self._heap, (key, -node.start, next(self._seq), node.version, node))
-            if len(self._heap) > 4 * self.num_nodes + 64:
-                self._compact_heap()
+        if len(self._heap) + self._held_entries > 4 * self.num_nodes + 64:
+            self._compact_heap()
+
+    def _holder(self, node: CacheNode) -> Hashable | None:
+        """The one program that holds the node; None: it ranks by the cost key."""
+        if not self._holding or node.released or node.owners is None or len(node.owners) != 1:
+            return None
+        return next(iter(node.owners))
+
+    def _order_program(self, program: Hashable) -> None:
+        assert self.returns is not None
+        back = self.returns.back_at(program)
+        assert back is not None, "returns are estimated once holding starts"
+        self._program_back[program] = back
+        heapq.heappush(self._program_order, (-back, next(self._seq), program))
+
+    def _live(self, entry: tuple[Any, ...]) -> bool:
+        return entry[-2] == entry[-1].version and self.is_evictable(entry[-1])
 
     def _compact_heap(self) -> None:
-        self._heap = [e for e in self._heap if e[3] == e[4].version and self.is_evictable(e[4])]
+        self._heap = [e for e in self._heap if self._live(e)]
         heapq.heapify(self._heap)
+        for program, heap in list(self._program_nodes.items()):
+            heap[:] = [e for e in heap if self._live(e)]
+            heapq.heapify(heap)
+            if not heap:
+                del self._program_nodes[program]
+                self._program_back.pop(program, None)
+        self._held_entries = sum(map(len, self._program_nodes.values()))
+        self._program_order = [
+            e for e in self._program_order if self._program_back.get(e[2]) == -e[0]
+        ]
+        heapq.heapify(self._program_order)
 
     def maybe_rekey(self) -> bool:
         """Rebuild heap keys when the reuse horizon drifted; amortised over many matches."""
@@ -269,7 +342,7 @@ class HoleAwareTree:
         if abs(tau - self._key_tau) <= 0.25 * self._key_tau:
             return False
         self._key_tau = tau
-        live = [e[4] for e in self._heap if e[3] == e[4].version and self.is_evictable(e[4])]
+        live = [e[-1] for e in self._heap if self._live(e)]
         self._heap = []
         for node in live:
             self._changed(node)
@@ -459,15 +532,30 @@ class HoleAwareTree:
 
     def tag(self, node: CacheNode, owner: Hashable) -> None:
         """Record that program ``owner`` holds the path to ``node``: O(nodes newly tagged)."""
-        while node is not self.root:
+        while node is not self.root and not node.shared:
             if node.owners is None:
                 node.owners = set()
             elif owner in node.owners:
                 break  # and so is every node above it
+            if len(node.owners) == self.max_owners:
+                self._share(node)  # and every node above: they have all of its programs
+                break
             node.owners.add(owner)
             self._owned.setdefault(owner, set()).add(node)
+            if self.returns is not None:
+                self._changed(node)
             parent = node.parent
             assert parent is not None, "tagged node is detached from the tree"
+            node = parent
+
+    def _share(self, node: CacheNode) -> None:
+        while node is not self.root and not node.shared:
+            self._untag(node)
+            node.shared = True
+            node.released = False
+            self._changed(node)
+            parent = node.parent
+            assert parent is not None, "shared node is detached from the tree"
             node = parent
 
     def release(self, owner: Hashable) -> int:
@@ -479,6 +567,7 @@ class HoleAwareTree:
             assert node.owners is not None
             node.owners.discard(owner)
             if node.owners:
+                self._changed(node)  # its soonest program may be another now
                 continue
             node.owners = None
             if node.value is not None:
@@ -498,15 +587,66 @@ class HoleAwareTree:
 
     def evict(self, num_tokens: int) -> list[Any]:
         """Free at least ``num_tokens`` (if possible), cheapest key first; returns freed values."""
+        now = self.clock()
+        if self.returns is not None:
+            self._follow_returns(now)
         freed: list[Any] = []
         count = 0
-        while count < num_tokens and self._heap:
-            _, _, _, version, node = heapq.heappop(self._heap)
-            if version != node.version or not self.is_evictable(node):
-                continue
+        while count < num_tokens:
+            node = self._next_victim(now)
+            if node is None:
+                break
             count += len(node.key)
             freed.append(self.evict_node(node))
         return freed
+
+    def _follow_returns(self, now: float) -> None:
+        """Re-key the programs whose return moved: one entry each."""
+        assert self.returns is not None
+        changed = self.returns.changed(now)
+        if not self._holding:
+            if not self.returns.ready:
+                return
+            self._holding = True  # once: every owned node becomes held or stays as it is
+            for nodes in list(self._owned.values()):
+                for node in nodes:
+                    self._changed(node)
+        for program in changed:
+            back = self._program_back.get(program)
+            if back is not None and back != self.returns.back_at(program):
+                self._order_program(program)
+
+    def _next_victim(self, now: float) -> CacheNode | None:
+        """Pop the next node to evict: a released node, else the top that waits longer."""
+        free, held = self._top(self._heap), self._top_program()
+        if held is None:
+            return None if free is None else heapq.heappop(self._heap)[-1]
+        back, nodes = held
+        if free is None or (free[0] > -math.inf and back - now > now - free[-1].last_access_time):
+            return heapq.heappop(nodes)[-1]
+        return heapq.heappop(self._heap)[-1]
+
+    def _top_program(self) -> tuple[float, list[Any]] | None:
+        """The program expected back last that holds an evictable node: its time and heap."""
+        order = self._program_order
+        while order:
+            _, _, program = order[0]
+            back = self._program_back.get(program)
+            if back is None or back != -order[0][0]:
+                heapq.heappop(order)
+                continue
+            nodes = self._program_nodes.get(program)
+            if nodes is not None and self._top(nodes) is not None:
+                return back, nodes
+            heapq.heappop(order)
+            del self._program_back[program]
+            self._program_nodes.pop(program, None)
+        return None
+
+    def _top(self, heap: list[Any]) -> tuple[Any, ...] | None:
+        while heap and not self._live(heap[0]):
+            heapq.heappop(heap)
+        return heap[0] if heap else None
 
     def evict_node(self, node: CacheNode) -> Any:
         """Drop an evictable node's KV (a hole where it has children); returns its value."""

@@ -55,11 +55,7 @@ from asymcache_sglang.patches.http_server_wait_and_warmup import calibration_ext
 from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_holes
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.common import STOCK_POLICIES
-from eval.sim.learned import (
-    HitDensityRadixCache,
-    LearnedReturnRadixCache,
-    LexicographicReturnRadixCache,
-)
+from eval.sim.learned import HitDensityRadixCache, LearnedReturnRadixCache
 from eval.sim.oracle import NextUseHoleAwareRadixCache, OracleRadixCache
 from eval.sim.scripts import Client, Script, Send, SessionClient
 from eval.sim.step_model import StepModel
@@ -74,7 +70,7 @@ def unhooked(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
-CACHES = (*STOCK_POLICIES, "no-radix", "asymcache", "asymcache-no-holes")
+CACHES = (*STOCK_POLICIES, "no-radix", "asymcache", "asymcache-no-holes", "asymcache-no-holds")
 # Offline, simulation only: Belady's MIN with the position-aware cost (``eval.sim.oracle``).
 ORACLE = "belady"
 # Online, simulation only: the same rule with each session's return estimated from the return
@@ -94,16 +90,11 @@ NEXT_USE_RANKED = (ORACLE, RETURN_TIME, HOLDS)
 ASYMCACHE_HOLDS = "asymcache-holds"
 ASYMCACHE_ORACLE = "asymcache-belady"
 HOLE_AWARE_NEXT_USE = (ASYMCACHE_HOLDS, ASYMCACHE_ORACLE)
-# Online, simulation only: ``asymcache-holds`` as a server could run it, learning programs and
-# their returns from requests alone (``eval.sim.learned.LearnedReturnRadixCache``).
+# Online, simulation only: ``asymcache-holds`` with the programs and returns AsymCache learns
+# from requests alone, ranked by cost over wait afresh at each call
+# (``eval.sim.learned.LearnedReturnRadixCache``); ``asymcache`` keeps the order a heap can.
 ASYMCACHE_LEARNED = "asymcache-learned"
-# The same, ranked by the wait and then the cost (``LexicographicReturnRadixCache``).
-ASYMCACHE_LEARNED_ORDER = "asymcache-learned-order"
-LEARNED = {
-    ASYMCACHE_LEARNED: LearnedReturnRadixCache,
-    ASYMCACHE_LEARNED_ORDER: LexicographicReturnRadixCache,
-}
-SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY, *HOLE_AWARE_NEXT_USE, *LEARNED)
+SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY, *HOLE_AWARE_NEXT_USE, ASYMCACHE_LEARNED)
 
 
 @dataclass(frozen=True)
@@ -262,10 +253,12 @@ class Engine:
             return RadixCache(params)
         asym = AsymCacheConfig(
             max_holes=0 if kind == "asymcache-no-holes" else AsymCacheConfig.max_holes,
+            # The next-use rankings name programs by session: no tracker of their own.
+            holds="off" if kind in ("asymcache-no-holds", *HOLE_AWARE_NEXT_USE) else "on",
             recompute_chunk_tokens=self.config.chunk_tokens,
         )
-        if kind in LEARNED:
-            cache = LEARNED[kind](params, asym, LatencyRuntime(asym))
+        if kind == ASYMCACHE_LEARNED:
+            cache = LearnedReturnRadixCache(params, asym, LatencyRuntime(asym))
         elif kind in HOLE_AWARE_NEXT_USE:
             cache = NextUseHoleAwareRadixCache(params, asym, LatencyRuntime(asym))
             next_use = self.next_use_in_s if kind == ASYMCACHE_ORACLE else self.held_next_use_in_s

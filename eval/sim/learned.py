@@ -7,25 +7,23 @@ it) and ends when a request locks it again (a hit) or it is evicted. Locks, not 
 mark reuse: the scheduler matches a waiting request's prefix on every pass, but locks it once,
 when the request is admitted; a chunked request keeps its path locked between chunks.
 
-``LearnedReturnRadixCache`` is the other prototype: AsymCache's tree ranked by each program's
-expected return, learned from the requests the cache sees (``asymcache_sglang.core.programs``).
+``LearnedReturnRadixCache`` is the other prototype: AsymCache's holds ranked by the ratio of cost
+to each program's expected wait, which a static heap key cannot keep.
 """
 
 from __future__ import annotations
 
 import weakref
 from array import array
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
-from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.evict_policy import EvictionStrategy
 from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
 
 from asymcache_sglang.core.cost import CostModel
 from asymcache_sglang.core.hit_density import HitDensity
-from asymcache_sglang.core.programs import ProgramTracker
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.sim.oracle import NextUseHoleAwareTree, node_start
 
@@ -104,49 +102,13 @@ class HitDensityRadixCache(RadixCache):
 
 
 class LearnedReturnRadixCache(HoleAwareRadixCache):
-    """Issue 12's reuse model as a server could run it, prototyped: AsymCache's cache on
-    ``NextUseHoleAwareTree``, each program's next use from ``ProgramTracker`` fed by the cache's
-    own calls (a request's first match admits it, its insert releases it, a close closes it),
-    nothing from the engine."""
+    """AsymCache's cache with its holds (the programs and returns it learns from the requests it
+    sees, ``ProgramTracker``), on ``NextUseHoleAwareTree``: ranked by recompute cost per token
+    over the seconds until a node's soonest program is back, afresh at each call."""
 
     tree_class = NextUseHoleAwareTree
 
     def __init__(self, params: CacheInitParams, config: Any, latency: Any) -> None:
         super().__init__(params, config, latency)
-        self.tracker = ProgramTracker(lambda: self.tree.clock())
-        self.tree.next_use_in_s = self.tracker.next_use_in_s
-
-    def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
-        result = super().match_prefix(params)
-        req = params.req
-        # The scheduler matches a waiting request on every pass; only its first one admits it.
-        if req is not None and self.tracker.program_of(req.rid) is None:
-            self.tracker.admit(req.rid, req.session_id, params.key.raw_token_ids())
-        return result
-
-    def program_of(self, req: Any) -> Hashable | None:
-        program = self.tracker.program_of(req.rid)
-        return super().program_of(req) if program is None else program
-
-    def cache_finished_req(self, req: Any, is_insert: bool = True, **kwargs: Any) -> None:
-        super().cache_finished_req(req, is_insert, **kwargs)
-        if is_insert:
-            tokens = (req.origin_input_ids + req.output_ids)[: kwargs["kv_len_to_handle"]]
-            self.tracker.release(req.rid, tokens)
-        else:
-            self.tracker.forget(req.rid)
-
-    def release_radix_session(self, session_id: str) -> int:
-        self.tracker.close(session_id)
-        return super().release_radix_session(session_id)
-
-
-class LexicographicReturnTree(NextUseHoleAwareTree):
-    lexicographic = True
-
-
-class LexicographicReturnRadixCache(LearnedReturnRadixCache):
-    """``LearnedReturnRadixCache`` evicting the program expected back last first, its cheapest
-    tokens first: the order a static heap key can keep (docs/DESIGN.md, section 5)."""
-
-    tree_class = LexicographicReturnTree
+        assert self.programs is not None, "needs --asymcache-holds on"
+        self.tree.next_use_in_s = self.programs.next_use_in_s

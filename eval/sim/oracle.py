@@ -95,9 +95,6 @@ class NextUseHoleAwareTree(HoleAwareTree):
 
     # Seconds until a program (an owner) is back; None: rank as HoleAwareTree does.
     next_use_in_s: Callable[[Hashable], float] | None = None
-    # Rank by the wait first and the cost second (a key that is static between program events)
-    # instead of by their ratio.
-    lexicographic = False
 
     def evict(self, num_tokens: int) -> list[Any]:
         if self.next_use_in_s is None:
@@ -111,8 +108,6 @@ class NextUseHoleAwareTree(HoleAwareTree):
             waits = [next_use(owner) for owner in node.owners or ()]
             wait_s = min(waits) if waits else now - node.last_access_time
             cost = self.cost.cost_per_token(node.start, node.end)
-            if self.lexicographic:
-                return (-wait_s, cost)
             return (cost / max(wait_s, 1e-9), -node.start)
 
         freed: list[Any] = []
