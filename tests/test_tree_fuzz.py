@@ -221,12 +221,16 @@ class TreeMachine(RuleBasedStateMachine):
         before = self.tree.evictable_size
         freed = flat(self.tree.evict(n))
         self._free(freed)
-        # Held KV goes in order: the program expected back last first, and within a program the
-        # cheapest token first, so a held program's tail outlives its head.
+        # Held KV goes in order: the program expected back last first, and among those back at
+        # one time the cheapest token first, so a held program's tail outlives its head.
         for x in (h for h in held if h[-1].value is None):
             COVERAGE["held_evictions"] += 1
             for y in held:
-                first = y[0] < x[0] or (y[1] == x[1] and y[2:4] < x[2:4])
+                first = (
+                    y[0] < x[0]
+                    or (y[0] == x[0] and y[2] < x[2])
+                    or (y[1] == x[1] and y[2:4] < x[2:4])
+                )
                 assert not first or y[-1].value is None, f"{x} went before {y}"
                 if self.tree.cost.b > 0 and y[1] == x[1] and id(y[-1]) in above[id(x[-1])]:
                     assert y[-1].value is None, f"held tail {x[-1]} went before {y[-1]}"
@@ -247,7 +251,7 @@ class TreeMachine(RuleBasedStateMachine):
             for entry in filter(tree._live, heap):
                 node = entry[-1]
                 assert node.owners == {program} and not node.released
-                back = tree._program_back[program]
+                back = -tree._program_key[program][0]
                 assert back == self.programs.back_at(program), f"{program} keyed stale"
                 assert entry[:2] == (tree.cost.cost_per_token(node.start, node.end), -node.start)
                 held.append((-back, program, entry[0], entry[1], node))

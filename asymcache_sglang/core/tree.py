@@ -248,12 +248,12 @@ class HoleAwareTree:
         self.stats = TreeStats()
         # Entries end with (version, node); an entry whose version is not the node's is stale.
         self._heap: list[tuple[float, int, int, int, CacheNode]] = []
-        # Held nodes: each program's, by (cost per token, -start); the programs, by -back time,
-        # each with the back time of its live entry.
+        # Held nodes: each program's, by (cost per token, -start); the programs, by (-back time,
+        # cost of its cheapest node), each with the key of its live entry.
         self._holding = False
         self._program_nodes: dict[Hashable, list[tuple[float, int, int, int, CacheNode]]] = {}
-        self._program_order: list[tuple[float, int, Hashable]] = []
-        self._program_back: dict[Hashable, float] = {}
+        self._program_order: list[tuple[float, float, int, Hashable]] = []
+        self._program_key: dict[Hashable, tuple[float, float]] = {}
         self._held_entries = 0
         self._seq = itertools.count()
         self._key_tau = self.reuse.tau_s
@@ -284,7 +284,8 @@ class HoleAwareTree:
             entry = (cost, -node.start, next(self._seq), node.version, node)
             heapq.heappush(self._program_nodes.setdefault(holder, []), entry)
             self._held_entries += 1
-            if holder not in self._program_back:
+            key = self._program_key.get(holder)
+            if key is None or cost < key[1]:
                 self._order_program(holder)
         else:
             key = (
@@ -312,11 +313,15 @@ class HoleAwareTree:
         return next(iter(node.owners))
 
     def _order_program(self, program: Hashable) -> None:
+        """(Re)place a program by its return and its cheapest node: among programs expected
+        back at one time (never, most often) the cheapest token goes first, whoever's it is."""
         assert self.returns is not None
         back = self.returns.back_at(program)
         assert back is not None, "returns are estimated once holding starts"
-        self._program_back[program] = back
-        heapq.heappush(self._program_order, (-back, next(self._seq), program))
+        top = self._top(self._program_nodes.get(program, []))
+        key = (-back, math.inf if top is None else top[0])
+        self._program_key[program] = key
+        heapq.heappush(self._program_order, (*key, next(self._seq), program))
 
     def _live(self, entry: tuple[Any, ...]) -> bool:
         return entry[-2] == entry[-1].version and self.is_evictable(entry[-1])
@@ -329,10 +334,10 @@ class HoleAwareTree:
             heapq.heapify(heap)
             if not heap:
                 del self._program_nodes[program]
-                self._program_back.pop(program, None)
+                self._program_key.pop(program, None)
         self._held_entries = sum(map(len, self._program_nodes.values()))
         self._program_order = [
-            e for e in self._program_order if self._program_back.get(e[2]) == -e[0]
+            e for e in self._program_order if self._program_key.get(e[3]) == e[:2]
         ]
         heapq.heapify(self._program_order)
 
@@ -612,8 +617,8 @@ class HoleAwareTree:
                 for node in nodes:
                     self._changed(node)
         for program in changed:
-            back = self._program_back.get(program)
-            if back is not None and back != self.returns.back_at(program):
+            key = self._program_key.get(program)
+            if key is not None and -key[0] != self.returns.back_at(program):
                 self._order_program(program)
 
     def _next_victim(self, now: float) -> CacheNode | None:
@@ -621,26 +626,32 @@ class HoleAwareTree:
         free, held = self._top(self._heap), self._top_program()
         if held is None:
             return None if free is None else heapq.heappop(self._heap)[-1]
-        back, nodes = held
+        program, back = held
         if free is None or (free[0] > -math.inf and back - now > now - free[-1].last_access_time):
-            return heapq.heappop(nodes)[-1]
+            node = heapq.heappop(self._program_nodes[program])[-1]
+            self._order_program(program)  # by its next cheapest node
+            return node
         return heapq.heappop(self._heap)[-1]
 
-    def _top_program(self) -> tuple[float, list[Any]] | None:
-        """The program expected back last that holds an evictable node: its time and heap."""
+    def _top_program(self) -> tuple[Hashable, float] | None:
+        """The program expected back last (its cheapest node first among ties) that holds an
+        evictable node, and when it is expected back."""
         order = self._program_order
         while order:
-            _, _, program = order[0]
-            back = self._program_back.get(program)
-            if back is None or back != -order[0][0]:
+            program = order[0][3]
+            key = self._program_key.get(program)
+            if key != order[0][:2]:
                 heapq.heappop(order)
                 continue
-            nodes = self._program_nodes.get(program)
-            if nodes is not None and self._top(nodes) is not None:
-                return back, nodes
-            heapq.heappop(order)
-            del self._program_back[program]
-            self._program_nodes.pop(program, None)
+            top = self._top(self._program_nodes.get(program, []))
+            if top is None:
+                heapq.heappop(order)
+                del self._program_key[program]
+                self._program_nodes.pop(program, None)
+            elif top[0] != key[1]:  # its cheapest node went stale
+                self._order_program(program)
+            else:
+                return program, -key[0]
         return None
 
     def _top(self, heap: list[Any]) -> tuple[Any, ...] | None:
