@@ -133,3 +133,44 @@ def test_without_any_program_the_holds_change_nothing():
             n = rng.randint(1, 6)
             assert plain.evict(n) == held.evict(n)
     assert plain.resident_values() == held.resident_values()
+
+
+DETERMINISM_SCRIPT = """
+import random
+from array import array
+from tests.test_holds import held_tree, run
+tree, programs, clock = held_tree(gaps=(3.0, 5.0, 8.0) * 3, max_owners=3)
+rng = random.Random(2)
+out, slot = [], 0
+for step in range(400):
+    clock.now += rng.choice([0.1, 0.5, 2.0])
+    program = f"p{rng.randrange(12)}"
+    tokens = [rng.randrange(4)] + [rng.randrange(3) for _ in range(rng.randint(1, 12))]
+    run(tree, programs, program, tokens, list(range(slot, slot + len(tokens))))
+    slot += len(tokens)
+    if rng.random() < 0.1:
+        programs.close(program)
+        tree.release(program)
+    out.append(tree.evict(rng.randint(1, 9)))
+print(out)
+"""
+
+
+def test_eviction_is_the_same_in_every_process_so_tp_ranks_agree():
+    """Sets of programs and of nodes iterate by hash and address, which differ between
+    processes (TP ranks); nothing may depend on that order."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", DETERMINISM_SCRIPT],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(outputs) == 1 and len(next(iter(outputs))) > 1000

@@ -131,7 +131,7 @@ def test_return_times_move_only_at_events_and_deadlines_and_changed_names_them()
     tracker = ProgramTracker(clock, min_gaps=2)
     tracker.admit("a", [1])
     tracker.release("a", [1, 2])
-    assert tracker.changed(clock.now) == {"a"}
+    assert tracker.changed(clock.now) == ["a"]
     assert tracker.back_at("a") is None  # no return seen yet: no opinion
     clock.now = 2.0
     tracker.admit("a", [1, 2, 3])  # back after 2 s
@@ -145,19 +145,19 @@ def test_return_times_move_only_at_events_and_deadlines_and_changed_names_them()
     # "b", waiting since 2.0, got its first estimate from the gaps (2, 4) at once: it has
     # waited as long as the longest, so it is not expected back.
     assert tracker.back_at("b") == math.inf
-    assert tracker.changed(clock.now) == {"a", "b"}
-    assert tracker.changed(clock.now) == set()
+    assert tracker.changed(clock.now) == ["a", "b"]
+    assert tracker.changed(clock.now) == []
     tracker.release("a", [1, 2, 3, 4, 5, 6])
     assert tracker.back_at("a") == pytest.approx(6.0 + 3.0)  # the mean gap
-    assert tracker.changed(8.0) == {"a"}
-    assert tracker.changed(8.9) == set()
+    assert tracker.changed(8.0) == ["a"]
+    assert tracker.changed(8.9) == []
     # Past its deadline "a" is re-estimated from its wait: 3.1 s so far, only the 4 s gap is
     # longer, so it is expected 0.9 s later.
-    assert tracker.changed(9.1) == {"a"}
+    assert tracker.changed(9.1) == ["a"]
     assert tracker.back_at("a") == pytest.approx(9.1 + 0.9)
     # Past every gap seen it is not expected back.
-    assert tracker.changed(10.5) == {"a"} and tracker.back_at("a") == math.inf
-    assert tracker.changed(1e9) == set()
+    assert tracker.changed(10.5) == ["a"] and tracker.back_at("a") == math.inf
+    assert tracker.changed(1e9) == []
 
 
 def test_the_tip_index_stays_the_inverse_of_each_programs_last_request():

@@ -98,7 +98,8 @@ class ProgramTracker:
         self._back_at: dict[Hashable, float] = {}
         self._deadlines: list[tuple[float, int, Hashable]] = []
         self._seq = itertools.count()
-        self._changed: set[Hashable] = set()
+        # Insertion-ordered, so every TP rank re-keys in one order.
+        self._changed: dict[Hashable, None] = {}
 
     def _tip(self, tokens: Sequence[int], length: int) -> Tip:
         return (length, tuple(tokens[max(0, length - self.tip_tokens) : length]))
@@ -136,7 +137,7 @@ class ProgramTracker:
         """A request of ``program`` is in the server (again, for a retracted one)."""
         self._requests_in[program] = self._requests_in.get(program, 0) + 1
         self._stop_waiting(program)
-        self._changed.add(program)
+        self._changed[program] = None
 
     def release(self, program: Hashable, tokens: Sequence[int]) -> None:
         """A request of ``program`` finished and the cache holds ``tokens`` of it: once no other
@@ -164,13 +165,13 @@ class ProgramTracker:
             self._requests_in[program] = left
         else:
             self._requests_in.pop(program, None)
-        self._changed.add(program)
+        self._changed[program] = None
 
     def close(self, program: Hashable) -> None:
         """The program is done (``/close_session``, or it waited past ``max_waiting``)."""
         self._stop_waiting(program)
         self._forget_tip(program)
-        self._changed.add(program)
+        self._changed[program] = None
 
     def _stop_waiting(self, program: Hashable) -> None:
         self._waiting_since.pop(program, None)
@@ -195,7 +196,7 @@ class ProgramTracker:
     def _estimate(self, program: Hashable, now: float) -> None:
         """A waiting program's return time from the gaps, once they can say; a deadline heap
         entry brings it back when that time passes."""
-        self._changed.add(program)
+        self._changed[program] = None
         if not self.ready:
             return
         back = now + self.returns.expected_remaining_s(now - self._waiting_since[program])
@@ -233,12 +234,12 @@ class ProgramTracker:
             "return_gaps": len(self.returns),
         }
 
-    def changed(self, now: float) -> set[Hashable]:
+    def changed(self, now: float) -> list[Hashable]:
         """The programs whose ``back_at`` moved since the last call, overdue ones included (each
         is re-estimated from how long it has waited): O(programs changed)."""
         while self._deadlines and self._deadlines[0][0] <= now:
             back, _, program = heapq.heappop(self._deadlines)
             if self._back_at.get(program) == back:
                 self._estimate(program, now)
-        changed, self._changed = self._changed, set()
+        changed, self._changed = list(self._changed), {}
         return changed

@@ -568,7 +568,7 @@ class HoleAwareTree:
         first on eviction (a later match or insert makes them ordinary again). Returns their
         tokens."""
         released = 0
-        for node in self._owned.pop(owner, ()):
+        for node in _in_order(self._owned.pop(owner, ())):
             assert node.owners is not None
             node.owners.discard(owner)
             if node.owners:
@@ -614,7 +614,7 @@ class HoleAwareTree:
                 return
             self._holding = True  # once: every owned node becomes held or stays as it is
             for nodes in list(self._owned.values()):
-                for node in nodes:
+                for node in _in_order(nodes):
                     self._changed(node)
         for program in changed:
             key = self._program_key.get(program)
@@ -725,6 +725,11 @@ class HoleAwareTree:
 
     def hole_tokens(self) -> int:
         return sum(len(n.key) for n in self.iter_nodes() if n.value is None)
+
+
+def _in_order(nodes: Iterable[CacheNode]) -> list[CacheNode]:
+    """Nodes by creation: a set's order follows addresses, which differ between TP ranks."""
+    return sorted(nodes, key=lambda node: node.node_id)
 
 
 def _overlaps(lo: int, hi: int, ranges: Sequence[Range]) -> bool:
