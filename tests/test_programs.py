@@ -160,6 +160,24 @@ def test_return_times_move_only_at_events_and_deadlines_and_changed_names_them()
     assert tracker.changed(1e9) == []
 
 
+def test_a_deadline_always_moves_past_now_even_by_rounding():
+    """A wait a hair short of the longest gap must not come due again at the same instant
+    (``changed`` would loop forever): at a large clock every re-estimate lands past now."""
+    clock = Clock()
+    tracker = ProgramTracker(clock, min_gaps=1)
+    for gap in (0.1, 0.2, 0.1 + 0.2):
+        tracker.returns.observe(gap)
+    clock.now = 1e9
+    tracker.admit("p", [1])
+    tracker.release("p", [1, 2])
+    for step in range(400):
+        now = 1e9 + step * 1e-3
+        tracker.changed(now)
+        assert tracker.back_at("p") > now
+    assert tracker.back_at("p") == math.inf
+    assert tracker.returns.expected_remaining_s(0.3 - 1e-17) > 0
+
+
 def test_the_tip_index_stays_the_inverse_of_each_programs_last_request():
     clock = Clock()
     tracker = ProgramTracker(clock, tip_tokens=2, max_waiting=20, min_gaps=3)

@@ -51,7 +51,8 @@ class ReturnGaps:
             return math.inf
         if self._suffix is None:
             self._suffix = list(itertools.accumulate(reversed(self._sorted), initial=0.0))
-        return self._suffix[longer] / longer - idle_s
+        remaining = self._suffix[longer] / longer - idle_s
+        return remaining if remaining > 0 else math.inf  # longer only by rounding: none is
 
 
 class ProgramTracker:
@@ -200,6 +201,8 @@ class ProgramTracker:
         if not self.ready:
             return
         back = now + self.returns.expected_remaining_s(now - self._waiting_since[program])
+        if back <= now:  # a remaining wait too small to move the clock: not expected back
+            back = math.inf
         self._back_at[program] = back
         if back < math.inf:
             heapq.heappush(self._deadlines, (back, next(self._seq), program))
