@@ -87,6 +87,11 @@ def small_chunk_server(
     ]  # fmt: skip
     if mixed:
         flags.append("--enable-mixed-chunk")
+    else:
+        # Holds trim a waiting program head first, which makes one leading hole larger than the
+        # chunk (first_hole_chunks); the cost key alone punches the interior holes that SegmentPlan
+        # cuts to the chunk (chunked_plans). The mixed server runs the holds.
+        flags += ["--asymcache-holds", "off"]
     log_path = artifacts_dir / f"asymcache-{request.param}-server.log"
     with cpu_asymcache_server(tiny_model, log_path, *flags) as server:
         yield server, mixed
