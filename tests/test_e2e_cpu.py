@@ -71,14 +71,19 @@ def test_holes_are_exact_against_no_cache(asymcache_server, no_cache_server, art
 
 def test_mixed_chunk_holes_beside_decodes_are_exact(mixed_chunk_server, no_cache_server):
     """--enable-mixed-chunk: hole plans share forwards with running decodes, same tokens."""
-    workload = MultiTurnWorkload(
-        num_sessions=8, turns=5, first_prompt_tokens=120, max_new_tokens=24
-    )
     before = asymcache_counters(mixed_chunk_server.url)
-    ours = run_concurrent_sessions(mixed_chunk_server.url, workload)
-    time.sleep(3)
-    after = asymcache_counters(mixed_chunk_server.url)
-    delta = {k: after[k] - before.get(k, 0) for k in after}
+    ours = []
+    # Whether a plan lands beside a decode is timing on a shared CPU: up to 3 seeded rounds.
+    for seed in range(3):
+        workload = MultiTurnWorkload(
+            num_sessions=8, turns=5, first_prompt_tokens=120, max_new_tokens=24, seed=seed
+        )
+        ours += run_concurrent_sessions(mixed_chunk_server.url, workload)
+        time.sleep(3)
+        after = asymcache_counters(mixed_chunk_server.url)
+        delta = {k: after[k] - before.get(k, 0) for k in after}
+        if delta["mixed_plan_batches"] > 0:
+            break
     ref = [
         generate_streaming(no_cache_server.url, r.input_ids, workload.max_new_tokens) for r in ours
     ]
