@@ -286,7 +286,7 @@ def merge(paths: Sequence[Path], dest: Path) -> dict[str, Any]:
     """Sweeps from one card (runs of ``eval.sweep``, or files this wrote) joined per workload,
     the latest run of each (configuration, pool) kept; with each bounded pool's standing of
     AsymCache against the best stock policy. Writes ``dest`` and, beside it,
-    ``<stem>_<workload>.png`` and ``<stem>_<workload>_cdf.png``."""
+    ``<stem>_<workload>.png`` and ``<stem>_<workload>_cdf.png``. Written compact: it is tracked."""
     sweeps = [w for p in paths for w in _workload_sweeps(json.loads(p.read_text()))]
     sweeps.sort(key=lambda s: min(p["date"] for p in s["parts"]))
     cards = {s["card"] for s in sweeps}
@@ -323,7 +323,7 @@ def merge(paths: Sequence[Path], dest: Path) -> dict[str, Any]:
         merged["standings"] = standings(merged["runs"])
     result = {"card": next(iter(cards)), "workloads": workloads}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(result, indent=2) + "\n")
+    dest.write_text(json.dumps(result, separators=(",", ":")) + "\n")
     for name, merged in workloads.items():
         plot(merged, dest.with_name(f"{dest.stem}_{name}.png"))
         plot_cdf(merged, dest.with_name(f"{dest.stem}_{name}_cdf.png"))

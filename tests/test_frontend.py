@@ -62,7 +62,7 @@ def test_program_endpoint_names_each_run_and_closes_it(asymcache_server, no_cach
     ] > waiting and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [o["text"] for o in ours] == [r["text"] for r in _run(no_cache_server.url, tasks=tasks)]
-    calls = sum(len(results) + 1 for _, results in TASKS)
+    calls = sum(len(results) + 1 for _, results in tasks)
     assert after["return_gaps"] - before["return_gaps"] == calls - len(TASKS)
     assert after["programs_in"] == 0
     assert after["programs_waiting"] == waiting  # the runs are closed, not waiting
