@@ -8,9 +8,11 @@ config-only Llama-3-8B folder from ``.gpu/make_model.py DIR --preset llama3-8b``
   size. Then the AsymCache server's position cost (below), after the run.
 - ``no_pressure``: the same workload on a pool that holds everything, with CUDA graphs at
   SGLang's defaults and again with ``--disable-cuda-graph``; AsymCache / stock ratios, over
-  ``--repeats`` interleaved runs per server (eager decode is bound by the host, which drifts);
-  ``--paired``: both servers run each repeat at the same time, on their own cores, so the
-  host's drift falls on both.
+  ``--repeats`` runs per server (eager decode is bound by the host, whose speed drifts by up to
+  x1.8 over tens of seconds). ``--method interleaved``: each server runs the whole workload
+  alone in turn; ``paired``: both at the same time, on their own cores; ``rounds``: every
+  session's turn t together on one server, then on the other, the order alternating round by
+  round, so the servers' measurements are seconds apart.
 - ``overhead``: both servers eager under a decode-only load, TPOT at batch sizes 1 and 8, with
   ``eval.stack_sampler`` profiling their schedulers during the load.
 
@@ -28,6 +30,7 @@ them into ``eval/results/<card>_engage.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -58,6 +61,7 @@ from eval.report import grouped_bars
 from eval.server import SGLangServer, start_staggered, stock_env
 from eval.workloads import (
     LongMultiTurn,
+    LongMultiTurnRounds,
     TurnResult,
     generate_streaming,
     run_long_multi_turn,
@@ -288,6 +292,32 @@ def run_paired(
     return run_repeats(servers, repeats, one_repeat)
 
 
+def run_rounds(
+    servers: dict[str, SGLangServer],
+    workload: LongMultiTurn,
+    repeats: int,
+    layout: CpuLayout | None,
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Each repeat, from emptied caches and with its own seed, the workload round by round
+    (``LongMultiTurnRounds``): a round on one server alone on its cores (``layout``), then the
+    same round on the other, the server that goes first alternating from round to round."""
+
+    def one_repeat(repeat: int) -> tuple[dict[str, list[TurnResult]], dict[str, float]]:
+        seeded = dataclasses.replace(workload, seed=workload.seed + repeat)
+        for server in servers.values():
+            flush_cache(server.url)
+        replays = {name: LongMultiTurnRounds(seeded) for name in servers}
+        this: dict[str, list[TurnResult]] = {name: [] for name in servers}
+        for turn in range(workload.turns):
+            order = list(servers) if (repeat + turn) % 2 == 0 else list(reversed(servers))
+            for name in order:
+                isolate(layout, servers[name], servers.values())
+                this[name] += replays[name].run_round(servers[name].url, turn)
+        return this, {}
+
+    return run_repeats(servers, repeats, one_repeat)
+
+
 def pin_pair(servers: dict[str, SGLangServer], swap: bool) -> None:
     """This process on the client's cores, the two servers on the two halves (``swap``: the
     other way round); nothing on a host too small to split."""
@@ -356,9 +386,9 @@ def part_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> 
 
 
 CUDA_GRAPH_SETTINGS = {"cuda_graph_default": [], "disable_cuda_graph": ["--disable-cuda-graph"]}
-# Where a no_pressure file keeps each setting's result: measured one server at a time, or paired.
-PAIRED = "_paired"
-NO_PRESSURE_ENTRIES = (*CUDA_GRAPH_SETTINGS, *(s + PAIRED for s in CUDA_GRAPH_SETTINGS))
+# Where a no_pressure file keeps each setting's result, by how the pair was measured.
+METHOD_SUFFIX = {"interleaved": "", "paired": "_paired", "rounds": "_rounds"}
+NO_PRESSURE_ENTRIES = tuple(s + m for m in METHOD_SUFFIX.values() for s in CUDA_GRAPH_SETTINGS)
 
 
 def part_no_pressure(
@@ -368,11 +398,13 @@ def part_no_pressure(
     pool: int,
     settings: Sequence[str] = tuple(CUDA_GRAPH_SETTINGS),
     repeats: int = 1,
-    paired: bool = False,
+    method: str = "interleaved",
 ) -> dict[str, Any]:
     """The workload with CUDA graphs at SGLang's defaults, then eager, ``repeats`` times per
-    server (``run_interleaved``). The defaults pair's AsymCache server also measures the position
-    cost; the eager pair runs the decode probe, alternating servers, ``repeats`` times."""
+    server, measured by ``method`` (``run_interleaved``, ``run_paired``, ``run_rounds``). The
+    defaults pair's AsymCache server also measures the position cost; the eager pair runs the
+    decode probe, alternating servers, ``repeats`` times."""
+    paired = method == "paired"
     result: dict[str, Any] = {
         "pool_tokens": pool, "max_live_tokens": workload.max_live_tokens(), "repeats": repeats,
     }  # fmt: skip
@@ -389,11 +421,13 @@ def part_no_pressure(
             layout = CpuLayout.for_host()
             if paired:
                 runs, per_repeat = run_paired(servers, workload, repeats)
+            elif method == "rounds":
+                runs, per_repeat = run_rounds(servers, workload, repeats, layout)
             else:
                 runs, per_repeat = run_interleaved(servers, workload, repeats, layout)
             entry = {
                 "server_args": flags,
-                "method": "paired" if paired else "interleaved",
+                "method": method,
                 "cpu_layout": paired_cores()
                 if paired
                 else None
@@ -420,7 +454,7 @@ def part_no_pressure(
                 )
         finally:
             stop_all(servers)
-        result[setting + (PAIRED if paired else "")] = entry
+        result[setting + METHOD_SUFFIX[method]] = entry
     return result
 
 
@@ -634,8 +668,8 @@ def main() -> None:
     )  # fmt: skip
     run.add_argument("--repeats", type=int, default=1, help="no_pressure: runs per server")
     run.add_argument(
-        "--paired", action="store_true",
-        help="no_pressure: both servers run each repeat at the same time, on their own cores",
+        "--method", choices=tuple(METHOD_SUFFIX), default="interleaved",
+        help="no_pressure: how the pair is measured (the module's docstring says each)",
     )  # fmt: skip
     join = sub.add_parser("merge")
     join.add_argument("parts", type=Path, nargs="+")
@@ -652,7 +686,7 @@ def main() -> None:
     elif args.part == "no_pressure":
         pool = args.pool_tokens or workload.max_live_tokens() + 16_000
         body = part_no_pressure(
-            args.model, args.out, workload, pool, args.settings, args.repeats, args.paired
+            args.model, args.out, workload, pool, args.settings, args.repeats, args.method
         )
     else:
         body = part_overhead(args.model, args.out, args.pool_tokens or 100_000)

@@ -270,3 +270,31 @@ def run_long_multi_turn(url: str, workload: LongMultiTurn) -> list[TurnResult]:
 
     with ThreadPoolExecutor(workload.sessions) as pool:
         return [r for per in pool.map(session, plan_long_multi_turn(workload)) for r in per]
+
+
+class LongMultiTurnRounds:
+    """``LongMultiTurn`` one turn at a time: every session's turn ``t`` is sent together, with no
+    arrival gaps or think times, so two servers can take alternate rounds of the same workload
+    (each round seconds long) and drift in the host's speed falls on both."""
+
+    def __init__(self, workload: LongMultiTurn) -> None:
+        self.workload = workload
+        self.plans = plan_long_multi_turn(workload)
+        self.histories = [list(plan.doc_ids) for plan in self.plans]
+
+    def run_round(self, url: str, turn: int) -> list[TurnResult]:
+        """Every session's request of ``turn`` at once; each history then gets its answer and
+        next question."""
+
+        def send(history: list[int]) -> TurnResult:
+            return generate_streaming(
+                url, history, self.workload.answer_tokens, return_logprob=False
+            )
+
+        with ThreadPoolExecutor(len(self.plans)) as pool:
+            results = list(pool.map(send, self.histories))
+        for plan, history, res in zip(self.plans, self.histories, results):
+            res.session, res.turn = plan.index, turn
+            history += res.output_ids
+            history += plan.turns[turn][0]
+        return results

@@ -1,5 +1,5 @@
-"""The engage benchmark: workload size, the model's position cost, the summary, and paired runs
-on two real CPU servers."""
+"""The engage benchmark: workload size, the model's position cost, the summary, and paired and
+round-by-round runs on two real CPU servers."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_a_later_no_pressure_file_replaces_only_its_settings(tmp_path):
     )
 
 
-def test_paired_runs_measure_both_servers_at_once_on_the_cpu(tiny_model, tmp_path):
+def test_paired_and_round_runs_measure_both_servers_on_the_cpu(tiny_model, tmp_path):
     workload = LongMultiTurn(
         sessions=2, turns=2, doc_tokens=(60, 80), question_tokens=(5, 10), answer_tokens=4,
         think_s=(0.1, 0.2), arrival_gap_s=0.1, vocab=(10, 500),
@@ -100,11 +100,18 @@ def test_paired_runs_measure_both_servers_at_once_on_the_cpu(tiny_model, tmp_pat
         for server in servers.values():
             server.start()
         runs, per_repeat = engage.run_paired(servers, workload, repeats=2)
+        rounds, per_repeat_rounds = engage.run_rounds(servers, workload, 2, layout=None)
     finally:
         for server in servers.values():
             server.stop()
-    assert len(per_repeat) == 2 and all(r["tpot_ratio"] > 0 for r in per_repeat)
-    for name, run in runs.items():
-        assert run["requests"] == 2 * 2 * 2, name
-        assert run["cached_tokens"] > 0
-    assert runs["asymcache"]["counters"]["timed_forwards"] > 0
+    for method, method_runs, ratios in (
+        ("paired", runs, per_repeat), ("rounds", rounds, per_repeat_rounds)
+    ):
+        assert len(ratios) == 2 and all(r["tpot_ratio"] > 0 for r in ratios), method
+        for name, run in method_runs.items():
+            assert run["requests"] == 2 * 2 * 2, (method, name)
+            assert run["cached_tokens"] > 0, (method, name)
+        assert method_runs["asymcache"]["counters"]["timed_forwards"] > 0
+    # Round by round the two servers replay the same prompts: the same lengths and hits.
+    assert rounds["stock"]["prompt_tokens"] == rounds["asymcache"]["prompt_tokens"]
+    assert rounds["stock"]["cached_tokens"] == rounds["asymcache"]["cached_tokens"]
