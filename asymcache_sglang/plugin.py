@@ -31,6 +31,9 @@ PATCH_MODULES = (
     "asymcache_sglang.patches.http_server_wait_and_warmup",
     "asymcache_sglang.patches.scheduler_close_session",
     "asymcache_sglang.patches.evict_from_tree_cache",
+    "asymcache_sglang.patches.tokenizer_manager_validate_one_request",
+    "asymcache_sglang.patches.tokenizer_manager_tokenize_texts",
+    "asymcache_sglang.patches.serving_chat_process_messages",
 )
 
 

@@ -124,7 +124,7 @@ class AsymCacheServerArgs(ServerArgs):
         self.page_size = 1
 
 
-def profiles_latency(args: object) -> bool:
-    """Whether the server runs the start-up latency profile (every AsymCache server: eviction
-    prices KV with the extend fit it calibrates)."""
+def asymcache_enabled(args: object) -> bool:
+    """The guard of hooks outside the scheduler (HTTP server, tokenizer manager): whether these
+    server arguments turn AsymCache on."""
     return isinstance(args, AsymCacheServerArgs) and args.enable_asymcache

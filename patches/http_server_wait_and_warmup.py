@@ -21,7 +21,7 @@ from typing import Any
 import requests
 from sglang.srt.plugins.hook_registry import HookType
 
-from asymcache_sglang.server_args import profiles_latency
+from asymcache_sglang.server_args import asymcache_enabled
 
 TARGET = "sglang.srt.entrypoints.http_server._wait_and_warmup"
 HOOK_TYPE = HookType.AROUND
@@ -123,7 +123,7 @@ def run_profile(server_args: Any) -> None:
 
 
 def hook(original: Callable[..., Any], server_args: Any, *args: Any, **kwargs: Any) -> Any:
-    if not profiles_latency(server_args):
+    if not asymcache_enabled(server_args):
         return original(server_args, *args, **kwargs)
     bound = inspect.signature(original).bind(server_args, *args, **kwargs)
     bound.apply_defaults()

@@ -30,10 +30,18 @@ try:
     params = {"max_new_tokens": 4, "temperature": 0.0, "ignore_eos": True}
     first = engine.generate(input_ids=prompt, sampling_params=params)
     second = engine.generate(input_ids=prompt, sampling_params=params)
+    refused = []
+    for bad in ([20, 10**6], [-1, 20]):
+        try:
+            engine.generate(input_ids=bad, sampling_params=params)
+        except ValueError as exc:
+            refused.append(str(exc))
+    after = engine.generate(input_ids=prompt, sampling_params=params)
     counters = engine.get_server_info()["internal_states"][0]["asymcache"]
 finally:
     engine.shutdown()
-print("RESULT " + json.dumps({"first": first, "second": second, "counters": counters}))
+result = {"first": first, "second": second, "refused": refused, "after": after}
+print("RESULT " + json.dumps({**result, "counters": counters}))
 """
 
 
@@ -53,3 +61,7 @@ def test_engine_kwarg_enables_asymcache(tiny_model):
     assert result["first"]["output_ids"] == result["second"]["output_ids"]
     assert result["second"]["meta_info"]["cached_tokens"] == prompt_len - 1
     assert result["counters"]["cached_tokens"] >= prompt_len - 1
+    # Token ids outside the vocabulary are refused before the scheduler, which keeps serving.
+    assert len(result["refused"]) == 2, result["refused"]
+    assert all("valid token ids are 0 to" in message for message in result["refused"])
+    assert result["after"]["output_ids"] == result["first"]["output_ids"]
