@@ -671,6 +671,10 @@ def main() -> None:
         "--method", choices=tuple(METHOD_SUFFIX), default="interleaved",
         help="no_pressure: how the pair is measured (the module's docstring says each)",
     )  # fmt: skip
+    run.add_argument(
+        "--sessions", type=int, default=LongMultiTurn.sessions,
+        help="the workload's sessions (fewer: two no-pressure servers fit an 80 GB card)",
+    )  # fmt: skip
     join = sub.add_parser("merge")
     join.add_argument("parts", type=Path, nargs="+")
     join.add_argument("--dest", type=Path, default=Path("eval/results"))
@@ -679,7 +683,7 @@ def main() -> None:
         print(merge(args.parts, args.dest))
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    workload = LongMultiTurn()
+    workload = LongMultiTurn(sessions=args.sessions)
     if args.part == "pressure":
         pool = args.pool_tokens or 100_000
         body = part_pressure(args.model, args.out, workload, pool)
