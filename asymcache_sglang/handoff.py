@@ -69,6 +69,9 @@ class RequestPlan:
     # Ranges of the Req's req_to_token row whose slots belong to the tree; None: the leading
     # cache_protected_len tokens, as in stock SGLang.
     retained: list[Range] | None = None
+    # The holes this request's last extend recomputed, until its next insert adopts them (or
+    # its KV is freed without one): where planned hole tokens end up, for the counters.
+    pending_holes: list[Range] | None = None
     # Prefill chunks of this request that recomputed part of a hole plan.
     plan_chunks: int = 0
     # Where the last admitted plan, before it was cut to a chunk, ended: a later chunk's match

@@ -30,7 +30,15 @@ from sglang.srt.mem_cache.radix_cache import RadixCache
 from asymcache_sglang import handoff
 from asymcache_sglang.core.config import AsymCacheConfig
 from asymcache_sglang.core.programs import ProgramTracker
-from asymcache_sglang.core.tree import CacheNode, HoleAwareTree, Range, SegmentPlan, owned_ranges
+from asymcache_sglang.core.tree import (
+    CacheNode,
+    HoleAwareTree,
+    InsertOutcome,
+    Range,
+    SegmentPlan,
+    covered_tokens,
+    owned_ranges,
+)
 from asymcache_sglang.latency_runtime import LatencyRuntime
 
 
@@ -56,6 +64,12 @@ class PlanCounters:
     stale_plans: int = 0
     # Extends with hole plans that also carried running decodes (--enable-mixed-chunk).
     mixed_plan_batches: int = 0
+    # Where planned hole tokens ended: adopted into their holes by the request's insert; found
+    # refilled by another request first (freed as duplicates); freed with the request's KV, never
+    # inserted (retracted). Once idle, the three add up to planned_hole_tokens.
+    planned_holes_adopted: int = 0
+    planned_holes_refilled_first: int = 0
+    planned_holes_discarded: int = 0
 
 
 class HoleAwareRadixCache(RadixCache):
@@ -201,12 +215,14 @@ class HoleAwareRadixCache(RadixCache):
         if is_insert:
             outcome = self.tree.insert(token_ids, kv_indices, retained, req.extra_key)
             self._free(outcome.duplicates)
+            self._settle_holes(req, outcome)
             # A request of a program leaves its path tagged with it.
             program = self.program_of(req)
             if program is not None:
                 self.tree.tag(outcome.last_node, program)
         else:
             self._free([kv_indices[s:e] for s, e in owned_ranges(0, len(kv_indices), retained)])
+            self._settle_holes(req, None)
         if req.last_node is not None:
             self.dec_lock_ref(req.last_node)
         handoff.request_plan(req).retained = None
@@ -223,6 +239,7 @@ class HoleAwareRadixCache(RadixCache):
             token_ids, kv_indices, retained, req.extra_key, count_hit=not chunked
         )
         self._free(outcome.duplicates)
+        self._settle_holes(req, outcome)
         new_indices = torch.cat(outcome.path_values) if outcome.path_values else kv_indices[:0]
         assert len(new_indices) == len(token_ids), f"{len(new_indices)=} {len(token_ids)=}"
         # The leading retained range already holds the tree's slots; rewrite only from its end.
@@ -237,6 +254,21 @@ class HoleAwareRadixCache(RadixCache):
         req.prefix_indices = new_indices
         req.cache_protected_len = len(new_indices)
         handoff.request_plan(req).retained = [(0, len(new_indices))]
+
+    def _settle_holes(self, req: Any, outcome: InsertOutcome | None) -> None:
+        """Count where the holes the request's last extend recomputed went: its insert's
+        ``outcome`` adopted them or found them refilled; without one they were freed."""
+        request = handoff.request_plan(req)
+        holes, request.pending_holes = request.pending_holes, None
+        if not holes:
+            return
+        total = sum(e - s for s, e in holes)
+        if outcome is None:
+            self.counters.planned_holes_discarded += total
+            return
+        adopted = covered_tokens(holes, outcome.adopted_ranges)
+        self.counters.planned_holes_adopted += adopted
+        self.counters.planned_holes_refilled_first += total - adopted
 
     def program_of(self, req: Any) -> Hashable | None:
         """The program a request belongs to: the one its first match named (with holds), else

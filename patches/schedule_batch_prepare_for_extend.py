@@ -103,7 +103,9 @@ def hook(original: Callable[..., Any], batch: Any, *args: Any, **kwargs: Any) ->
             req.cached_tokens -= holes
             req.cached_tokens_device = max(0, req.cached_tokens_device - holes)
         req.cache_protected_len = plan.retained_tokens
-        handoff.request_plan(req).retained = plan.retained
+        request = handoff.request_plan(req)
+        request.retained = plan.retained
+        request.pending_holes = list(plan.recompute)
     check_segments(segments, [r.extend_range.end for r in batch.reqs])
     batch.prefill_input_ids_cpu = flatten_arrays_to_pinned_cpu(
         fill_tokens, is_pin_memory_available(batch.device)

@@ -132,6 +132,8 @@ class InsertOutcome:
     path_values: list[Any]
     last_node: CacheNode
     adopted_tokens: int
+    # The token ranges whose slots filled holes, in order.
+    adopted_ranges: list[Range]
 
 
 @dataclass
@@ -492,7 +494,7 @@ class HoleAwareTree:
         pos = 0
         duplicates: list[Any] = []
         path_values: list[Any] = []
-        adopted = 0
+        adopted_ranges: list[Range] = []
         while pos < len(tokens):
             ck = self.child_key(tokens[pos], namespace)
             child = node.children.get(ck)
@@ -520,7 +522,7 @@ class HoleAwareTree:
                     self.protected_size += n
                 else:
                     self.evictable_size += n
-                adopted += n
+                adopted_ranges.append((pos, pos + n))
             else:
                 for s, e in owned_ranges(pos, pos + n, retained):
                     duplicates.append(values[s:e])
@@ -532,8 +534,9 @@ class HoleAwareTree:
             path_values.append(child.value)
             node = child
             pos += n
+        adopted = sum(e - s for s, e in adopted_ranges)
         self.stats.adopted_hole_tokens += adopted
-        return InsertOutcome(duplicates, path_values, node, adopted)
+        return InsertOutcome(duplicates, path_values, node, adopted, adopted_ranges)
 
     def tag(self, node: CacheNode, owner: Hashable) -> None:
         """Record that program ``owner`` holds the path to ``node``: O(nodes newly tagged)."""
@@ -730,6 +733,11 @@ class HoleAwareTree:
 def _in_order(nodes: Iterable[CacheNode]) -> list[CacheNode]:
     """Nodes by creation: a set's order follows addresses, which differ between TP ranks."""
     return sorted(nodes, key=lambda node: node.node_id)
+
+
+def covered_tokens(ranges: Sequence[Range], cover: Sequence[Range]) -> int:
+    """How many tokens of the disjoint ``ranges`` lie inside the disjoint ``cover``."""
+    return sum(max(0, min(e, ce) - max(s, cs)) for s, e in ranges for cs, ce in cover)
 
 
 def _overlaps(lo: int, hi: int, ranges: Sequence[Range]) -> bool:
