@@ -591,13 +591,16 @@ def summary(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(merged: dict[str, Any], out: Path) -> None:
-    """Pressure TTFT per server; per-token extend cost by prefix, measured and modelled."""
+    """Pressure TTFT per server; per-token extend cost by prefix, measured and modelled (nothing
+    for a merge without a pressure part)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     result = merged["summary"]
+    if "pressure" not in result or "position_cost" not in result:
+        return  # a no-pressure file alone: its ratios are the whole result
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
     runs = {k: v for k, v in result["pressure"].items() if k != "ratios"}
     grouped_bars(left, runs, PRESSURE_METRICS[:4], ["mean", "p50", "p90", "p99"])
