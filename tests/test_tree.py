@@ -14,7 +14,7 @@ import pytest
 
 from asymcache_sglang.core.cost import StaticCostModel, eviction_key
 from asymcache_sglang.core.reuse import ReuseEstimator
-from asymcache_sglang.core.tree import HoleAwareTree
+from asymcache_sglang.core.tree import HoleAwareTree, covered_tokens
 
 
 class FakeClock:
@@ -266,12 +266,16 @@ def test_two_requests_recompute_the_same_hole(same_tail):
 
     out_a = tree.insert(toks(req_a), row_a, plan_a.retained)
     assert out_a.duplicates == [] and out_a.adopted_tokens == 10
+    # The server's accounting of planned holes: A adopted its whole hole, B found it refilled.
+    assert out_a.adopted_ranges == [(0, 10)]
+    assert covered_tokens(plan_a.recompute, out_a.adopted_ranges) == 10
     alloc.free(flat(out_a.duplicates))
     tree.dec_lock(plan_a.last_node)
 
     out_b = tree.insert(toks(req_b), row_b, plan_b.retained)
     dup_b = flat(out_b.duplicates)
-    assert out_b.adopted_tokens == 0
+    assert out_b.adopted_tokens == 0 and out_b.adopted_ranges == []
+    assert covered_tokens(plan_b.recompute, out_b.adopted_ranges) == 0
     expected = row_b[:10] + (row_b[30:] if same_tail else [])
     assert dup_b == expected and len(set(dup_b)) == len(dup_b)
     assert set(dup_b) <= owned_b
@@ -861,3 +865,10 @@ def test_tags_follow_splits():
     assert upper.owners == lower.owners == {"a"}
     assert tree.release("a") == 20  # the prompt is b's too
     assert upper.released and lower.released
+
+
+def test_covered_tokens_counts_the_overlap_of_two_range_sets():
+    assert covered_tokens([], [(0, 10)]) == 0
+    assert covered_tokens([(0, 10)], [(0, 10)]) == 10
+    assert covered_tokens([(0, 10), (20, 30)], [(5, 25)]) == 10
+    assert covered_tokens([(0, 4)], [(4, 8)]) == 0
