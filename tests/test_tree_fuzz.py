@@ -25,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from asymcache_sglang.core.cost import StaticCostModel, eviction_key
 from asymcache_sglang.core.programs import ProgramTracker
 from asymcache_sglang.core.reuse import ReuseEstimator
-from asymcache_sglang.core.tree import CacheNode, HoleAwareTree, SegmentPlan
+from asymcache_sglang.core.tree import CacheNode, HoleAwareTree, SegmentPlan, covered_tokens
 
 EXAMPLES = int(os.environ.get("ASYMCACHE_FUZZ_EXAMPLES", "50"))
 STEPS = int(os.environ.get("ASYMCACHE_FUZZ_STEPS", "40"))
@@ -379,8 +379,14 @@ class TreeMachine(RuleBasedStateMachine):
         COVERAGE["duplicate_tokens"] += len(dups)
         # A hole this request recomputed was filled by another request first.
         dup_set = set(dups)
-        COVERAGE["hole_duplicate_tokens"] += sum(
+        hole_duplicates = sum(
             req.row[p] in dup_set for s, e in req.plan.recompute for p in range(s, e)
+        )
+        COVERAGE["hole_duplicate_tokens"] += hole_duplicates
+        # Every planned hole token was adopted into its hole or found refilled (the server's
+        # planned_holes_adopted + planned_holes_refilled_first): none lands anywhere else.
+        assert covered_tokens(req.plan.recompute, out.adopted_ranges) + hole_duplicates == sum(
+            e - s for s, e in req.plan.recompute
         )
 
     @rule(
