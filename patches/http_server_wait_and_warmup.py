@@ -37,6 +37,9 @@ PROFILE_TOKEN_RANGE = (10, 500)
 CALIBRATION_NEW_TOKENS = (2048, 1024)
 CALIBRATION_MAX_PREFIX = 48 * 1024
 CALIBRATION_PREFIXES = 5
+# Each profile request is a program of its own, closed after the profile: the tracker of
+# programs (--asymcache-holds) then starts with no waiting program that no client will continue.
+PROFILE_SESSION_PREFIX = "asymcache-latency-profile-"
 
 
 def profile_lengths(server_args: Any) -> list[int]:
@@ -77,14 +80,17 @@ def run_profile(server_args: Any) -> None:
     base_url = server_args.url()
     headers = {"Authorization": f"Bearer {server_args.api_key}"} if server_args.api_key else {}
     rng = random.Random(0)
+    sessions: list[str] = []
 
     def random_ids(num_tokens: int) -> list[int]:
         return [rng.randrange(*PROFILE_TOKEN_RANGE) for _ in range(num_tokens)]
 
     def generate(num_tokens: int, max_new_tokens: int, prefix: Sequence[int] = ()) -> None:
+        sessions.append(f"{PROFILE_SESSION_PREFIX}{len(sessions)}")
         payload = {
             "input_ids": [*prefix, *random_ids(num_tokens)],
             "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0.0},
+            "session_id": sessions[-1],
         }
         post = requests.post(f"{base_url}/generate", json=payload, headers=headers, timeout=600)
         post.raise_for_status()
@@ -112,6 +118,11 @@ def run_profile(server_args: Any) -> None:
     # The last response can reach us a moment before the scheduler is idle; SGLang waits for it.
     flushed = requests.post(f"{base_url}/flush_cache?timeout=30", headers=headers, timeout=60)
     flushed.raise_for_status()
+    for session in sessions:
+        closed = requests.post(
+            f"{base_url}/close_session", json={"session_id": session}, headers=headers, timeout=60
+        )
+        closed.raise_for_status()
     logger.info(
         "AsymCache latency profile: prefills of %s tokens, %d decodes, extends (prefix, new) %s "
         "behind a %d-token prompt",
