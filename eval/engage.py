@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import random
 import statistics
@@ -226,12 +227,12 @@ def flush_cache(url: str) -> None:
     requests.post(f"{url}/flush_cache?timeout=30", timeout=60).raise_for_status()
 
 
-Repeat = Callable[[int], tuple[dict[str, list[TurnResult]], dict[str, float]]]
+Repeat = Callable[[int], tuple[dict[str, list[TurnResult]], dict[str, Any]]]
 
 
 def run_repeats(
     servers: dict[str, SGLangServer], repeats: int, one_repeat: Repeat
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``one_repeat(r)``: each server's results of repeat ``r`` and fields to record beside its
     ratios. Per server the summary over every repeat's requests, and each repeat's ratios."""
     results: dict[str, list[TurnResult]] = {name: [] for name in servers}
@@ -253,13 +254,13 @@ def run_interleaved(
     workload: LongMultiTurn,
     repeats: int,
     layout: CpuLayout | None,
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The workload ``repeats`` times on each server from an empty cache, each measured alone on
     its share of the host's cores (``layout``), the server that goes first alternating (stock,
     AsymCache, AsymCache, stock, ...) so drift on the host falls on both; with each repeat's
     ratios the CPU time stolen from the host during each server's run."""
 
-    def one_repeat(repeat: int) -> tuple[dict[str, list[TurnResult]], dict[str, float]]:
+    def one_repeat(repeat: int) -> tuple[dict[str, list[TurnResult]], dict[str, Any]]:
         order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
         this, stolen = {}, {}
         for name in order:
@@ -275,13 +276,13 @@ def run_interleaved(
 
 def run_paired(
     servers: dict[str, SGLangServer], workload: LongMultiTurn, repeats: int
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Like ``run_interleaved``, but in each repeat both servers run the workload at the same
     time, each on its own half of the host's cores (``pin_pair``, the halves swapped every
     repeat): drift in the host's speed falls on both alike, and a slower half on each in turn,
     at the price of the two sharing the card."""
 
-    def one_repeat(repeat: int) -> tuple[dict[str, list[TurnResult]], dict[str, float]]:
+    def one_repeat(repeat: int) -> tuple[dict[str, list[TurnResult]], dict[str, Any]]:
         pin_pair(servers, swap=repeat % 2 == 1)
         for server in servers.values():
             flush_cache(server.url)
@@ -297,25 +298,47 @@ def run_rounds(
     workload: LongMultiTurn,
     repeats: int,
     layout: CpuLayout | None,
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Each repeat, from emptied caches and with its own seed, the workload round by round
     (``LongMultiTurnRounds``): a round on one server alone on its cores (``layout``), then the
     same round on the other, the server that goes first alternating from round to round."""
 
-    def one_repeat(repeat: int) -> tuple[dict[str, list[TurnResult]], dict[str, float]]:
+    def one_repeat(repeat: int) -> tuple[dict[str, list[TurnResult]], dict[str, Any]]:
         seeded = dataclasses.replace(workload, seed=workload.seed + repeat)
         for server in servers.values():
             flush_cache(server.url)
         replays = {name: LongMultiTurnRounds(seeded) for name in servers}
         this: dict[str, list[TurnResult]] = {name: [] for name in servers}
+        per_round = []
         for turn in range(workload.turns):
             order = list(servers) if (repeat + turn) % 2 == 0 else list(reversed(servers))
+            got = {}
             for name in order:
                 isolate(layout, servers[name], servers.values())
-                this[name] += replays[name].run_round(servers[name].url, turn)
-        return this, {}
+                got[name] = replays[name].run_round(servers[name].url, turn)
+                this[name] += got[name]
+            summaries = {name: summarize_requests(results) for name, results in got.items()}
+            per_round.append(ratios(summaries["stock"], summaries["asymcache"]))
+        return this, {"rounds": per_round}
 
     return run_repeats(servers, repeats, one_repeat)
+
+
+def round_ratio_intervals(per_repeat: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Over every round of every repeat, each ratio's geometric mean with a 95% interval (the
+    mean of the log ratios, +-1.96 standard errors): rounds are seconds apart, so the host's
+    drift falls on both servers of a round alike."""
+    rounds = [r for repeat in per_repeat for r in repeat["rounds"]]
+    out = {}
+    for key in ("ttft_ratio", "tpot_ratio"):
+        logs = [math.log(r[key]) for r in rounds]
+        mean = statistics.fmean(logs)
+        half = 1.96 * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else math.inf
+        out[key] = {
+            "geomean": math.exp(mean), "low": math.exp(mean - half), "high": math.exp(mean + half),
+            "rounds": len(logs),
+        }  # fmt: skip
+    return out
 
 
 def pin_pair(servers: dict[str, SGLangServer], swap: bool) -> None:
@@ -437,6 +460,8 @@ def part_no_pressure(
                 **ratios(runs["stock"], runs["asymcache"]),
                 "per_repeat_ratios": per_repeat,
             }
+            if method == "rounds":
+                entry["round_ratio_intervals"] = round_ratio_intervals(per_repeat)
             if extra:
                 entry.update(
                     paired_decode_probes(servers, repeats)

@@ -105,13 +105,18 @@ def test_paired_and_round_runs_measure_both_servers_on_the_cpu(tiny_model, tmp_p
         for server in servers.values():
             server.stop()
     for method, method_runs, ratios in (
-        ("paired", runs, per_repeat), ("rounds", rounds, per_repeat_rounds)
+        ("paired", runs, per_repeat),
+        ("rounds", rounds, per_repeat_rounds),
     ):
         assert len(ratios) == 2 and all(r["tpot_ratio"] > 0 for r in ratios), method
         for name, run in method_runs.items():
             assert run["requests"] == 2 * 2 * 2, (method, name)
             assert run["cached_tokens"] > 0, (method, name)
         assert method_runs["asymcache"]["counters"]["timed_forwards"] > 0
+    intervals = engage.round_ratio_intervals(per_repeat_rounds)
+    for ratio in intervals.values():
+        assert ratio["rounds"] == 2 * 2  # repeats x turns
+        assert 0 < ratio["low"] <= ratio["geomean"] <= ratio["high"]
     # Round by round the two servers replay the same prompts: the same lengths and hits.
     assert rounds["stock"]["prompt_tokens"] == rounds["asymcache"]["prompt_tokens"]
     assert rounds["stock"]["cached_tokens"] == rounds["asymcache"]["cached_tokens"]
