@@ -676,7 +676,8 @@ def merge(parts: Sequence[Path], dest_dir: Path) -> Path:
         "parts": loaded,
     }
     dest = dest_dir / f"{slug}_engage.json"
-    dest.write_text(json.dumps(merged, indent=2) + "\n")
+    # Compact: the merged file is tracked, and the repository stays small.
+    dest.write_text(json.dumps(merged, separators=(",", ":")) + "\n")
     plot(merged, dest.with_suffix(".png"))
     return dest
 
