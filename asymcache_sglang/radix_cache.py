@@ -66,7 +66,8 @@ class PlanCounters:
     mixed_plan_batches: int = 0
     # Where planned hole tokens ended: adopted into their holes by the request's insert; found
     # refilled by another request first (freed as duplicates); freed with the request's KV, never
-    # inserted (retracted). Once idle, the three add up to planned_hole_tokens.
+    # inserted (a retraction, or an abort SGLang frees without caching). Once idle, the three add
+    # up to planned_hole_tokens.
     planned_holes_adopted: int = 0
     planned_holes_refilled_first: int = 0
     planned_holes_discarded: int = 0
