@@ -30,6 +30,7 @@ from typing import Any
 import requests
 
 from eval.common import result_header
+from eval.workloads import greedy_sampling
 
 ACTIONS = ("complete", "cut_before_first_chunk", "cut_after_first_chunk", "abort_by_rid",
            "zero_new_tokens", "too_long")  # fmt: skip
@@ -147,8 +148,7 @@ class Soak:
                 history = self._fresh_history(rng)
 
     def _payload(self, ids: list[int], new_tokens: int, **extra: Any) -> dict[str, Any]:
-        params = {"max_new_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True}
-        return {"input_ids": ids, "sampling_params": params, **extra}
+        return {"input_ids": ids, "sampling_params": greedy_sampling(new_tokens), **extra}
 
     def _post(self, path: str, body: dict[str, Any]) -> requests.Response:
         return requests.post(self.url + path, json=body, timeout=self.config.timeout_s)

@@ -77,7 +77,8 @@ def ttft_stages(sent_s: float, first_token_s: float, meta: dict) -> dict[str, fl
     }
 
 
-def _sampling(max_new_tokens: int) -> dict:
+def greedy_sampling(max_new_tokens: int) -> dict:
+    """Greedy sampling of exactly ``max_new_tokens`` tokens (EOS ignored)."""
     return {"max_new_tokens": max_new_tokens, "temperature": 0.0, "ignore_eos": True}
 
 
@@ -97,7 +98,7 @@ def generate_streaming(
     """
     payload = {
         "input_ids": input_ids,
-        "sampling_params": _sampling(max_new_tokens),
+        "sampling_params": greedy_sampling(max_new_tokens),
         "return_logprob": return_logprob,
         "stream": True,
     }

@@ -49,10 +49,14 @@ def tiny_model(artifacts_dir: Path) -> Path:
     return make_tiny_llama(artifacts_dir / "tiny-llama", seed=0)
 
 
-def cpu_asymcache_server(model: Path, log_path: Path, *extra: str) -> SGLangServer:
-    """A CPU server with AsymCache under the e2e pool, plus ``extra`` flags."""
+def cpu_asymcache_server(
+    model: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> SGLangServer:
+    """A CPU server with AsymCache under the e2e pool, plus ``extra`` flags (and ``env``, by
+    default ``cpu_env()``)."""
     args = cpu_server_args() + ASYMCACHE_ARGS + list(extra)
-    return SGLangServer(model, extra_args=args, env=cpu_env(), log_path=log_path, timeout_s=420)
+    env = cpu_env() if env is None else env
+    return SGLangServer(model, extra_args=args, env=env, log_path=log_path, timeout_s=420)
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ASYMCACHE_ARGS, E2E_POOL_TOKENS, cpu_asymcache_server
+from conftest import E2E_POOL_TOKENS, cpu_asymcache_server
 
 from eval.common import asymcache_counters, server_health
-from eval.server import SGLangServer, cpu_env, cpu_server_args
+from eval.server import cpu_env
 from eval.soak import ACTIONS, SoakConfig, run_soak
 from eval.workloads import MultiTurnWorkload, replay_inputs, run_multi_turn
 
@@ -87,10 +87,7 @@ def test_the_idle_memory_check_catches_one_leaked_slot(tiny_model, artifacts_dir
     env["PYTHONPATH"] = f"{LEAK_SITE}:{env['PYTHONPATH']}"
     env["ASYMCACHE_TEST_LEAK_ONE_SLOT"] = "37"
     log = artifacts_dir / "leak-server.log"
-    server = SGLangServer(
-        tiny_model, extra_args=cpu_server_args() + ASYMCACHE_ARGS, env=env, log_path=log,
-        timeout_s=420,
-    )  # fmt: skip
+    server = cpu_asymcache_server(tiny_model, log, env=env)
     server.start()
     try:
         body = {"input_ids": list(range(20, 57)), "sampling_params": {"max_new_tokens": 2}}

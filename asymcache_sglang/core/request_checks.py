@@ -54,7 +54,8 @@ def text_error(text: object) -> str | None:
                 f"(U+{ord(text[exc.start]):04X}); send UTF-8 text"
             )
         return None
-    items = text.values() if isinstance(text, dict) else text
-    if isinstance(text, (list, tuple, dict)):
-        return next((error for item in items if (error := text_error(item)) is not None), None)
-    return None
+    if isinstance(text, dict):
+        text = list(text.values())
+    if not isinstance(text, (list, tuple)):
+        return None
+    return next((error for item in text if (error := text_error(item)) is not None), None)

@@ -131,9 +131,12 @@ class InsertOutcome:
     duplicates: list[Any]
     path_values: list[Any]
     last_node: CacheNode
-    adopted_tokens: int
     # The token ranges whose slots filled holes, in order.
     adopted_ranges: list[Range]
+
+    @property
+    def adopted_tokens(self) -> int:
+        return sum(e - s for s, e in self.adopted_ranges)
 
 
 @dataclass
@@ -534,9 +537,9 @@ class HoleAwareTree:
             path_values.append(child.value)
             node = child
             pos += n
-        adopted = sum(e - s for s, e in adopted_ranges)
-        self.stats.adopted_hole_tokens += adopted
-        return InsertOutcome(duplicates, path_values, node, adopted, adopted_ranges)
+        outcome = InsertOutcome(duplicates, path_values, node, adopted_ranges)
+        self.stats.adopted_hole_tokens += outcome.adopted_tokens
+        return outcome
 
     def tag(self, node: CacheNode, owner: Hashable) -> None:
         """Record that program ``owner`` holds the path to ``node``: O(nodes newly tagged)."""
