@@ -91,7 +91,10 @@ def test_the_idle_memory_check_catches_one_leaked_slot(tiny_model, artifacts_dir
     server.start()
     try:
         body = {"input_ids": list(range(20, 57)), "sampling_params": {"max_new_tokens": 2}}
-        assert requests.post(f"{server.url}/generate", json=body, timeout=120).ok
+        try:
+            requests.post(f"{server.url}/generate", json=body, timeout=120)
+        except requests.ConnectionError:
+            pass  # the check may stop the server before its reply reaches the client; the log tells
         deadline = time.monotonic() + 60
         while "memory leak detected" not in log.read_text(errors="replace"):
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
