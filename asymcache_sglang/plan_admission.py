@@ -46,7 +46,8 @@ def admit(
     # contiguous prefix, or those after a cut) are inside the rest of the prompt it budgets.
     held = plan.retained_tokens if budgets_whole_request else 0
     if chunk_tokens is not None and plan.recompute_tokens + tail_tokens > chunk_tokens:
-        fitted = plan.fit(chunk_tokens - 1)
+        # A page of the chunk is left for the tail: SGLang cuts chunks at whole pages.
+        fitted = plan.fit(chunk_tokens - cache.page_size)
         if fitted is None:
             with _locked_beyond_prefix(adder, max(0, held - plan.contiguous_len)):
                 return _inside_first_hole(cache, adder, req, locked_node, plan_end, add)

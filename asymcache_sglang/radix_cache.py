@@ -2,6 +2,9 @@
 
 This is the edge where the core meets SGLang 0.5.16: requests, the KV allocator and
 ``req_to_token``. What a request carries between steps is its ``handoff.RequestPlan``.
+
+With ``page_size`` > 1 the tree holds whole pages, as SGLang's RadixCache does: a request's
+partial last page is never inserted; it stays the request's until its last chunk, then is freed.
 """
 
 from __future__ import annotations
@@ -82,8 +85,6 @@ class HoleAwareRadixCache(RadixCache):
     def __init__(
         self, params: CacheInitParams, config: AsymCacheConfig, latency: LatencyRuntime
     ) -> None:
-        if params.page_size != 1:
-            raise ValueError(f"AsymCache needs page_size 1, got {params.page_size}")
         self.config = config
         self.counters = PlanCounters()
         # Outlives reset(): it models the kernels, not what is cached. Its cost keys eviction.
@@ -101,6 +102,7 @@ class HoleAwareRadixCache(RadixCache):
             max_holes=self.config.max_holes,
             min_retained_tokens=self.config.min_retained_tokens,
             returns=self.programs,
+            page_size=self.page_size,
         )
         self.root_node = self.tree.root
         self.evictable_leaves.clear()
@@ -214,6 +216,10 @@ class HoleAwareRadixCache(RadixCache):
         kv_indices = kv_indices.to(dtype=torch.int64, copy=True)
         retained = self.retained_ranges(req)
         if is_insert:
+            aligned = self._page_aligned(len(token_ids))
+            token_ids = token_ids[:aligned]
+            self._free([kv_indices[aligned:]])
+            kv_indices = kv_indices[:aligned]
             outcome = self.tree.insert(token_ids, kv_indices, retained, req.extra_key)
             self._free(outcome.duplicates)
             self._settle_holes(req, outcome)
@@ -236,13 +242,18 @@ class HoleAwareRadixCache(RadixCache):
         kv_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : len(token_ids)]
         kv_indices = kv_indices.to(dtype=torch.int64, copy=True)
         retained = self.retained_ranges(req)
+        aligned = self._page_aligned(len(token_ids))
         outcome = self.tree.insert(
-            token_ids, kv_indices, retained, req.extra_key, count_hit=not chunked
+            token_ids[:aligned],
+            kv_indices[:aligned],
+            retained,
+            req.extra_key,
+            count_hit=not chunked,
         )
         self._free(outcome.duplicates)
         self._settle_holes(req, outcome)
         new_indices = torch.cat(outcome.path_values) if outcome.path_values else kv_indices[:0]
-        assert len(new_indices) == len(token_ids), f"{len(new_indices)=} {len(token_ids)=}"
+        assert len(new_indices) == aligned, f"{len(new_indices)=} {aligned=}"
         # The leading retained range already holds the tree's slots; rewrite only from its end.
         start = retained[0][1] if retained and retained[0][0] == 0 else 0
         self.req_to_token_pool.write(
@@ -252,9 +263,13 @@ class HoleAwareRadixCache(RadixCache):
         if req.last_node is not None:
             self.dec_lock_ref(req.last_node)
         req.last_node = outcome.last_node
-        req.prefix_indices = new_indices
+        # The partial last page stays the request's: its next chunk or its finish inserts it.
+        req.prefix_indices = torch.cat([new_indices, kv_indices[aligned:]])
         req.cache_protected_len = len(new_indices)
         handoff.request_plan(req).retained = [(0, len(new_indices))]
+
+    def _page_aligned(self, num_tokens: int) -> int:
+        return num_tokens - num_tokens % self.page_size
 
     def _settle_holes(self, req: Any, outcome: InsertOutcome | None) -> None:
         """Count where the holes the request's last extend recomputed went: its insert's

@@ -121,7 +121,7 @@ class AsymCacheServerArgs(ServerArgs):
         AsymCacheConfig.from_server_args(self)
         self.radix_cache_backend = "asymcache"
         self.attention_backend = attention_backend(self)
-        self.page_size = 1
+        self.page_size = self.page_size or 1
 
 
 def asymcache_enabled(args: object) -> bool:

@@ -317,10 +317,12 @@ def per_request_rows(
 # ----- servers -----
 
 
-def exactness_server_args(pool_tokens: int, attention_backend: str = "flashinfer") -> list[str]:
+def exactness_server_args(
+    pool_tokens: int, attention_backend: str = "flashinfer", page_size: int = 1
+) -> list[str]:
     """Flags shared by all servers of one comparison: bf16, real weights, bounded KV pool; CUDA
     graphs at SGLang's defaults."""
-    return [
+    return ["--page-size", str(page_size)] * (page_size > 1) + [
         "--dtype", "bfloat16",
         "--attention-backend", attention_backend,
         "--skip-tokenizer-init",
@@ -516,6 +518,7 @@ def main() -> None:
         "--attention-backend", default="flashinfer", choices=("flashinfer", "triton"),
         help="for every server; --msa-impl applies to flashinfer only",
     )  # fmt: skip
+    parser.add_argument("--page-size", type=int, default=1, help="for every server")
     args = parser.parse_args()
     flashinfer = args.attention_backend == "flashinfer"
     if args.msa_impl and not flashinfer:
@@ -527,7 +530,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="asymcache-exactness-") as tmp:
         model = args.model or make_tiny_llama(Path(tmp) / "tiny-llama-hd128", **MODEL_KWARGS)
-        base = exactness_server_args(args.pool_tokens, args.attention_backend)
+        base = exactness_server_args(args.pool_tokens, args.attention_backend, args.page_size)
         reference = run_reference(model, out_dir, base_args=base)
         for impl in impls:
             result = run_exactness(

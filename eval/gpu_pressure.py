@@ -19,11 +19,12 @@ from eval.server import SGLangServer, stock_env
 from eval.workloads import MultiTurnWorkload, TurnResult, replay_inputs, run_multi_turn
 
 
-def gpu_server_args(attention_backend: str, pool_tokens: int) -> list[str]:
+def gpu_server_args(attention_backend: str, pool_tokens: int, page_size: int = 1) -> list[str]:
     """Flags shared by both servers; CUDA graphs at SGLang's defaults."""
     # torch_native attention has no CUDA-graph decode path.
     decode_graph = ["--disable-decode-cuda-graph"] if attention_backend == "torch_native" else []
-    return decode_graph + [
+    paged = ["--page-size", str(page_size)] if page_size > 1 else []
+    return decode_graph + paged + [
         "--load-format", "dummy",
         "--skip-tokenizer-init",
         "--grammar-backend", "none",
@@ -40,6 +41,7 @@ def run_comparison(
     pool_tokens: int,
     workload: MultiTurnWorkload,
     log_dir: Path,
+    page_size: int = 1,
     variants: dict[str, list[str]],
     baselines: dict[str, list[str]],
 ) -> dict[str, Any]:
@@ -49,7 +51,7 @@ def run_comparison(
     server replays exactly those inputs in the same order. Baselines run with no plugin loaded.
     """
 
-    base = gpu_server_args(attention_backend, pool_tokens)
+    base = gpu_server_args(attention_backend, pool_tokens, page_size)
     servers = [(name, ["--enable-asymcache", *flags], None) for name, flags in variants.items()]
     servers += [(name, flags, stock_env()) for name, flags in baselines.items()]
     runs: dict[str, Any] = {}
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--attention-backend", default="flashinfer")
     parser.add_argument("--pool-tokens", type=int, default=24000)
+    parser.add_argument("--page-size", type=int, default=1, help="for every server")
     parser.add_argument("--sessions", type=int, default=16)
     parser.add_argument("--turns", type=int, default=13)
     parser.add_argument("--first-prompt-tokens", type=int, default=1024)
@@ -124,6 +127,7 @@ def main() -> None:
         args.model,
         attention_backend=args.attention_backend,
         pool_tokens=args.pool_tokens,
+        page_size=args.page_size,
         workload=workload,
         log_dir=args.out.parent,
         variants={

@@ -4,7 +4,8 @@ SGLang continues a chunked request from the end of its last chunk without matchi
 AsymCache matches the rest of its prompt first: holes that an earlier chunk did not reach are
 admitted as a plan for this chunk (``plan_admission``), and resident KV after the last chunk is
 reused instead of recomputed. What the earlier chunks wrote stays locked: the lock moves from
-the node ``cache_unfinished_req`` locked to this chunk's deepest reused node.
+the node ``cache_unfinished_req`` locked to this chunk's deepest reused node. A chunk that
+ended inside a page (``--page-size`` > 1) carries on without a match, as SGLang does.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def hook(original: Callable[..., Any], adder: Any, req: Any) -> Any:
         return original(adder, req)
     request = handoff.request_plan(req)
     written, locked = len(req.prefix_indices), req.last_node
+    if written % cache.page_size:
+        # SGLang cut the last chunk at the pool's room, inside a page the tree cannot hold yet:
+        # carry on from it as SGLang does; the plan's holes not yet reached are recomputed.
+        cache.counters.chunk_fallbacks += written < request.plan_end
+        return original(adder, req)
     req.init_next_round_input(cache)
     # What the earlier chunks wrote is locked in the tree, so the match covers at least that.
     assert len(req.prefix_indices) >= written, f"{len(req.prefix_indices)=} < {written=}"

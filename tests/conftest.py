@@ -59,6 +59,15 @@ def cpu_asymcache_server(
     return SGLangServer(model, extra_args=args, env=env, log_path=log_path, timeout_s=420)
 
 
+def paged_cpu_env(page_size: int) -> dict[str, str]:
+    """``cpu_env()`` for a server with pages of ``page_size`` tokens: SGLang 0.5.16's paged
+    allocator runs Triton kernels, which have no CPU driver, so they run in Triton's interpreter."""
+    env = cpu_env()
+    if page_size > 1:
+        env["TRITON_INTERPRET"] = "1"
+    return env
+
+
 @pytest.fixture(scope="session")
 def asymcache_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangServer]:
     with cpu_asymcache_server(tiny_model, artifacts_dir / "asymcache-server.log") as server:

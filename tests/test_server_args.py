@@ -60,6 +60,11 @@ def test_enable_sets_the_backend_and_defaults(prepare):
     assert not args.disable_prefill_cuda_graph
 
 
+def test_a_page_size_is_kept(prepare):
+    args = prepare("--enable-asymcache", "--page-size", "16")
+    assert args.page_size == 16 and args.radix_cache_backend == "asymcache"
+
+
 @pytest.mark.parametrize(
     ("argv", "max_holes", "msa_impl"),
     [
@@ -108,7 +113,6 @@ def test_off_leaves_sglang_defaults(prepare):
         (["--speculative-algorithm", "EAGLE"], "--speculative-algorithm"),
         (["--enable-dp-attention"], "--enable-dp-attention"),
         (["--pp-size", "2"], "--pp-size"),
-        (["--page-size", "16"], "--page-size"),
         (["--radix-cache-backend", "other"], "--radix-cache-backend"),
         (["--attention-backend", "fa3"], "--attention-backend"),
         (["--asymcache-max-holes", "-1"], "--asymcache-max-holes"),

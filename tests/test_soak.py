@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import E2E_POOL_TOKENS, cpu_asymcache_server
+from conftest import E2E_POOL_TOKENS, cpu_asymcache_server, paged_cpu_env
 
 from eval.common import asymcache_counters, server_health
 from eval.server import cpu_env
@@ -28,9 +28,13 @@ LOGPROB_TOL = 1e-4
 LEAK_SITE = Path(__file__).resolve().parent / "leak_one_slot"
 
 
-@pytest.fixture(scope="module")
-def soak_server(tiny_model, artifacts_dir):
-    with cpu_asymcache_server(tiny_model, artifacts_dir / "soak-server.log") as server:
+@pytest.fixture(scope="module", params=[1, 4], ids=["page1", "page4"])
+def soak_server(request, tiny_model, artifacts_dir):
+    """The soak's server, with pages of one token and of four."""
+    page_size = request.param
+    log = artifacts_dir / f"soak-page{page_size}-server.log"
+    flags = ("--page-size", str(page_size))
+    with cpu_asymcache_server(tiny_model, log, *flags, env=paged_cpu_env(page_size)) as server:
         yield server
 
 
@@ -43,7 +47,9 @@ def test_soak_leaves_the_server_whole(soak_server, no_cache_server, artifacts_di
     time.sleep(3)  # idle: SGLang's strict memory check runs again
     reference = replay_inputs(no_cache_server.url, after, AFTER.max_new_tokens)
     summary = {**result, "health": health, "counters": counters}
-    (artifacts_dir / "soak_summary.json").write_text(json.dumps(summary, indent=2))
+    (artifacts_dir / f"soak_{soak_server.log_path.stem}.json").write_text(
+        json.dumps(summary, indent=2)
+    )
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
 
     # The start-up latency profile closes its programs: only SGLang's own warmup request waits.

@@ -54,7 +54,7 @@ def walk(tree, tokens, ns=None):
     """Nodes along ``tokens`` without touching or splitting anything: (node, lo, hi) per node."""
     node, pos, out = tree.root, 0, []
     while pos < len(tokens):
-        child = node.children.get(tree.child_key(tokens[pos], ns))
+        child = node.children.get(tree.child_key(tokens, pos, ns))
         if child is None:
             break
         n = 0

@@ -160,6 +160,7 @@ class TreeMachine(RuleBasedStateMachine):
         ),
         holds=st.booleans(),
         max_owners=st.sampled_from([1, 16]),
+        page_size=st.sampled_from([1, 1, 2, 3]),
     )
     def setup(
         self,
@@ -172,6 +173,7 @@ class TreeMachine(RuleBasedStateMachine):
         sessions,
         holds=False,
         max_owners=16,
+        page_size=1,
     ):
         self.clock = FakeClock()
         # Soft holds: programs tracked as the server does, estimated from the first return on.
@@ -184,7 +186,9 @@ class TreeMachine(RuleBasedStateMachine):
             clock=self.clock,
             returns=self.programs,
             max_owners=max_owners,
+            page_size=page_size,
         )
+        self.page = page_size
         self.pool = SlotPool(pool_size)
         self.sessions = sessions
         self.history = [list(x) for x in sessions]
@@ -263,10 +267,14 @@ class TreeMachine(RuleBasedStateMachine):
     def _program(self, req: Request) -> tuple:
         return (req.ns, req.rid % 2)
 
+    def _aligned(self, n: int) -> int:
+        return n - n % self.page
+
     def _check_plan(self, tokens, path, plan):
         pos = 0
         for node in path:
             assert node.start == pos and node.key == tokens[node.start : node.end]
+            assert node.start % self.page == 0 and node.end % self.page == 0
             pos = node.end
         flags = [node.value is not None for node in path for _ in range(len(node.key))]
         retained, recompute, prefix_len = reference_plan(
@@ -358,21 +366,24 @@ class TreeMachine(RuleBasedStateMachine):
 
     def _finish(self, which):
         req = self.inflight.pop(which % len(self.inflight))
-        out = self.tree.insert(req.tokens, req.row, req.plan.retained, req.ns)
+        # The server inserts whole pages and frees the request's partial last page.
+        aligned = self._aligned(len(req.tokens))
+        out = self.tree.insert(req.tokens[:aligned], req.row[:aligned], req.plan.retained, req.ns)
+        self._free(req.row[aligned:])
         dups = flat(out.duplicates)
         assert len(dups) == len(set(dups)) and set(dups) <= req.owned
         self._free(dups)
         path_slots = flat(out.path_values)
-        assert len(path_slots) == len(req.tokens)
+        assert len(path_slots) == aligned
         for p, slot in enumerate(path_slots):
             assert self.content[slot] == (req.ns, tuple(req.tokens[: p + 1]))
-        assert out.last_node.end == len(req.tokens)
+        assert out.last_node.end == aligned
         # Every request belongs to a program; two of them per namespace.
         self.tree.tag(out.last_node, self._program(req))
         self.tree.dec_lock(req.locked)
         if self.programs is not None:
             self.programs.release(self._program(req), req.tokens)
-        for k in range(1, len(req.tokens) + 1):
+        for k in range(1, aligned + 1):
             self.inserted_prefixes.add((req.ns, tuple(req.tokens[:k])))
         COVERAGE["finished"] += 1
         COVERAGE["adopted_tokens"] += out.adopted_tokens
@@ -399,9 +410,11 @@ class TreeMachine(RuleBasedStateMachine):
 
         Each chunk re-matches, keeps the holes that fit (``SegmentPlan.fit``), computes them and
         then the contiguous run after the kept part up to the chunk, and inserts what is written
-        so far with the request's prefix locked, as ``cache_unfinished_req`` does.
+        so far with the request's prefix locked, as ``cache_unfinished_req`` does. Chunks are
+        whole pages, and a plan keeps a page of the chunk for its tail.
         """
         COVERAGE["steps"] += 1
+        chunk = max(self.page, self._aligned(chunk))
         ns, tokens = self._sequence(session, ext, None)
         locked, written, plan_chunks = self.tree.root, 0, 0
         self.tree.inc_lock(locked)
@@ -412,8 +425,8 @@ class TreeMachine(RuleBasedStateMachine):
             assert plan.contiguous_len >= written, "a locked prefix lost its KV"
             fitted = plan
             if plan.recompute_tokens + len(tokens) - plan.prefix_len > chunk:
-                fitted = plan.fit(chunk - 1)
-                self._check_fit(plan, fitted, chunk - 1)
+                fitted = plan.fit(chunk - self.page)
+                self._check_fit(plan, fitted, chunk - self.page)
             if fitted is None or not fitted.has_holes:
                 retained = [(0, plan.contiguous_len)] if plan.contiguous_len else []
                 recompute, prefix, last = [], plan.contiguous_len, plan.contiguous_node
@@ -444,10 +457,16 @@ class TreeMachine(RuleBasedStateMachine):
                 row[p] = slot
                 self.content[slot] = (ns, tuple(tokens[: p + 1]))
             assert all(slot is not None for slot in row)
-            out = self.tree.insert(tokens[:end], row, retained, ns, count_hit=end == len(tokens))
+            # Only the last chunk can end inside a page; its partial page is freed.
+            aligned = self._aligned(end)
+            assert aligned == end or end == len(tokens)
+            out = self.tree.insert(
+                tokens[:aligned], row[:aligned], retained, ns, count_hit=end == len(tokens)
+            )
+            self._free(row[aligned:])
             self._free(flat(out.duplicates))
-            assert out.last_node.end == end
-            for k in range(1, end + 1):
+            assert out.last_node.end == aligned
+            for k in range(1, aligned + 1):
                 self.inserted_prefixes.add((ns, tuple(tokens[:k])))
             self.tree.inc_lock(out.last_node)
             self.tree.dec_lock(locked)
@@ -575,11 +594,12 @@ class TreeMachine(RuleBasedStateMachine):
             for ck, node in parent.children.items():
                 assert node.parent is parent and node.ckey == ck
                 assert len(node.key) >= 1 and node.start == parent.end
+                assert len(node.key) % self.page == 0 and node.start % self.page == 0
                 ns = ns_of[id(parent)]
                 if parent is tree.root:
-                    ns = ck[0] if isinstance(ck, tuple) else None
+                    ns = ck[0] if isinstance(ck, tuple) and isinstance(ck[0], str) else None
                 ns_of[id(node)] = ns
-                assert ck == tree.child_key(node.key[0], ns)
+                assert ck == tree.child_key(node.key, 0, ns)
                 path = prefix_of[id(parent)] + tuple(node.key)
                 prefix_of[id(node)] = path
                 assert (ns, path) in self.inserted_prefixes, "tree holds tokens never inserted"
@@ -648,6 +668,7 @@ def seeded_machine(
     min_retained: tuple[int, int],
     pool: tuple[int, int],
     holds: bool = False,
+    page_size: int = 1,
 ) -> TreeMachine:
     """A machine set up from ``rng``: hole bound, retained-island bound and pool from the ranges."""
     m = TreeMachine()
@@ -663,6 +684,7 @@ def seeded_machine(
         ],
         holds=holds,
         max_owners=rng.choice([1, 16]) if holds else 16,
+        page_size=page_size,
     )
     return m
 
@@ -740,4 +762,42 @@ def test_seeded_chunked_walk_carries_plans_over_chunks():
         m.teardown()
     gained = {k: COVERAGE[k] - before[k] for k in COVERAGE}
     for key in ("chunked_requests", "fitted_plans", "multi_chunk_plans", "adopted_tokens"):
+        assert gained[key] > 0, (key, gained)
+
+
+@pytest.mark.parametrize("page_size", [2, 4])
+def test_seeded_paged_walk_keeps_holes_and_plans_on_pages(page_size):
+    """Pages of 2 and 4 tokens: every node, hole and plan range stays on page boundaries
+    (checked on every step), and holes are still made, planned, chunked and adopted."""
+    rng = random.Random(20261207 + page_size)
+    before = dict(COVERAGE)
+    for _ in range(40):
+        m = seeded_machine(
+            rng, max_holes=[2, 3], min_retained=(1, 1), pool=(32, 96), page_size=page_size
+        )
+        for _ in range(80):
+            ext = [rng.randrange(4) for _ in range(rng.randint(0, 8))]
+            which = rng.randrange(MAX_IN_FLIGHT + 1)
+            action = rng.choice(["start", "turn", "chunked", "chunked", "finish", "abort", "evict"])
+            if action == "start" and len(m.inflight) < MAX_IN_FLIGHT:
+                m.start(rng.randrange(5), ext, rng.choice([None, which]))
+            elif action == "turn":
+                m.turn(rng.randrange(5), ext)
+            elif action == "chunked":
+                m.chunked_turn(rng.randrange(5), ext, rng.randint(2, 16))
+            elif action in ("finish", "abort") and m.inflight:
+                getattr(m, action)(which)
+            elif action == "evict":
+                m.evict(rng.randint(1, 8))
+            m.tree_is_consistent()
+        m.teardown()
+    gained = {k: COVERAGE[k] - before[k] for k in COVERAGE}
+    for key in (
+        "planned_holes",
+        "adopted_tokens",
+        "interior_evicted_tokens",
+        "chunked_requests",
+        "fitted_plans",
+        "multi_chunk_plans",
+    ):
         assert gained[key] > 0, (key, gained)

@@ -149,7 +149,6 @@ def refuse_unsupported_flags(args: Any) -> None:
         (args.speculative_algorithm is not None, "--speculative-algorithm"),
         (args.enable_dp_attention, "--enable-dp-attention"),
         (args.pp_size > 1, "--pp-size > 1"),
-        (args.page_size not in (None, 1), "--page-size > 1 (page_size 1 only for now)"),
         (args.enable_lmcache, "--enable-lmcache"),
         (args.enable_flexkv, "--enable-flexkv"),
         (args.enable_session_radix_cache, "--enable-session-radix-cache"),

@@ -4,6 +4,10 @@ A node is *resident* (``value`` holds one KV slot per token) or a *hole* (``valu
 tokens are kept, the KV was freed). Any unlocked resident node can be evicted, interior ones
 included, so a path can read ``hole, resident, hole, resident``. Values are opaque slot sequences
 (torch tensors in the server, lists in tests); the tree only slices them and hands freed ones back.
+
+With ``page_size`` P > 1 every node starts and ends on a page boundary, as in SGLang's RadixCache:
+children are keyed by their first page, matches are rounded down to whole pages and inserts are
+page-aligned, so holes, retained ranges and plans are whole pages.
 """
 
 from __future__ import annotations
@@ -152,14 +156,15 @@ class TreeStats:
     released_tokens: int = 0
 
 
-def _common_prefix_len(a: array, b: array, b_start: int) -> int:
+def _common_prefix_len(a: array, b: array, b_start: int, page_size: int) -> int:
+    """Tokens ``a`` and ``b[b_start:]`` share, rounded down to whole pages."""
     n = min(len(a), len(b) - b_start)
     if a[:n] == b[b_start : b_start + n]:
-        return n
+        return n - n % page_size
     i = 0
     while i < n and a[i] == b[b_start + i]:
         i += 1
-    return i
+    return i - i % page_size
 
 
 def _runs(spans: Iterable[tuple[bool, int, int, list[CacheNode]]]) -> list[list[Any]]:
@@ -229,11 +234,16 @@ class HoleAwareTree:
         clock: Callable[[], float] = time.monotonic,
         returns: ReturnTimes | None = None,
         max_owners: int = 16,
+        page_size: int = 1,
     ) -> None:
         """``max_holes`` >= 0 (0: leaf-only eviction), ``min_retained_tokens`` >= 1; a node that
-        more than ``max_owners`` programs ran through is shared: no release frees it."""
+        more than ``max_owners`` programs ran through is shared: no release frees it; inserts
+        are whole pages of ``page_size`` tokens."""
         if max_owners < 1:
             raise ValueError(f"max_owners must be >= 1, got {max_owners}")
+        if page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {page_size}")
+        self.page_size = page_size
         self.cost = cost
         self.reuse = reuse
         self.max_holes = max_holes
@@ -266,9 +276,10 @@ class HoleAwareTree:
 
     # ----- keys and the eviction heap -----
 
-    @staticmethod
-    def child_key(token: int, namespace: Hashable | None) -> Hashable:
-        return token if namespace is None else (namespace, token)
+    def child_key(self, tokens: Sequence[int], pos: int, namespace: Hashable | None) -> Hashable:
+        """The key of the child that starts at ``tokens[pos]``: its first token, or page."""
+        first = tokens[pos] if self.page_size == 1 else tuple(tokens[pos : pos + self.page_size])
+        return first if namespace is None else (namespace, first)
 
     def is_evictable(self, node: CacheNode) -> bool:
         # Without holes a hole could never be recomputed cheaply: evict leaves only.
@@ -380,7 +391,7 @@ class HoleAwareTree:
         node.value = None if node.value is None else node.value[n:]
         node.start += n
         node.parent = upper
-        node.ckey = self.child_key(node.key[0], namespace)
+        node.ckey = self.child_key(node.key, 0, namespace)
         upper.children[node.ckey] = node
         self.num_nodes += 1
         self._changed(node)
@@ -414,10 +425,10 @@ class HoleAwareTree:
         pos = 0
         path: list[CacheNode] = []
         while pos < len(tokens):
-            child = node.children.get(self.child_key(tokens[pos], namespace))
+            child = node.children.get(self.child_key(tokens, pos, namespace))
             if child is None:
                 break
-            n = _common_prefix_len(child.key, tokens, pos)
+            n = _common_prefix_len(child.key, tokens, pos, self.page_size)
             if n < len(child.key):
                 child = self._split(child, n, namespace)
             path.append(child)
@@ -490,8 +501,10 @@ class HoleAwareTree:
         ``retained`` lists the ranges whose slots already belong to the tree (the request's
         locked, matched prefix); every other slot belongs to the caller. Caller slots that land
         on resident nodes are duplicates and are returned for freeing; those that land on holes
-        are adopted; the rest form a new leaf.
+        are adopted; the rest form a new leaf. ``tokens`` is whole pages.
         """
+        if len(tokens) % self.page_size:
+            raise ValueError(f"insert of {len(tokens)} tokens: not whole pages of {self.page_size}")
         now = self.clock()
         node = self.root
         pos = 0
@@ -499,7 +512,7 @@ class HoleAwareTree:
         path_values: list[Any] = []
         adopted_ranges: list[Range] = []
         while pos < len(tokens):
-            ck = self.child_key(tokens[pos], namespace)
+            ck = self.child_key(tokens, pos, namespace)
             child = node.children.get(ck)
             if child is None:
                 assert not _overlaps(pos, len(tokens), retained), "retained range not in tree"
@@ -515,7 +528,7 @@ class HoleAwareTree:
                 path_values.append(child.value)
                 node = child
                 break
-            n = _common_prefix_len(child.key, tokens, pos)
+            n = _common_prefix_len(child.key, tokens, pos, self.page_size)
             if n < len(child.key):
                 child = self._split(child, n, namespace)
             if child.value is None:
