@@ -689,6 +689,27 @@ def seeded_machine(
     return m
 
 
+def random_step(m: TreeMachine, rng: random.Random, actions: list[str]) -> None:
+    """One step of a seeded walk: an action drawn from ``actions``, with its arguments."""
+    ext = [rng.randrange(4) for _ in range(rng.randint(0, 8))]
+    which = rng.randrange(MAX_IN_FLIGHT + 1)
+    action = rng.choice(actions)
+    if action == "start" and len(m.inflight) < MAX_IN_FLIGHT:
+        m.start(rng.randrange(5), ext, rng.choice([None, which]))
+    elif action == "turn":
+        m.turn(rng.randrange(5), ext)
+    elif action == "chunked":
+        m.chunked_turn(rng.randrange(5), ext, rng.randint(2, 16))
+    elif action in ("finish", "abort") and m.inflight:
+        getattr(m, action)(which)
+    elif action == "evict":
+        m.evict(rng.randint(1, 8))
+    elif action == "probe":
+        m.probe(rng.randrange(5), ext)
+    elif action == "tick":
+        m.tick(rng.choice([0.5, 1.0, 3.0, 50.0]))
+
+
 @pytest.mark.parametrize("holds", [False, True])
 def test_seeded_random_walk_reaches_holes(holds):
     """The same machine driven by a seeded random walk: deterministic coverage of hole paths,
@@ -702,21 +723,7 @@ def test_seeded_random_walk_reaches_holes(holds):
             rng, max_holes=[0, 1, 1, 2, 3], min_retained=(1, 4), pool=(48, 160), holds=holds
         )
         for _ in range(40):
-            ext = [rng.randrange(4) for _ in range(rng.randint(0, 8))]
-            which = rng.randrange(MAX_IN_FLIGHT + 1)
-            action = rng.choice(["start", "turn", "finish", "abort", "evict", "probe", "tick"])
-            if action == "start" and len(m.inflight) < MAX_IN_FLIGHT:
-                m.start(rng.randrange(5), ext, rng.choice([None, which]))
-            elif action == "turn":
-                m.turn(rng.randrange(5), ext)
-            elif action in ("finish", "abort") and m.inflight:
-                getattr(m, action)(which)
-            elif action == "evict":
-                m.evict(rng.randint(1, 8))
-            elif action == "probe":
-                m.probe(rng.randrange(5), ext)
-            elif action == "tick":
-                m.tick(rng.choice([0.5, 1.0, 3.0, 50.0]))
+            random_step(m, rng, ["start", "turn", "finish", "abort", "evict", "probe", "tick"])
             # Programs close on a stream of their own, so the walk above stays as it was.
             if closer.random() < 0.1:
                 m.close(closer.choice([None, "a", "b"]), closer.randrange(2))
@@ -776,19 +783,7 @@ def test_seeded_paged_walk_keeps_holes_and_plans_on_pages(page_size):
             rng, max_holes=[2, 3], min_retained=(1, 1), pool=(32, 96), page_size=page_size
         )
         for _ in range(80):
-            ext = [rng.randrange(4) for _ in range(rng.randint(0, 8))]
-            which = rng.randrange(MAX_IN_FLIGHT + 1)
-            action = rng.choice(["start", "turn", "chunked", "chunked", "finish", "abort", "evict"])
-            if action == "start" and len(m.inflight) < MAX_IN_FLIGHT:
-                m.start(rng.randrange(5), ext, rng.choice([None, which]))
-            elif action == "turn":
-                m.turn(rng.randrange(5), ext)
-            elif action == "chunked":
-                m.chunked_turn(rng.randrange(5), ext, rng.randint(2, 16))
-            elif action in ("finish", "abort") and m.inflight:
-                getattr(m, action)(which)
-            elif action == "evict":
-                m.evict(rng.randint(1, 8))
+            random_step(m, rng, ["start", "turn", "chunked", "chunked", "finish", "abort", "evict"])
             m.tree_is_consistent()
         m.teardown()
     gained = {k: COVERAGE[k] - before[k] for k in COVERAGE}
