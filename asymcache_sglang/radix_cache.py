@@ -65,6 +65,9 @@ class PlanCounters:
     longest_plan_chunks: int = 0
     # Plans dropped because the request's prefix changed between match and admission.
     stale_plans: int = 0
+    # Matches with holes whose request cannot take a plan (multimodal inputs, input embeddings):
+    # served from the contiguous prefix, as stock SGLang serves any match.
+    unplannable_matches: int = 0
     # Extends with hole plans that also carried running decodes (--enable-mixed-chunk).
     mixed_plan_batches: int = 0
     # Where planned hole tokens ended: adopted into their holes by the request's insert; found
@@ -131,8 +134,11 @@ class HoleAwareRadixCache(RadixCache):
         prefix = self._empty_match_result.device_indices
         if plan.contiguous_len:
             prefix = torch.cat(plan.retained_values[0])
-        if req is not None and plan.has_holes and self._msa_allowed(req):
-            handoff.request_plan(req).matched = plan
+        if req is not None and plan.has_holes:
+            if self._msa_allowed(req):
+                handoff.request_plan(req).matched = plan
+            else:
+                self.counters.unplannable_matches += 1
         node = plan.contiguous_node
         return MatchResult(
             device_indices=prefix,
