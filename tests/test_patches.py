@@ -164,7 +164,9 @@ def test_admission_locks_the_whole_plans_last_node(chunk, admitted, first_hole_c
     was."""
     plan, path = holed_plan()
     cache = SimpleNamespace(
-        counters=PlanCounters(), composite_prefix=lambda p: torch.zeros(p.prefix_len)
+        counters=PlanCounters(),
+        composite_prefix=lambda p: torch.zeros(p.prefix_len),
+        page_size=1,
     )
     adder = SimpleNamespace(
         can_run_list=[], rem_total_token_offset=0, cur_rem_token_offset=0, rem_input_tokens=100,
