@@ -68,6 +68,20 @@ def test_the_program_expected_back_last_loses_its_head_first():
     assert tree.stats.interior_evicted_tokens == 20  # holes: b's tail outlives its head
 
 
+def test_a_sooner_programs_cheap_head_goes_before_a_later_programs_dear_middle():
+    """Cost over wait: the program back last loses its head first, but a program back sooner
+    loses its cheap head before the later one loses its dearer middle."""
+    tree, programs, clock = held_tree(b=1.0)  # the token at position p costs 1 + p
+    a, b = list(range(1000, 1030)), list(range(2000, 2030))
+    run(tree, programs, "a", a, list(range(0, 30)), split_at=(10, 20))
+    clock.now = 5.0
+    run(tree, programs, "b", b, list(range(100, 130)), split_at=(10, 20))
+    clock.now = 6.0  # a back in 4 s, b in 9 s; heads cost 5.5 a token, middles 15.5
+    assert sorted(s for v in tree.evict(10) for s in v) == list(range(100, 110))  # 0.61 a s
+    assert sorted(s for v in tree.evict(10) for s in v) == list(range(0, 10))  # 1.38 < 1.72
+    assert sorted(s for v in tree.evict(10) for s in v) == list(range(110, 120))
+
+
 def test_a_program_past_every_gap_seen_is_not_expected_back_and_goes_first():
     tree, programs, clock = held_tree()
     run(tree, programs, "a", list(range(1000, 1020)), list(range(20)))

@@ -25,7 +25,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from asymcache_sglang.core.cost import StaticCostModel, eviction_key
 from asymcache_sglang.core.programs import ProgramTracker
 from asymcache_sglang.core.reuse import ReuseEstimator
-from asymcache_sglang.core.tree import CacheNode, HoleAwareTree, SegmentPlan, covered_tokens
+from asymcache_sglang.core.tree import (
+    PROGRAM_CANDIDATES,
+    CacheNode,
+    HoleAwareTree,
+    SegmentPlan,
+    covered_tokens,
+)
 
 EXAMPLES = int(os.environ.get("ASYMCACHE_FUZZ_EXAMPLES", "50"))
 STEPS = int(os.environ.get("ASYMCACHE_FUZZ_STEPS", "40"))
@@ -225,15 +231,15 @@ class TreeMachine(RuleBasedStateMachine):
         before = self.tree.evictable_size
         freed = flat(self.tree.evict(n))
         self._free(freed)
-        # Held KV goes in order: the program expected back last first, and among those back at
-        # one time the cheapest token first, so a held program's tail outlives its head.
+        # Held KV goes in order: least cost per token per second of expected wait first (every
+        # program here is among the tree's candidates), and within a program the cheapest token
+        # first, so a held program's tail outlives its head.
+        now = self.clock()
         for x in (h for h in held if h[-1].value is None):
             COVERAGE["held_evictions"] += 1
             for y in held:
-                first = (
-                    y[0] < x[0]
-                    or (y[0] == x[0] and y[2] < x[2])
-                    or (y[1] == x[1] and y[2:4] < x[2:4])
+                first = y[2] / max(-y[0] - now, 1e-9) < x[2] / max(-x[0] - now, 1e-9) or (
+                    y[1] == x[1] and y[2:4] < x[2:4]
                 )
                 assert not first or y[-1].value is None, f"{x} went before {y}"
                 if self.tree.cost.b > 0 and y[1] == x[1] and id(y[-1]) in above[id(x[-1])]:
@@ -250,6 +256,7 @@ class TreeMachine(RuleBasedStateMachine):
         re-keyed: a held node has one owner, whose entry has its return time now."""
         tree = self.tree
         tree.evict(0)
+        assert len(tree._program_nodes) <= PROGRAM_CANDIDATES  # so the choice is exact here
         held = []
         for program, heap in tree._program_nodes.items():
             for entry in filter(tree._live, heap):

@@ -26,6 +26,10 @@ from asymcache_sglang.core.reuse import ReuseEstimator
 
 Range = tuple[int, int]
 
+# Programs an eviction weighs, those expected back last: cost over wait is not a static order,
+# and these few hold the best choice unless a sooner program's head is far cheaper.
+PROGRAM_CANDIDATES = 8
+
 
 class CacheNode:
     __slots__ = (
@@ -220,8 +224,10 @@ class HoleAwareTree:
     program's heap, cheapest token first, so a waiting program's head goes before its tail, and
     the programs wait in a heap by when each is expected back, the latest first. A program's
     move (``returns.changed``) re-keys one program entry, none of its nodes. An eviction takes
-    whichever waits longer: the top program until it is back, or the top of the other nodes'
-    heap as long as it has been idle. Until ``returns`` can estimate returns nothing is held.
+    the candidate with the least recompute cost per token per second it is expected to wait: the
+    top of the other nodes' heap (waiting as long as it has been idle) or the cheapest node of
+    one of the programs expected back last. Until ``returns`` can estimate returns nothing is
+    held.
     """
 
     def __init__(
@@ -616,8 +622,11 @@ class HoleAwareTree:
             self._follow_returns(now)
         freed: list[Any] = []
         count = 0
+        # When each is back does not move during the call: the same few programs stay the
+        # candidates until one has nothing left to evict.
+        candidates: list[tuple[Hashable, float]] = []
         while count < num_tokens:
-            node = self._next_victim(now)
+            node = self._next_victim(now, candidates)
             if node is None:
                 break
             count += len(node.key)
@@ -640,38 +649,57 @@ class HoleAwareTree:
             if key is not None and -key[0] != self.returns.back_at(program):
                 self._order_program(program)
 
-    def _next_victim(self, now: float) -> CacheNode | None:
-        """Pop the next node to evict: a released node, else the top that waits longer."""
-        free, held = self._top(self._heap), self._top_program()
-        if held is None:
+    def _next_victim(
+        self, now: float, candidates: list[tuple[Hashable, float]]
+    ) -> CacheNode | None:
+        """Pop the next node to evict: a released node, else the one that saves least recompute
+        cost per token per second of expected wait, of the other nodes' top (waiting as long as
+        it has been idle) and the cheapest node of each ``candidates`` program (program, back at);
+        (re)filled with the programs expected back last when empty or one has none left."""
+        free = self._top(self._heap)
+        if free is not None and free[0] == -math.inf:
+            return heapq.heappop(self._heap)[-1]
+        best, best_program = math.inf, None
+        if free is not None:
+            node = free[-1]
+            best = self.cost.cost_per_token(node.start, node.end) / _wait(
+                now - node.last_access_time
+            )
+        tops = [(self._top(self._program_nodes.get(p, [])), p, back) for p, back in candidates]
+        if not tops or any(top is None for top, _, _ in tops):
+            candidates[:] = self._latest_programs(PROGRAM_CANDIDATES)
+            tops = [(self._top(self._program_nodes[p]), p, back) for p, back in candidates]
+        for top, program, back in tops:
+            ratio = top[0] / _wait(back - now)
+            if ratio < best:
+                best, best_program = ratio, program
+        if best_program is None:
             return None if free is None else heapq.heappop(self._heap)[-1]
-        program, back = held
-        if free is None or (free[0] > -math.inf and back - now > now - free[-1].last_access_time):
-            node = heapq.heappop(self._program_nodes[program])[-1]
-            self._order_program(program)  # by its next cheapest node
-            return node
-        return heapq.heappop(self._heap)[-1]
+        node = heapq.heappop(self._program_nodes[best_program])[-1]
+        self._order_program(best_program)  # by its next cheapest node
+        return node
 
-    def _top_program(self) -> tuple[Hashable, float] | None:
-        """The program expected back last (its cheapest node first among ties) that holds an
-        evictable node, and when it is expected back."""
-        order = self._program_order
-        while order:
-            program = order[0][3]
+    def _latest_programs(self, k: int) -> list[tuple[Hashable, float]]:
+        """Up to ``k`` programs that hold an evictable node, expected back last first (cheapest
+        node first among ties), each with when it is expected back. O(k log programs)."""
+        order, found = self._program_order, []
+        while order and len(found) < k:
+            entry = heapq.heappop(order)
+            program = entry[3]
             key = self._program_key.get(program)
-            if key != order[0][:2]:
-                heapq.heappop(order)
+            if key != entry[:2]:
                 continue
             top = self._top(self._program_nodes.get(program, []))
             if top is None:
-                heapq.heappop(order)
                 del self._program_key[program]
                 self._program_nodes.pop(program, None)
-            elif top[0] != key[1]:  # its cheapest node went stale
+            elif top[0] != key[1]:  # its cheapest node went stale: a fresh entry follows
                 self._order_program(program)
             else:
-                return program, -key[0]
-        return None
+                found.append(entry)
+        for entry in found:
+            heapq.heappush(order, entry)
+        return [(entry[3], -entry[0]) for entry in found]
 
     def _top(self, heap: list[Any]) -> tuple[Any, ...] | None:
         while heap and not self._live(heap[0]):
@@ -744,6 +772,11 @@ class HoleAwareTree:
 
     def hole_tokens(self) -> int:
         return sum(len(n.key) for n in self.iter_nodes() if n.value is None)
+
+
+def _wait(seconds: float) -> float:
+    """A wait as a divisor: one already over is the shortest there is."""
+    return max(seconds, 1e-9)
 
 
 def _in_order(nodes: Iterable[CacheNode]) -> list[CacheNode]:
