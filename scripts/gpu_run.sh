@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the offline GPU host, from the repo root: the GPU tests and the MSA microbenchmark.
 # Usage: scripts/gpu_run.sh OUT_DIR [PART...]; parts: kernel bench exactness pressure latency
-# (default all).
+# (default all), and page16 (exactness and pressure with --page-size 16 on every server).
 # Results (JSON, logs) go to OUT_DIR; set ASYMCACHE_COMMIT when the tree has no .git.
 set -eo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,12 @@ for part in $parts; do
     exactness) python3 -m pytest -q -s tests/test_gpu_exactness.py -m gpu || status=1 ;;
     pressure) python3 -m pytest -q -s tests/test_gpu_pressure.py || status=1 ;;
     latency) python3 -m pytest -q -s -m gpu tests/test_gpu_latency.py || status=1 ;;
+    page16)
+      model=${ASYMCACHE_MODEL:-/tmp/model}
+      [ -e "$model/config.json" ] || python3 .gpu/make_model.py "$model" --preset llama3-8b
+      python3 -m eval.gpu_exactness --page-size 16 --out-dir "$out/page16" || status=1
+      python3 -m eval.gpu_pressure --page-size 16 --model "$model" \
+        --out "$out/page16/pressure.json" || status=1 ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done
