@@ -37,6 +37,9 @@ class AgentPrograms:
     # Lognormal tool delay: its median, and sigma of its log.
     tool_delay_median_s: float = 2.0
     tool_delay_sigma: float = 0.8
+    # Sigma of the log of each program's own factor on that median (0: every program's tools
+    # alike): fast tools for some programs, slow ones (or a person) for others.
+    tool_speed_sigma: float = 0.0
     vocab: tuple[int, int] = (10, 120000)
     seed: int = 0
     close_programs: bool = True
@@ -44,8 +47,8 @@ class AgentPrograms:
     def __post_init__(self) -> None:
         if self.sessions < 1 or self.arrival_rate_per_s <= 0 or self.steps[0] < 1:
             raise ValueError(f"need sessions >= 1, arrival rate > 0, >= 1 step: {self}")
-        if self.tool_delay_median_s <= 0 or self.tool_delay_sigma < 0:
-            raise ValueError(f"need a tool delay median > 0 and sigma >= 0: {self}")
+        if self.tool_delay_median_s <= 0 or min(self.tool_delay_sigma, self.tool_speed_sigma) < 0:
+            raise ValueError(f"need a tool delay median > 0 and sigmas >= 0: {self}")
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,13 @@ def plan_sessions(workload: AgentPrograms) -> list[AgentSession]:
             arrival += rng.expovariate(workload.arrival_rate_per_s)
         task = ids(rng.randint(*workload.task_tokens))
         n_steps = rng.randint(*workload.steps)
+        # Drawn only when asked for, so the default workload's draws stay as they were.
+        speed = rng.gauss(0.0, workload.tool_speed_sigma) if workload.tool_speed_sigma else 0.0
+        median_s = workload.tool_delay_median_s * math.exp(speed)
         steps = [
             AgentStep(
                 ids(rng.randint(*workload.tool_result_tokens)),
-                workload.tool_delay_median_s * math.exp(rng.gauss(0.0, workload.tool_delay_sigma)),
+                median_s * math.exp(rng.gauss(0.0, workload.tool_delay_sigma)),
             )
             for _ in range(n_steps - 1)
         ]

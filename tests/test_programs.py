@@ -28,6 +28,41 @@ def test_a_program_is_expected_back_after_the_gaps_seen_so_far():
     assert returns.expected_remaining_s(6.0) == math.inf
 
 
+def test_beyond_gives_the_share_longer_and_the_mean_excess():
+    returns = ReturnGaps()
+    assert returns.beyond(0.0) == (0.0, 0.0)
+    for gap in (2.0, 4.0, 6.0):
+        returns.observe(gap)
+    assert returns.beyond(3.0) == pytest.approx((2 / 3, (1.0 + 3.0) / 3))
+    assert returns.beyond(6.0) == (0.0, 0.0)
+
+
+def test_a_program_seen_often_follows_its_own_gaps_and_a_new_one_the_crowds():
+    """The pooled gaps count as ``prior_gaps`` of a program's own: a program back after 1 s
+    eight times, where the pooled gaps average 8.2 s, is expected back after (4·8.2 + 8·1) / 12."""
+    clock = Clock()
+    programs = ProgramTracker(clock, min_gaps=1, prior_gaps=4.0)
+    for _ in range(32):
+        programs.returns.observe(10.0)
+    for _ in range(8):
+        programs.admit("fast", [1, 2])
+        programs.release("fast", [1, 2])
+        clock.now += 1.0
+    programs.admit("fast", [1, 2])  # the 8th return gap
+    programs.release("fast", [1, 2])
+    programs.admit("new", [7, 8])
+    programs.release("new", [7, 8])
+    pooled = (32 * 10.0 + 8 * 1.0) / 40  # its own gaps are among everyone's
+    assert programs.next_use_in_s("new") == pytest.approx(pooled)
+    assert programs.next_use_in_s("fast") == pytest.approx((4 * pooled + 8 * 1.0) / 12)
+    assert programs.back_at("fast") == pytest.approx(clock.now + 3.4)
+    # Idle past every gap of its own, the crowd's still say it comes back.
+    clock.now += 2.0
+    assert programs.next_use_in_s("fast") == pytest.approx(8.0)
+    programs.close("fast")
+    assert programs.next_use_in_s("fast") == math.inf and "fast" not in programs._own
+
+
 def test_the_window_keeps_the_latest_gaps_and_matches_the_plain_mean():
     returns = ReturnGaps(window=50)
     rng = random.Random(0)

@@ -45,14 +45,27 @@ class ReturnGaps:
     def expected_remaining_s(self, idle_s: float) -> float:
         """Mean of gap - idle over the gaps longer than ``idle_s``; inf where none is (or none
         was seen): by what was seen, the program does not come back."""
+        return remaining_s(*self.beyond(idle_s))
+
+    def beyond(self, idle_s: float) -> tuple[float, float]:
+        """The share of the gaps longer than ``idle_s``, and the mean over all gaps of how much
+        longer (0 for the others): (0, 0) when none was seen. O(log window)."""
         first = bisect.bisect_right(self._sorted, idle_s)
         longer = len(self._sorted) - first
         if longer == 0:
-            return math.inf
+            return 0.0, 0.0
         if self._suffix is None:
             self._suffix = list(itertools.accumulate(reversed(self._sorted), initial=0.0))
-        remaining = self._suffix[longer] / longer - idle_s
-        return remaining if remaining > 0 else math.inf  # longer only by rounding: none is
+        n = len(self._sorted)
+        return longer / n, (self._suffix[longer] - longer * idle_s) / n
+
+
+def remaining_s(share: float, excess: float) -> float:
+    """Expected wait left from ``ReturnGaps.beyond``'s pair; inf when nothing says it is back."""
+    if share <= 0:
+        return math.inf
+    remaining = excess / share
+    return remaining if remaining > 0 else math.inf  # longer only by rounding: none is
 
 
 class ProgramTracker:
@@ -64,6 +77,10 @@ class ProgramTracker:
     the longest-waiting is forgotten. ``back_at`` is a program's expected return as an absolute
     time, which changes only at those events and when a program is overdue; ``changed`` names
     the programs whose ``back_at`` moved, so a caller keying on it re-keys only those.
+
+    A program's return is estimated from all programs' gaps and its own last ``own_window``,
+    mixed as if the pooled gaps were ``prior_gaps`` of its own: a program seen a few times
+    follows the crowd, one seen often follows itself (its tools, or its user, are its own).
     """
 
     def __init__(
@@ -74,17 +91,25 @@ class ProgramTracker:
         window: int = 1024,
         max_waiting: int = 65536,
         min_gaps: int = 8,
+        own_window: int = 16,
+        prior_gaps: float = 4.0,
     ) -> None:
-        if tip_tokens < 1 or max_waiting < 1 or min_gaps < 1:
+        if tip_tokens < 1 or max_waiting < 1 or min_gaps < 1 or own_window < 1:
             raise ValueError(
-                f"need tip_tokens, max_waiting and min_gaps >= 1: "
-                f"{tip_tokens}, {max_waiting}, {min_gaps}"
+                f"need tip_tokens, max_waiting, min_gaps and own_window >= 1: "
+                f"{tip_tokens}, {max_waiting}, {min_gaps}, {own_window}"
             )
+        if prior_gaps <= 0:
+            raise ValueError(f"prior_gaps must be > 0, got {prior_gaps}")
         self.clock = clock
         self.tip_tokens = tip_tokens
         self.max_waiting = max_waiting
         self.min_gaps = min_gaps
         self.returns = ReturnGaps(window)
+        # Each program's own gaps, while it is open; and how many pooled gaps its own are worth.
+        self.own_window = own_window
+        self.prior_gaps = prior_gaps
+        self._own: dict[Hashable, ReturnGaps] = {}
         self._requests_in: dict[Hashable, int] = {}  # program -> its requests in the server
         # Waiting programs, longest-waiting first: when each was released, and its last request.
         self._waiting_since: dict[Hashable, float] = {}
@@ -118,7 +143,12 @@ class ProgramTracker:
         since = self._waiting_since.get(program)
         was_ready = self.ready
         if since is not None:
-            self.returns.observe(self.clock() - since)
+            gap = self.clock() - since
+            self.returns.observe(gap)
+            own = self._own.get(program)
+            if own is None:
+                own = self._own[program] = ReturnGaps(self.own_window)
+            own.observe(gap)
         self.enter(program)
         if self.ready and not was_ready:  # every waiting program gets its first estimate
             for waiting in self._waiting_since:
@@ -171,6 +201,7 @@ class ProgramTracker:
     def close(self, program: Hashable) -> None:
         """The program is done (``/close_session``, or it waited past ``max_waiting``)."""
         self._stop_waiting(program)
+        self._own.pop(program, None)
         self._forget_tip(program)
         self._changed[program] = None
 
@@ -200,7 +231,7 @@ class ProgramTracker:
         self._changed[program] = None
         if not self.ready:
             return
-        back = now + self.returns.expected_remaining_s(now - self._waiting_since[program])
+        back = now + self._remaining_s(program, now - self._waiting_since[program])
         if back <= now:  # a remaining wait too small to move the clock: not expected back
             back = math.inf
         self._back_at[program] = back
@@ -227,7 +258,19 @@ class ProgramTracker:
         since = self._waiting_since.get(program)
         if since is None:
             return math.inf
-        return self.returns.expected_remaining_s(self.clock() - since)
+        return self._remaining_s(program, self.clock() - since)
+
+    def _remaining_s(self, program: Hashable, idle_s: float) -> float:
+        """The wait left for a program idle ``idle_s``: its own gaps and the pooled ones mixed,
+        the pooled counting as ``prior_gaps`` of its own."""
+        share, excess = self.returns.beyond(idle_s)
+        own = self._own.get(program)
+        if own is not None:
+            n, k = len(own), self.prior_gaps
+            own_share, own_excess = own.beyond(idle_s)
+            share = (k * share + n * own_share) / (k + n)
+            excess = (k * excess + n * own_excess) / (k + n)
+        return remaining_s(share, excess)
 
     def counts(self) -> dict[str, int]:
         """Programs with a request in, programs waiting, and return gaps in the window."""
