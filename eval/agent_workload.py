@@ -19,10 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import requests
-
 from eval.common import seconds_fields
-from eval.workloads import TurnResult, generate_streaming
+from eval.workloads import TurnResult, close_program, generate_streaming
 
 
 @dataclass(frozen=True)
@@ -109,12 +107,6 @@ class AgentJob:
 
 def program_id(workload: AgentPrograms, session: AgentSession) -> str:
     return f"agents-{workload.seed}-{session.index}"
-
-
-def close_program(url: str, program: str) -> None:
-    """The program's last step is done: SGLang's ``/close_session`` for its ``session_id``."""
-    resp = requests.post(f"{url}/close_session", json={"session_id": program}, timeout=60)
-    resp.raise_for_status()
 
 
 def run_agent_programs(url: str, workload: AgentPrograms) -> list[AgentJob]:

@@ -219,6 +219,9 @@ class LongMultiTurn:
     arrival_gap_s: float = 1.5
     vocab: tuple[int, int] = (10, 120000)
     seed: int = 0
+    # Every request names its conversation with SGLang's ``session_id`` and the last turn is
+    # followed by ``/close_session``, as a frontend program (``ProgramEndpoint``) does.
+    name_sessions: bool = False
 
     def max_live_tokens(self) -> int:
         """KV of every session at its last turn, at most."""
@@ -253,17 +256,33 @@ def plan_long_multi_turn(workload: LongMultiTurn) -> list[LongSession]:
     return sessions
 
 
+def long_session_id(workload: LongMultiTurn, plan: LongSession) -> str | None:
+    """The ``session_id`` the session's requests name (None unless ``name_sessions``)."""
+    return f"long-{workload.seed}-{plan.index}" if workload.name_sessions else None
+
+
+def close_program(url: str, program: str) -> None:
+    """The program's last step is done: SGLang's ``/close_session`` for its ``session_id``."""
+    resp = requests.post(f"{url}/close_session", json={"session_id": program}, timeout=60)
+    resp.raise_for_status()
+
+
 def run_long_multi_turn(url: str, workload: LongMultiTurn) -> list[TurnResult]:
     """Replay ``workload`` against ``url``; results in session, turn order."""
 
     def session(plan: LongSession) -> list[TurnResult]:
         history = list(plan.doc_ids)
+        program = long_session_id(workload, plan)
         time.sleep(plan.arrival_s)
         results = []
         for turn, (question, think_s) in enumerate(plan.turns):
-            res = generate_streaming(url, history, workload.answer_tokens, return_logprob=False)
+            res = generate_streaming(
+                url, history, workload.answer_tokens, return_logprob=False, session_id=program
+            )
             res.session, res.turn = plan.index, turn
             results.append(res)
+            if turn + 1 == len(plan.turns) and program is not None:
+                close_program(url, program)
             history += res.output_ids
             history += question
             time.sleep(think_s)

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from eval.common import asymcache_counters, server_health
+from eval.workloads import LongMultiTurn, run_long_multi_turn
 
 pytestmark = pytest.mark.e2e
 
@@ -76,4 +77,20 @@ def test_a_conversation_without_session_ids_is_one_program_through_the_scheduler
     assert after["return_gaps"] - before["return_gaps"] == 2  # turns 2 and 3 came back
     assert after["programs_in"] == 0
     assert after["programs_waiting"] == before["programs_waiting"] + 1
+    assert server_health(asymcache_server)["leak_or_error_lines"] == 0
+
+
+def test_named_long_sessions_close_after_their_last_turn(asymcache_server):
+    """``LongMultiTurn(name_sessions=True)``: each conversation's requests name it and its last
+    turn closes it, so the server releases the KV only it held."""
+    url = asymcache_server.url
+    before = asymcache_counters(url)
+    workload = LongMultiTurn(
+        sessions=2, turns=2, doc_tokens=(60, 80), question_tokens=(5, 10), answer_tokens=4,
+        think_s=(0.1, 0.2), arrival_gap_s=0.1, vocab=(10, 500), seed=11, name_sessions=True,
+    )  # fmt: skip
+    results = run_long_multi_turn(url, workload)
+    after = asymcache_counters(url)
+    assert len(results) == 4
+    assert after["released_tokens"] > before["released_tokens"]
     assert server_health(asymcache_server)["leak_or_error_lines"] == 0

@@ -390,6 +390,17 @@ SMALL_AGENTS = AgentPrograms(
 )  # fmt: skip
 
 
+@pytest.mark.parametrize("named", [True, False])
+def test_named_long_sessions_are_programs_released_after_their_last_turn(named, step):
+    workload = dataclasses.replace(SMALL, name_sessions=named)
+    scripts = long_multi_turn_scripts(workload)
+    assert all((s.program is not None) == named for s in scripts)
+    assert len({s.program for s in scripts}) == (len(scripts) if named else 1)
+    engine = Engine(EngineConfig(pool_tokens=4000, cache="asymcache", chunk_tokens=512), step)
+    engine.run(SessionClient(scripts))
+    assert (engine.cache.tree.stats.released_tokens > 0) == named
+
+
 @pytest.mark.parametrize("close_programs", [True, False])
 def test_programs_that_close_are_released_after_their_last_step(close_programs, step):
     workload = dataclasses.replace(SMALL_AGENTS, close_programs=close_programs)

@@ -8,7 +8,12 @@ from typing import Protocol
 
 from eval.agent_workload import AgentPrograms, plan_sessions, program_id
 from eval.mooncake_trace import TraceCut, load_trace
-from eval.workloads import LongMultiTurn, MultiTurnWorkload, plan_long_multi_turn
+from eval.workloads import (
+    LongMultiTurn,
+    MultiTurnWorkload,
+    long_session_id,
+    plan_long_multi_turn,
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ def long_multi_turn_scripts(workload: LongMultiTurn) -> list[Script]:
                 Call(workload.answer_tokens, question, think_s if i + 1 < len(plan.turns) else None)
                 for i, (question, think_s) in enumerate(plan.turns)
             ],
+            long_session_id(workload, plan),
         )
         for plan in plan_long_multi_turn(workload)
     ]
