@@ -70,7 +70,9 @@ def test_paged_holes_are_exact_against_no_cache(paged_server, no_cache_server, a
     (artifacts_dir / f"paged{page_size}_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     assert delta["interior_evicted_tokens"] > 0 and delta["plans"] > 0, delta
-    assert delta["chunked_plans"] > 0 and delta["adopted_hole_tokens"] > 0, delta
+    # Plans carried over several page-aligned chunks: cut to the chunk (chunked_plans), or
+    # waiting while chunks recompute a first hole larger than the chunk (first_hole_chunks).
+    assert after["longest_plan_chunks"] >= 2 and delta["adopted_hole_tokens"] > 0, delta
     # Cache hits are whole pages: a hit never reaches into the partial last page.
     assert all(r.cached_tokens % page_size == 0 for r in ours)
     assert not mismatched, f"outputs differ for (session, turn) {mismatched}"
