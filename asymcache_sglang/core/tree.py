@@ -616,7 +616,8 @@ class HoleAwareTree:
         node.owners = None
 
     def evict(self, num_tokens: int) -> list[Any]:
-        """Free at least ``num_tokens`` (if possible), cheapest key first; returns freed values."""
+        """Free at least ``num_tokens`` (if possible), least cost over wait first
+        (``_next_victim``); returns freed values."""
         now = self.clock()
         if self.returns is not None:
             self._follow_returns(now)
