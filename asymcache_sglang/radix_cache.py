@@ -223,9 +223,9 @@ class HoleAwareRadixCache(RadixCache):
         retained = self.retained_ranges(req)
         if is_insert:
             aligned = self._page_aligned(len(token_ids))
-            token_ids = token_ids[:aligned]
-            self._free([kv_indices[aligned:]])
-            kv_indices = kv_indices[:aligned]
+            if aligned < len(token_ids):  # the partial last page: the tree holds whole pages
+                self._free([kv_indices[aligned:]])
+                token_ids, kv_indices = token_ids[:aligned], kv_indices[:aligned]
             outcome = self.tree.insert(token_ids, kv_indices, retained, req.extra_key)
             self._free(outcome.duplicates)
             self._settle_holes(req, outcome)
@@ -269,10 +269,12 @@ class HoleAwareRadixCache(RadixCache):
         if req.last_node is not None:
             self.dec_lock_ref(req.last_node)
         req.last_node = outcome.last_node
+        req.cache_protected_len = aligned
+        handoff.request_plan(req).retained = [(0, aligned)]
         # The partial last page stays the request's: its next chunk or its finish inserts it.
-        req.prefix_indices = torch.cat([new_indices, kv_indices[aligned:]])
-        req.cache_protected_len = len(new_indices)
-        handoff.request_plan(req).retained = [(0, len(new_indices))]
+        if aligned < len(kv_indices):
+            new_indices = torch.cat([new_indices, kv_indices[aligned:]])
+        req.prefix_indices = new_indices
 
     def _page_aligned(self, num_tokens: int) -> int:
         return num_tokens - num_tokens % self.page_size
