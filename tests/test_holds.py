@@ -77,8 +77,9 @@ def test_a_sooner_programs_cheap_head_goes_before_a_later_programs_dear_middle()
     clock.now = 5.0
     run(tree, programs, "b", b, list(range(100, 130)), split_at=(10, 20))
     clock.now = 6.0  # a back in 4 s, b in 9 s; heads cost 5.5 a token, middles 15.5
-    assert sorted(s for v in tree.evict(10) for s in v) == list(range(100, 110))  # 0.61 a s
-    assert sorted(s for v in tree.evict(10) for s in v) == list(range(0, 10))  # 1.38 < 1.72
+    # Per second of wait: b's head 5.5 / 9, then a's head 5.5 / 4 before b's middle 15.5 / 9.
+    assert sorted(s for v in tree.evict(10) for s in v) == list(range(100, 110))
+    assert sorted(s for v in tree.evict(10) for s in v) == list(range(0, 10))
     assert sorted(s for v in tree.evict(10) for s in v) == list(range(110, 120))
 
 
