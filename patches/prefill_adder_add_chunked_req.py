@@ -10,7 +10,8 @@ ended inside a page (``--page-size`` > 1) carries on without a match, as SGLang 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sglang.srt.plugins.hook_registry import HookType
@@ -42,20 +43,35 @@ def hook(original: Callable[..., Any], adder: Any, req: Any) -> Any:
     matched_end = len(req.prefix_indices) if plan is None else plan.prefix_len
     # The earlier chunk's lock kept its plan's retained KV resident, so the match reaches it.
     cache.counters.chunk_fallbacks += matched_end < request.plan_end
-    if plan is None:
-        result = original(adder, req)
-    else:
-        result = admit(
-            cache,
-            adder,
-            req,
-            plan,
-            lambda: original(adder, req),
-            # What SGLang's add_chunked_req takes of the tail.
-            chunk_tokens=min(adder.rem_chunk_tokens, int(adder.rem_total_tokens)),
-            logs_prefix_as_hits=False,
-            budgets_whole_request=False,
-        )
+    with _chunk_in_whole_pages(adder, cache.page_size):
+        if plan is None:
+            result = original(adder, req)
+        else:
+            result = admit(
+                cache,
+                adder,
+                req,
+                plan,
+                lambda: original(adder, req),
+                # What SGLang's add_chunked_req takes of the tail.
+                chunk_tokens=min(adder.rem_chunk_tokens, int(adder.rem_total_tokens)),
+                logs_prefix_as_hits=False,
+                budgets_whole_request=False,
+            )
     cache.inc_lock_ref(req.last_node)
     cache.dec_lock_ref(locked)
     return result
+
+
+@contextmanager
+def _chunk_in_whole_pages(adder: Any, page_size: int) -> Iterator[None]:
+    """While SGLang cuts the chunk: its budget in whole pages, when a page is left. Decodes mixed
+    into the chunk leave the budget inside a page, and a cut there would leave a partial page
+    that the next chunk cannot match."""
+    budget = adder.rem_chunk_tokens
+    cut = budget % page_size if budget is not None and budget >= page_size else 0
+    adder.rem_chunk_tokens -= cut
+    try:
+        yield
+    finally:
+        adder.rem_chunk_tokens += cut

@@ -18,7 +18,12 @@ from conftest import cpu_asymcache_server, paged_cpu_env
 
 from eval.common import asymcache_counters, server_health
 from eval.server import SGLangServer
-from eval.workloads import MultiTurnWorkload, generate_streaming, run_multi_turn
+from eval.workloads import (
+    MultiTurnWorkload,
+    generate_streaming,
+    run_concurrent_sessions,
+    run_multi_turn,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -78,3 +83,29 @@ def test_paged_holes_are_exact_against_no_cache(paged_server, no_cache_server, a
     assert not mismatched, f"outputs differ for (session, turn) {mismatched}"
     assert dlogprobs and summary["max_dlogprob"] <= LOGPROB_TOL
     assert server_health(server) == {"healthy_after_idle": True, "leak_or_error_lines": 0}
+
+
+def test_paged_plans_beside_decodes_are_exact(tiny_model, no_cache_server, artifacts_dir):
+    """Page 4 with ``--enable-mixed-chunk``: decodes take part of the chunk, and SGLang would cut
+    a chunked request inside a page; its chunks stay whole pages, so its plan carries on."""
+    flags = ["--page-size", "4", "--chunked-prefill-size", str(CHUNK_TOKENS)]
+    flags.append("--enable-mixed-chunk")
+    log_path = artifacts_dir / "asymcache-page4-mixed-server.log"
+    with cpu_asymcache_server(tiny_model, log_path, *flags, env=paged_cpu_env(4)) as server:
+        ours = []
+        for seed in range(2):
+            workload = MultiTurnWorkload(
+                num_sessions=8, turns=5, first_prompt_tokens=120, max_new_tokens=24, seed=seed
+            )
+            ours += run_concurrent_sessions(server.url, workload)
+        time.sleep(3)
+        counters = asymcache_counters(server.url)
+        health = server_health(server)
+    ref = [
+        generate_streaming(no_cache_server.url, r.input_ids, 24, return_logprob=False) for r in ours
+    ]
+    mismatched = [(a.session, a.turn) for a, b in zip(ours, ref) if a.output_ids != b.output_ids]
+    print(json.dumps({"counters": counters, "mismatched": mismatched}, indent=2))
+    assert counters["plans"] > 0 and counters["chunk_fallbacks"] == 0, counters
+    assert not mismatched, f"outputs differ for (session, turn) {mismatched}"
+    assert health == {"healthy_after_idle": True, "leak_or_error_lines": 0}
