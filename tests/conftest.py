@@ -18,6 +18,7 @@ if not torch.cuda.is_available():
 
 from eval.server import REPO_ROOT, SGLangServer, cpu_env, cpu_server_args, stock_cpu_env
 from eval.tiny_model import make_tiny_llama
+from eval.workloads import MultiTurnWorkload
 
 # Small enough that 8 sessions of 120-420 tokens evict interior nodes between their turns.
 E2E_POOL_TOKENS = 1200
@@ -57,6 +58,14 @@ def cpu_asymcache_server(
     args = cpu_server_args() + ASYMCACHE_ARGS + list(extra)
     env = cpu_env() if env is None else env
     return SGLangServer(model, extra_args=args, env=env, log_path=log_path, timeout_s=420)
+
+
+def mixed_chunk_workload(seed: int) -> MultiTurnWorkload:
+    """Concurrent sessions whose answers are long enough that their decodes run beside the
+    next sessions' prefills (``--enable-mixed-chunk``)."""
+    return MultiTurnWorkload(
+        num_sessions=8, turns=5, first_prompt_tokens=120, max_new_tokens=24, seed=seed
+    )
 
 
 def paged_cpu_env(page_size: int) -> dict[str, str]:

@@ -10,6 +10,7 @@ import json
 import time
 
 import pytest
+from conftest import mixed_chunk_workload
 
 from eval.common import asymcache_counters, server_health
 from eval.workloads import (
@@ -75,9 +76,7 @@ def test_mixed_chunk_holes_beside_decodes_are_exact(mixed_chunk_server, no_cache
     ours = []
     # Whether a plan lands beside a decode is timing on a shared CPU: up to 3 seeded rounds.
     for seed in range(3):
-        workload = MultiTurnWorkload(
-            num_sessions=8, turns=5, first_prompt_tokens=120, max_new_tokens=24, seed=seed
-        )
+        workload = mixed_chunk_workload(seed)
         ours += run_concurrent_sessions(mixed_chunk_server.url, workload)
         time.sleep(3)
         after = asymcache_counters(mixed_chunk_server.url)

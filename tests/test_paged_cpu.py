@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cpu_asymcache_server, paged_cpu_env
+from conftest import cpu_asymcache_server, mixed_chunk_workload, paged_cpu_env
 
 from eval.common import asymcache_counters, server_health
 from eval.server import SGLangServer
@@ -94,10 +94,7 @@ def test_paged_plans_beside_decodes_are_exact(tiny_model, no_cache_server, artif
     with cpu_asymcache_server(tiny_model, log_path, *flags, env=paged_cpu_env(4)) as server:
         ours = []
         for seed in range(2):
-            workload = MultiTurnWorkload(
-                num_sessions=8, turns=5, first_prompt_tokens=120, max_new_tokens=24, seed=seed
-            )
-            ours += run_concurrent_sessions(server.url, workload)
+            ours += run_concurrent_sessions(server.url, mixed_chunk_workload(seed))
         time.sleep(3)
         counters = asymcache_counters(server.url)
         health = server_health(server)
