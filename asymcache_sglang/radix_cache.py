@@ -222,10 +222,8 @@ class HoleAwareRadixCache(RadixCache):
         kv_indices = kv_indices.to(dtype=torch.int64, copy=True)
         retained = self.retained_ranges(req)
         if is_insert:
-            aligned = self._page_aligned(len(token_ids))
-            if aligned < len(token_ids):  # the partial last page: the tree holds whole pages
-                self._free([kv_indices[aligned:]])
-                token_ids, kv_indices = token_ids[:aligned], kv_indices[:aligned]
+            token_ids, kv_indices, partial_page = self._whole_pages(token_ids, kv_indices)
+            self.token_to_kv_pool_allocator.free(partial_page)
             outcome = self.tree.insert(token_ids, kv_indices, retained, req.extra_key)
             self._free(outcome.duplicates)
             self._settle_holes(req, outcome)
@@ -248,18 +246,14 @@ class HoleAwareRadixCache(RadixCache):
         kv_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : len(token_ids)]
         kv_indices = kv_indices.to(dtype=torch.int64, copy=True)
         retained = self.retained_ranges(req)
-        aligned = self._page_aligned(len(token_ids))
+        token_ids, kv_indices, partial_page = self._whole_pages(token_ids, kv_indices)
         outcome = self.tree.insert(
-            token_ids[:aligned],
-            kv_indices[:aligned],
-            retained,
-            req.extra_key,
-            count_hit=not chunked,
+            token_ids, kv_indices, retained, req.extra_key, count_hit=not chunked
         )
         self._free(outcome.duplicates)
         self._settle_holes(req, outcome)
         new_indices = torch.cat(outcome.path_values) if outcome.path_values else kv_indices[:0]
-        assert len(new_indices) == aligned, f"{len(new_indices)=} {aligned=}"
+        assert len(new_indices) == len(token_ids), f"{len(new_indices)=} {len(token_ids)=}"
         # The leading retained range already holds the tree's slots; rewrite only from its end.
         start = retained[0][1] if retained and retained[0][0] == 0 else 0
         self.req_to_token_pool.write(
@@ -269,15 +263,22 @@ class HoleAwareRadixCache(RadixCache):
         if req.last_node is not None:
             self.dec_lock_ref(req.last_node)
         req.last_node = outcome.last_node
-        req.cache_protected_len = aligned
-        handoff.request_plan(req).retained = [(0, aligned)]
+        req.cache_protected_len = len(new_indices)
+        handoff.request_plan(req).retained = [(0, len(new_indices))]
         # The partial last page stays the request's: its next chunk or its finish inserts it.
-        if aligned < len(kv_indices):
-            new_indices = torch.cat([new_indices, kv_indices[aligned:]])
+        if len(partial_page):
+            new_indices = torch.cat([new_indices, partial_page])
         req.prefix_indices = new_indices
 
-    def _page_aligned(self, num_tokens: int) -> int:
-        return num_tokens - num_tokens % self.page_size
+    def _whole_pages(
+        self, token_ids: Sequence[int], kv_indices: torch.Tensor
+    ) -> tuple[Sequence[int], torch.Tensor, torch.Tensor]:
+        """The request's tokens and slots in whole pages, which the tree holds, and the slots of
+        its partial last page (none at page size 1: nothing is copied)."""
+        aligned = len(token_ids) - len(token_ids) % self.page_size
+        if aligned == len(token_ids):
+            return token_ids, kv_indices, kv_indices[:0]
+        return token_ids[:aligned], kv_indices[:aligned], kv_indices[aligned:]
 
     def _settle_holes(self, req: Any, outcome: InsertOutcome | None) -> None:
         """Count where the holes the request's last extend recomputed went: its insert's
