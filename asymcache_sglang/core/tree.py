@@ -660,20 +660,20 @@ class HoleAwareTree:
         free = self._top(self._heap)
         if free is not None and free[0] == -math.inf:
             return heapq.heappop(self._heap)[-1]
-        best, best_program = math.inf, None
-        if free is not None:
-            node = free[-1]
-            best = self.cost.cost_per_token(node.start, node.end) / _wait(
-                now - node.last_access_time
-            )
         tops = [(self._top(self._program_nodes.get(p, [])), p, back) for p, back in candidates]
         if not tops or any(top is None for top, _, _ in tops):
             candidates[:] = self._latest_programs(PROGRAM_CANDIDATES)
             tops = [(self._top(self._program_nodes[p]), p, back) for p, back in candidates]
+        best, best_program = math.inf, None
         for top, program, back in tops:
             ratio = top[0] / _wait(back - now)
             if ratio < best:
                 best, best_program = ratio, program
+        if best_program is not None and free is not None:
+            node = free[-1]
+            idle = _wait(now - node.last_access_time)
+            if self.cost.cost_per_token(node.start, node.end) / idle <= best:
+                best_program = None  # the other nodes' top goes first, ties included
         if best_program is None:
             return None if free is None else heapq.heappop(self._heap)[-1]
         node = heapq.heappop(self._program_nodes[best_program])[-1]
