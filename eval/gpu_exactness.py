@@ -322,7 +322,8 @@ def exactness_server_args(
 ) -> list[str]:
     """Flags shared by all servers of one comparison: bf16, real weights, bounded KV pool; CUDA
     graphs at SGLang's defaults."""
-    return ["--page-size", str(page_size)] * (page_size > 1) + [
+    paged = ["--page-size", str(page_size)] if page_size > 1 else []
+    return paged + [
         "--dtype", "bfloat16",
         "--attention-backend", attention_backend,
         "--skip-tokenizer-init",

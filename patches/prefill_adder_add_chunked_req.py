@@ -68,8 +68,9 @@ def _chunk_in_whole_pages(adder: Any, page_size: int) -> Iterator[None]:
     """While SGLang cuts the chunk: its budget in whole pages, when a page is left. Decodes mixed
     into the chunk leave the budget inside a page, and a cut there would leave a partial page
     that the next chunk cannot match."""
+    # A chunked request implies a chunk budget (SGLang's add_chunked_req takes its min).
     budget = adder.rem_chunk_tokens
-    cut = budget % page_size if budget is not None and budget >= page_size else 0
+    cut = budget % page_size if budget >= page_size else 0
     adder.rem_chunk_tokens -= cut
     try:
         yield
