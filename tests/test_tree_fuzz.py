@@ -696,6 +696,13 @@ def seeded_machine(
     return m
 
 
+def assert_gained(before: dict[str, int], *keys: str) -> None:
+    """Each of ``keys`` in COVERAGE grew since ``before``: the walk reached what it is for."""
+    gained = {k: COVERAGE[k] - before[k] for k in COVERAGE}
+    for key in keys:
+        assert gained[key] > 0, (key, gained)
+
+
 def random_step(m: TreeMachine, rng: random.Random, actions: list[str]) -> None:
     """One step of a seeded walk: an action drawn from ``actions``, with its arguments."""
     ext = [rng.randrange(4) for _ in range(rng.randint(0, 8))]
@@ -737,8 +744,8 @@ def test_seeded_random_walk_reaches_holes(holds):
             m.tree_is_consistent()
             m.programs_are_consistent()
         m.teardown()
-    gained = {k: COVERAGE[k] - before[k] for k in COVERAGE}
-    for key in (
+    assert_gained(
+        before,
         "released_tokens",
         "planned_holes",
         "adopted_tokens",
@@ -750,8 +757,7 @@ def test_seeded_random_walk_reaches_holes(holds):
         "starved",
         # A held program loses its head first, so paths with more holes than allowed are rare.
         *(("held_evictions", "shared_nodes") if holds else ("fallback_plans",)),
-    ):
-        assert gained[key] > 0, (key, gained)
+    )
 
 
 def test_seeded_chunked_walk_carries_plans_over_chunks():
@@ -774,9 +780,7 @@ def test_seeded_chunked_walk_carries_plans_over_chunks():
                 m.tick(rng.choice([0.5, 1.0, 3.0, 50.0]))
             m.tree_is_consistent()
         m.teardown()
-    gained = {k: COVERAGE[k] - before[k] for k in COVERAGE}
-    for key in ("chunked_requests", "fitted_plans", "multi_chunk_plans", "adopted_tokens"):
-        assert gained[key] > 0, (key, gained)
+    assert_gained(before, "chunked_requests", "fitted_plans", "multi_chunk_plans", "adopted_tokens")
 
 
 @pytest.mark.parametrize("page_size", [2, 4])
@@ -793,13 +797,12 @@ def test_seeded_paged_walk_keeps_holes_and_plans_on_pages(page_size):
             random_step(m, rng, ["start", "turn", "chunked", "chunked", "finish", "abort", "evict"])
             m.tree_is_consistent()
         m.teardown()
-    gained = {k: COVERAGE[k] - before[k] for k in COVERAGE}
-    for key in (
+    assert_gained(
+        before,
         "planned_holes",
         "adopted_tokens",
         "interior_evicted_tokens",
         "chunked_requests",
         "fitted_plans",
         "multi_chunk_plans",
-    ):
-        assert gained[key] > 0, (key, gained)
+    )
