@@ -30,7 +30,10 @@ class TraceCut:
     """Which requests of the trace a run sends, and when.
 
     Requests are taken in trace order from ``start``, every ``sample_every``-th, skipping those
-    longer than ``max_input_tokens``, until ``max_requests``. Arrival times are the trace's,
+    longer than ``max_input_tokens``, until ``max_requests``. ``conversation_every`` keeps every
+    n-th conversation whole, so a sub-sampled run keeps its returns: every line opens with the
+    shared block 0, so a conversation is the lines that share their second block (a one-block
+    line is its own), numbered by first appearance. Arrival times are the trace's,
     shifted so the first taken request arrives at 0 and multiplied by ``time_scale`` (0.1: ten
     times as fast). Outputs are capped at ``max_output_tokens``. ``trace_path``: the trace file,
     where it is not the shared copy.
@@ -39,6 +42,7 @@ class TraceCut:
     time_scale: float = 1.0
     start: int = 0
     sample_every: int = 1
+    conversation_every: int = 1
     max_requests: int | None = None
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
@@ -47,8 +51,10 @@ class TraceCut:
     trace_path: str = ""
 
     def __post_init__(self) -> None:
-        if self.time_scale <= 0 or self.sample_every < 1 or self.start < 0:
-            raise ValueError(f"need time_scale > 0, sample_every >= 1, start >= 0: {self}")
+        if self.time_scale <= 0 or min(self.sample_every, self.conversation_every) < 1:
+            raise ValueError(f"need time_scale > 0, sample_every, conversation_every >= 1: {self}")
+        if self.start < 0:
+            raise ValueError(f"need start >= 0: {self}")
         if self.vocab[0] >= self.vocab[1]:
             raise ValueError(f"empty token id range {self.vocab}")
 
@@ -81,6 +87,7 @@ def load_trace(cut: TraceCut, path: Path | None = None) -> list[TraceRequest]:
     """The requests ``cut`` takes from the trace at ``path`` (default: the shared copy)."""
     path = path or Path(cut.trace_path or DEFAULT_TRACE / TRACE_NAME)
     blocks: dict[int, list[int]] = {}
+    conversations: dict[tuple[int, int], int] = {}
     taken: list[TraceRequest] = []
     first_ms: float | None = None
     for index, line in enumerate(trace_lines(path)):
@@ -88,10 +95,14 @@ def load_trace(cut: TraceCut, path: Path | None = None) -> list[TraceRequest]:
             break
         if index < cut.start or (index - cut.start) % cut.sample_every:
             continue
+        hash_ids = tuple(int(h) for h in line["hash_ids"])
+        key = (1, hash_ids[1]) if len(hash_ids) > 1 else (0, index)
+        conversation = conversations.setdefault(key, len(conversations))
+        if conversation % cut.conversation_every:
+            continue
         length = int(line["input_length"])
         if cut.max_input_tokens is not None and length > cut.max_input_tokens:
             continue
-        hash_ids = tuple(int(h) for h in line["hash_ids"])
         if len(hash_ids) * BLOCK_TOKENS < length:
             raise ValueError(f"trace line {index}: {len(hash_ids)} blocks < {length} tokens")
         ids: list[int] = []

@@ -63,6 +63,15 @@ def test_cut_scales_time_samples_and_caps(trace_file):
         TraceCut(vocab=(5, 5))
 
 
+def test_every_nth_conversation_is_kept_whole(trace_file):
+    # conversations by second block, first appearance: lines 0-1 (block 1), 2 (one block), 3
+    kept = load_trace(TraceCut(conversation_every=2), trace_file)
+    assert [r.index for r in kept] == [0, 1, 3]
+    assert [r.index for r in load_trace(TraceCut(conversation_every=3), trace_file)] == [0, 1]
+    with pytest.raises(ValueError, match="conversation_every"):
+        TraceCut(conversation_every=0)
+
+
 def test_a_line_with_too_few_blocks_is_refused(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({**LINES[0], "input_length": 1500}) + "\n")
