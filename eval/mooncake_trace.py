@@ -9,6 +9,8 @@ length caps); every result records it.
 
 from __future__ import annotations
 
+import argparse
+import gzip
 import json
 import random
 import threading
@@ -17,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from eval.workloads import TurnResult, generate_streaming
 
@@ -76,11 +79,30 @@ def block_tokens(hash_id: int, vocab: tuple[int, int], seed: int) -> list[int]:
     return [rng.randrange(*vocab) for _ in range(BLOCK_TOKENS)]
 
 
+def _open_text(path: Path, mode: str = "rt") -> IO[str]:
+    return gzip.open(path, mode) if path.suffix == ".gz" else path.open(mode[0])
+
+
 def trace_lines(path: Path) -> Iterator[dict]:
-    with path.open() as f:
+    """The trace's records; a ``.gz`` file is decompressed."""
+    with _open_text(path) as f:
         for line in f:
             if line.strip():
                 yield json.loads(line)
+
+
+def write_cut(cut: TraceCut, dest: Path, path: Path | None = None) -> int:
+    """Write the trace lines ``cut`` takes, unchanged, to ``dest`` (gzipped for ``.gz``): a file
+    small enough to carry to a host without the trace. Replayed with ``trace_path=dest``, the
+    same ``time_scale``, caps, ``vocab`` and ``seed`` and no sampling, it sends the same
+    requests. Returns how many lines it wrote."""
+    taken = {r.index for r in load_trace(cut, path)}
+    source = path or Path(cut.trace_path or DEFAULT_TRACE / TRACE_NAME)
+    with _open_text(dest, "wt") as out:
+        for index, line in enumerate(trace_lines(source)):
+            if index in taken:
+                out.write(json.dumps(line, separators=(",", ":")) + "\n")
+    return len(taken)
 
 
 def load_trace(cut: TraceCut, path: Path | None = None) -> list[TraceRequest]:
@@ -155,3 +177,18 @@ def replay(url: str, requests: Sequence[TraceRequest], max_in_flight: int = 64) 
     if errors:
         raise errors[0]
     return [r for r in results if r is not None]
+
+
+def main() -> None:
+    from eval.bench import parse_overrides  # eval.bench imports this module
+
+    parser = argparse.ArgumentParser(description="Write the trace lines a cut takes.")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--out", type=Path, required=True, help="a .jsonl or .jsonl.gz file")
+    args = parser.parse_args()
+    cut = TraceCut(**parse_overrides(TraceCut, args.set))
+    print(f"{write_cut(cut, args.out)} lines of {cut} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ from eval.mooncake_trace import (
     block_tokens,
     load_trace,
     replay,
+    write_cut,
 )
 
 LINES = [
@@ -70,6 +71,18 @@ def test_every_nth_conversation_is_kept_whole(trace_file):
     assert [r.index for r in load_trace(TraceCut(conversation_every=3), trace_file)] == [0, 1]
     with pytest.raises(ValueError, match="conversation_every"):
         TraceCut(conversation_every=0)
+
+
+@pytest.mark.parametrize("name", ["cut.jsonl", "cut.jsonl.gz"])
+def test_a_written_cut_replays_the_same_requests(trace_file, tmp_path, name):
+    cut = TraceCut(time_scale=0.5, conversation_every=2, max_output_tokens=6, vocab=(10, 500))
+    dest = tmp_path / name
+    assert write_cut(cut, dest, trace_file) == 3
+    again = TraceCut(time_scale=0.5, max_output_tokens=6, vocab=(10, 500), trace_path=str(dest))
+    want, got = load_trace(cut, trace_file), load_trace(again)
+    assert [(r.arrival_s, r.input_ids, r.output_tokens) for r in got] == [
+        (r.arrival_s, r.input_ids, r.output_tokens) for r in want
+    ]
 
 
 def test_a_line_with_too_few_blocks_is_refused(tmp_path):
