@@ -4,7 +4,8 @@ Each trace line names the 512-token prefix blocks of one request by hash id (equ
 reusable prefix block). A hash id becomes a fixed pseudo-random block of token ids, the same for
 the same id and seed, and the last block is cut to the request's ``input_length``, as the data's
 README says. ``TraceCut`` says how the trace was cut to fit a run (time scale, sub-sampling,
-length caps); every result records it.
+length caps); every result records it. ``python -m eval.mooncake_trace --set NAME=VALUE ...
+--out F.jsonl.gz`` writes the lines a cut takes, for a host that lacks the trace.
 """
 
 from __future__ import annotations
