@@ -81,7 +81,7 @@ def block_tokens(hash_id: int, vocab: tuple[int, int], seed: int) -> list[int]:
 
 
 def _open_text(path: Path, mode: str = "rt") -> IO[str]:
-    return gzip.open(path, mode) if path.suffix == ".gz" else path.open(mode[0])
+    return gzip.open(path, mode) if path.suffix == ".gz" else path.open(mode)
 
 
 def trace_lines(path: Path) -> Iterator[dict]:
@@ -92,42 +92,50 @@ def trace_lines(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def write_cut(cut: TraceCut, dest: Path, path: Path | None = None) -> int:
-    """Write the trace lines ``cut`` takes, unchanged, to ``dest`` (gzipped for ``.gz``): a file
-    small enough to carry to a host without the trace. Replayed with ``trace_path=dest``, the
-    same ``time_scale``, caps, ``vocab`` and ``seed`` and no sampling, it sends the same
-    requests. Returns how many lines it wrote."""
-    taken = {r.index for r in load_trace(cut, path)}
-    source = path or Path(cut.trace_path or DEFAULT_TRACE / TRACE_NAME)
-    with _open_text(dest, "wt") as out:
-        for index, line in enumerate(trace_lines(source)):
-            if index in taken:
-                out.write(json.dumps(line, separators=(",", ":")) + "\n")
-    return len(taken)
-
-
-def load_trace(cut: TraceCut, path: Path | None = None) -> list[TraceRequest]:
-    """The requests ``cut`` takes from the trace at ``path`` (default: the shared copy)."""
+def taken_lines(cut: TraceCut, path: Path | None = None) -> Iterator[tuple[int, dict]]:
+    """The lines ``cut`` takes from the trace at ``path`` (default: ``cut.trace_path``, else the
+    shared copy), each with its index in the file."""
     path = path or Path(cut.trace_path or DEFAULT_TRACE / TRACE_NAME)
-    blocks: dict[int, list[int]] = {}
     conversations: dict[tuple[int, int], int] = {}
-    taken: list[TraceRequest] = []
-    first_ms: float | None = None
+    taken = 0
     for index, line in enumerate(trace_lines(path)):
-        if cut.max_requests is not None and len(taken) >= cut.max_requests:
-            break
+        if cut.max_requests is not None and taken >= cut.max_requests:
+            return
         if index < cut.start or (index - cut.start) % cut.sample_every:
             continue
-        hash_ids = tuple(int(h) for h in line["hash_ids"])
-        key = (1, hash_ids[1]) if len(hash_ids) > 1 else (0, index)
-        conversation = conversations.setdefault(key, len(conversations))
-        if conversation % cut.conversation_every:
+        hash_ids = line["hash_ids"]
+        key = (1, int(hash_ids[1])) if len(hash_ids) > 1 else (0, index)
+        if conversations.setdefault(key, len(conversations)) % cut.conversation_every:
             continue
         length = int(line["input_length"])
         if cut.max_input_tokens is not None and length > cut.max_input_tokens:
             continue
         if len(hash_ids) * BLOCK_TOKENS < length:
             raise ValueError(f"trace line {index}: {len(hash_ids)} blocks < {length} tokens")
+        taken += 1
+        yield index, line
+
+
+def write_cut(cut: TraceCut, dest: Path, path: Path | None = None) -> int:
+    """Write the trace lines ``cut`` takes, unchanged, to ``dest`` (gzipped for ``.gz``): a file
+    small enough to carry to a host without the trace. Replayed with ``trace_path=dest``, the
+    same ``time_scale``, caps, ``vocab`` and ``seed`` and no sampling, it sends the same
+    requests. Returns how many lines it wrote."""
+    written = 0
+    with _open_text(dest, "wt") as out:
+        for _, line in taken_lines(cut, path):
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+            written += 1
+    return written
+
+
+def load_trace(cut: TraceCut, path: Path | None = None) -> list[TraceRequest]:
+    """The requests ``cut`` takes from the trace at ``path`` (default: the shared copy)."""
+    blocks: dict[int, list[int]] = {}
+    taken: list[TraceRequest] = []
+    first_ms: float | None = None
+    for index, line in taken_lines(cut, path):
+        hash_ids = tuple(int(h) for h in line["hash_ids"])
         ids: list[int] = []
         for h in hash_ids:
             if h not in blocks:
@@ -141,7 +149,7 @@ def load_trace(cut: TraceCut, path: Path | None = None) -> list[TraceRequest]:
             TraceRequest(
                 index=index,
                 arrival_s=(line["timestamp"] - first_ms) / 1e3 * cut.time_scale,
-                input_ids=ids[:length],
+                input_ids=ids[: int(line["input_length"])],
                 output_tokens=max(1, output),
                 hash_ids=hash_ids,
             )
