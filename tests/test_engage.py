@@ -117,6 +117,10 @@ def test_paired_and_round_runs_measure_both_servers_on_the_cpu(tiny_model, tmp_p
     for ratio in intervals.values():
         assert ratio["rounds"] == 2 * 2  # repeats x turns
         assert 0 < ratio["low"] <= ratio["geomean"] <= ratio["high"]
-    # Round by round the two servers replay the same prompts: the same lengths and hits.
+    # Round by round the two servers replay the same prompts: the same lengths and hits, up to
+    # one token per follow-up: how much of a finished request SGLang commits to the tree
+    # (`kv_committed_len`) can differ by its last decoded token from run to run.
     assert rounds["stock"]["prompt_tokens"] == rounds["asymcache"]["prompt_tokens"]
-    assert rounds["stock"]["cached_tokens"] == rounds["asymcache"]["cached_tokens"]
+    follow_ups = 2 * (2 - 1) * 2  # sessions x later turns x repeats
+    hits = rounds["stock"]["cached_tokens"], rounds["asymcache"]["cached_tokens"]
+    assert abs(hits[0] - hits[1]) <= follow_ups
