@@ -374,6 +374,7 @@ class HoleAwareRadixCache(RadixCache):
             "collected_hole_nodes": s.collected_hole_nodes,
             "fallback_plans": s.fallback_plans,
             "released_tokens": s.released_tokens,
+            "split_kept_tokens": s.split_kept_tokens,
             "resident_tokens": self.tree.evictable_size + self.tree.protected_size,
             "hole_tokens": self.tree.hole_tokens(),
             **(self.programs.counts() if self.programs is not None else {}),

@@ -21,7 +21,7 @@ class Clock:
         return self.now
 
 
-def held_tree(gaps=(10.0,) * 8, max_owners=16, b=1.0 / 64):
+def held_tree(gaps=(10.0,) * 8, max_owners=16, b=1.0 / 64, split=False):
     clock = Clock()
     programs = ProgramTracker(clock)
     for gap in gaps:
@@ -34,6 +34,7 @@ def held_tree(gaps=(10.0,) * 8, max_owners=16, b=1.0 / 64):
         clock=clock,
         returns=programs,
         max_owners=max_owners,
+        split_evictions=split,
     )
     return tree, programs, clock
 
@@ -133,7 +134,7 @@ def test_without_any_program_the_holds_change_nothing():
     """Untagged KV ranks exactly as without holds (and so reduces to LRU as that does)."""
     rng = random.Random(5)
     plain = HoleAwareTree(StaticCostModel(1.0, 0.01), ReuseEstimator(1000.0), min_retained_tokens=1)
-    held, _, clock = held_tree(b=0.01)
+    held, _, clock = held_tree(b=0.01, split=True)
     plain.clock = clock
     for step in range(300):
         clock.now += rng.choice([0.1, 1.0, 5.0])

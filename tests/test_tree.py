@@ -33,8 +33,17 @@ def toks(xs) -> array:
 
 
 def make_tree(
-    *, a=1.0, b=0.0, tau=1000.0, share_boost=0.0, max_holes=8, min_retained=1, clock=None
+    *,
+    a=1.0,
+    b=0.0,
+    tau=1000.0,
+    share_boost=0.0,
+    max_holes=8,
+    min_retained=1,
+    clock=None,
+    split=False,
 ):
+    """A tree that evicts whole nodes unless ``split``: each ``evict`` here names one node."""
     clock = clock or FakeClock()
     tree = HoleAwareTree(
         StaticCostModel(a, b),
@@ -42,6 +51,7 @@ def make_tree(
         max_holes=max_holes,
         min_retained_tokens=min_retained,
         clock=clock,
+        split_evictions=split,
     )
     return tree, clock
 
@@ -527,6 +537,49 @@ def test_split_of_a_locked_node_keeps_the_lock_on_the_lower_part():
 
 
 # ----- eviction order -----
+
+
+# ----- evictions that take part of a node -----
+
+
+def test_a_split_eviction_takes_only_the_cheapest_head_it_needs():
+    tree, _ = three_nodes_equal_time(b=0.5, split=True)
+    assert tree.evict(4) == [list(range(4))]  # of the head node, only what was asked for
+    assert layout(tree, SEQ30) == [(0, 4, "H"), (4, 10, "R"), (10, 20, "R"), (20, 30, "R")]
+    assert tree.stats.split_kept_tokens == 6 and tree.stats.interior_evicted_tokens == 4
+    # The rest of the head is still the cheapest: the next call takes it, then the next node.
+    assert tree.evict(8) == [list(range(4, 10)), list(range(10, 12))]
+    assert layout(tree, SEQ30)[-2:] == [(12, 20, "R"), (20, 30, "R")]
+    assert tree.plan(tree.match(toks(SEQ30))).recompute == [(0, 12)]
+    check_counters(tree)
+
+
+def test_a_split_eviction_keeps_at_least_min_retained_tokens_or_takes_the_node():
+    tree, _ = three_nodes_equal_time(b=0.5, split=True, min_retained=4)
+    assert tree.evict(6) == [list(range(6))]  # 4 left: kept
+    tree, _ = three_nodes_equal_time(b=0.5, split=True, min_retained=4)
+    assert tree.evict(7) == [list(range(10))]  # 3 left would be an island too short: all of it
+
+
+def test_with_uniform_cost_a_split_eviction_takes_a_leafs_tail_and_no_hole():
+    tree, _ = three_nodes_equal_time(b=0.0, split=True)
+    assert tree.evict(3) == [list(range(27, 30))]  # the deepest node, its tail: LRU's order
+    assert layout(tree, SEQ30)[-1] == (20, 27, "R")
+    assert tree.hole_tokens() == 0 and tree.stats.interior_evicted_tokens == 0
+    # Without holes (max_holes 0) a leaf's tail goes too, position-aware cost or not.
+    tree, _ = three_nodes_equal_time(b=0.5, split=True, max_holes=0)
+    assert tree.evict(3) == [list(range(27, 30))]
+    assert tree.hole_tokens() == 0
+    check_counters(tree)
+
+
+def test_a_split_eviction_keeps_the_namespace_of_the_rest():
+    tree, _ = make_tree(b=0.5, split=True)
+    tree.insert(toks(SEQ30), list(range(30)), [], namespace="lora-a")
+    assert tree.evict(10) == [list(range(10))]
+    path = tree.match(toks(SEQ30), "lora-a")
+    assert tree.plan(path).recompute == [(0, 10)] and tree.plan(path).retained == [(10, 30)]
+    assert tree.match(toks(SEQ30)) == []  # another namespace still sees nothing
 
 
 def test_position_aware_cost_evicts_heads_first():

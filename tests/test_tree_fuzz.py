@@ -58,6 +58,7 @@ COVERAGE: dict[str, int] = {
     "released_tokens": 0,
     "held_evictions": 0,
     "shared_nodes": 0,
+    "split_kept_tokens": 0,
 }
 
 
@@ -167,6 +168,7 @@ class TreeMachine(RuleBasedStateMachine):
         holds=st.booleans(),
         max_owners=st.sampled_from([1, 16]),
         page_size=st.sampled_from([1, 1, 2, 3]),
+        split=st.booleans(),
     )
     def setup(
         self,
@@ -180,6 +182,7 @@ class TreeMachine(RuleBasedStateMachine):
         holds=False,
         max_owners=16,
         page_size=1,
+        split=False,
     ):
         self.clock = FakeClock()
         # Soft holds: programs tracked as the server does, estimated from the first return on.
@@ -193,6 +196,7 @@ class TreeMachine(RuleBasedStateMachine):
             returns=self.programs,
             max_owners=max_owners,
             page_size=page_size,
+            split_evictions=split,
         )
         self.page = page_size
         self.pool = SlotPool(pool_size)
@@ -229,7 +233,9 @@ class TreeMachine(RuleBasedStateMachine):
         held = self._held_entries() if self.programs is not None else []
         above = {id(e[-1]): _ancestors(e[-1]) for e in held}
         before = self.tree.evictable_size
+        kept = self.tree.stats.split_kept_tokens
         freed = flat(self.tree.evict(n))
+        COVERAGE["split_kept_tokens"] += self.tree.stats.split_kept_tokens - kept
         self._free(freed)
         # Held KV goes in order: least cost per token per second of expected wait first (every
         # program here is among the tree's candidates), and within a program the cheapest token
@@ -244,7 +250,7 @@ class TreeMachine(RuleBasedStateMachine):
                 assert not first or y[-1].value is None, f"{x} went before {y}"
                 if self.tree.cost.b > 0 and y[1] == x[1] and id(y[-1]) in above[id(x[-1])]:
                     assert y[-1].value is None, f"held tail {x[-1]} went before {y[-1]}"
-        # Eviction frees whole nodes: at least n tokens unless the evictable set ran out.
+        # At least n tokens unless the evictable set ran out.
         assert len(freed) <= before
         assert len(freed) >= min(n, before)
         if len(freed) < n:
@@ -676,6 +682,7 @@ def seeded_machine(
     pool: tuple[int, int],
     holds: bool = False,
     page_size: int = 1,
+    split: bool = False,
 ) -> TreeMachine:
     """A machine set up from ``rng``: hole bound, retained-island bound and pool from the ranges."""
     m = TreeMachine()
@@ -692,6 +699,7 @@ def seeded_machine(
         holds=holds,
         max_owners=rng.choice([1, 16]) if holds else 16,
         page_size=page_size,
+        split=split,
     )
     return m
 
@@ -758,6 +766,28 @@ def test_seeded_random_walk_reaches_holes(holds):
         # A held program loses its head first, so paths with more holes than allowed are rare.
         *(("held_evictions", "shared_nodes") if holds else ("fallback_plans",)),
     )
+
+
+@pytest.mark.parametrize("holds", [False, True])
+def test_seeded_walk_with_split_evictions(holds):
+    """Evictions that take part of a node, among everything else: holes, plans and held
+    programs' order stay as they were."""
+    rng = random.Random(20261207)
+    before = dict(COVERAGE)
+    for _ in range(40):
+        m = seeded_machine(
+            rng, max_holes=[0, 1, 2, 3], min_retained=(1, 4), pool=(48, 160), holds=holds,
+            page_size=rng.choice([1, 2]), split=True,
+        )  # fmt: skip
+        for _ in range(40):
+            random_step(m, rng, ["start", "turn", "chunked", "finish", "abort", "evict", "tick"])
+            m.tree_is_consistent()
+            m.programs_are_consistent()
+        m.teardown()
+    assert_gained(
+        before, "split_kept_tokens", "planned_holes", "adopted_tokens", "interior_evicted_tokens",
+        "collected_holes", *(("held_evictions",) if holds else ()),
+    )  # fmt: skip
 
 
 def test_seeded_chunked_walk_carries_plans_over_chunks():

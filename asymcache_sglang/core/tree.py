@@ -158,6 +158,8 @@ class TreeStats:
     collected_hole_nodes: int = 0
     fallback_plans: int = 0
     released_tokens: int = 0
+    # Tokens that stayed resident because an eviction took only the head of a longer node.
+    split_kept_tokens: int = 0
 
 
 def _common_prefix_len(a: array, b: array, b_start: int, page_size: int) -> int:
@@ -241,10 +243,12 @@ class HoleAwareTree:
         returns: ReturnTimes | None = None,
         max_owners: int = 16,
         page_size: int = 1,
+        split_evictions: bool = True,
     ) -> None:
         """``max_holes`` >= 0 (0: leaf-only eviction), ``min_retained_tokens`` >= 1; a node that
         more than ``max_owners`` programs ran through is shared: no release frees it; inserts
-        are whole pages of ``page_size`` tokens."""
+        are whole pages of ``page_size`` tokens; ``split_evictions``: an eviction takes no more
+        of a node than it needs (False: whole nodes, as SGLang's tree evicts)."""
         if max_owners < 1:
             raise ValueError(f"max_owners must be >= 1, got {max_owners}")
         if page_size < 1:
@@ -257,6 +261,7 @@ class HoleAwareTree:
         self.clock = clock
         self.returns = returns
         self.max_owners = max_owners
+        self.split_evictions = split_evictions
         self.reset()
 
     def reset(self) -> None:
@@ -630,9 +635,35 @@ class HoleAwareTree:
             node = self._next_victim(now, candidates)
             if node is None:
                 break
+            node = self._part_to_evict(node, num_tokens - count)
             count += len(node.key)
             freed.append(self.evict_node(node))
         return freed
+
+    def _part_to_evict(self, node: CacheNode, need: int) -> CacheNode:
+        """``node``, or where it is longer than the ``need`` left (whole pages) and the rest
+        would stay long enough to keep, that many of its tokens split off: its head where the
+        head costs less to recompute (a hole), else a leaf's tail."""
+        need = -(-need // self.page_size) * self.page_size
+        keep = len(node.key) - need
+        if not self.split_evictions or keep < self.min_retained_tokens:
+            return node
+        head = self.cost.cost_per_token(node.start, node.start + need)
+        if self.max_holes > 0 and head < self.cost.cost_per_token(node.end - need, node.end):
+            self.stats.split_kept_tokens += keep
+            return self._split(node, need, self._namespace_of(node))
+        if node.children:
+            return node
+        self.stats.split_kept_tokens += keep
+        self._split(node, keep, self._namespace_of(node))
+        return node
+
+    def _namespace_of(self, node: CacheNode) -> Hashable | None:
+        """The namespace ``child_key`` gave ``node`` (SGLang's ``extra_key``), from its key."""
+        first = node.ckey
+        if isinstance(first, tuple) and (self.page_size == 1 or isinstance(first[-1], tuple)):
+            return first[0]
+        return None
 
     def _follow_returns(self, now: float) -> None:
         """Re-key the programs whose return moved: one entry each."""
