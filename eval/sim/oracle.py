@@ -116,6 +116,7 @@ class NextUseHoleAwareTree(HoleAwareTree):
             if count >= num_tokens:
                 break
             if self.is_evictable(node):  # an earlier eviction may have removed it
+                node = self._part_to_evict(node, num_tokens - count)
                 count += len(node.key)
                 freed.append(self.evict_node(node))
         return freed
