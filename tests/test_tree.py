@@ -42,8 +42,10 @@ def make_tree(
     min_retained=1,
     clock=None,
     split=False,
+    granule=1,
 ):
-    """A tree that evicts whole nodes unless ``split``: each ``evict`` here names one node."""
+    """A tree that evicts whole nodes unless ``split`` (then in granules of ``granule`` tokens):
+    each ``evict`` of the tests that do not split names one node."""
     clock = clock or FakeClock()
     tree = HoleAwareTree(
         StaticCostModel(a, b),
@@ -52,6 +54,7 @@ def make_tree(
         min_retained_tokens=min_retained,
         clock=clock,
         split_evictions=split,
+        split_granule_tokens=granule,
     )
     return tree, clock
 
@@ -552,6 +555,14 @@ def test_a_split_eviction_takes_only_the_cheapest_head_it_needs():
     assert layout(tree, SEQ30)[-2:] == [(12, 20, "R"), (20, 30, "R")]
     assert tree.plan(tree.match(toks(SEQ30))).recompute == [(0, 12)]
     check_counters(tree)
+
+
+def test_a_split_eviction_takes_whole_granules():
+    tree, _ = three_nodes_equal_time(b=0.5, split=True, granule=4)
+    assert tree.evict(1) == [list(range(4))]
+    assert tree.evict(5) == [list(range(4, 10))]  # 5 rounds up to 8, more than the 6 left
+    with pytest.raises(ValueError, match="split_granule_tokens"):
+        make_tree(split=True, granule=0)
 
 
 def test_a_split_eviction_keeps_at_least_min_retained_tokens_or_takes_the_node():

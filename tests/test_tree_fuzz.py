@@ -169,6 +169,7 @@ class TreeMachine(RuleBasedStateMachine):
         max_owners=st.sampled_from([1, 16]),
         page_size=st.sampled_from([1, 1, 2, 3]),
         split=st.booleans(),
+        granule=st.sampled_from([1, 4]),
     )
     def setup(
         self,
@@ -183,6 +184,7 @@ class TreeMachine(RuleBasedStateMachine):
         max_owners=16,
         page_size=1,
         split=False,
+        granule=1,
     ):
         self.clock = FakeClock()
         # Soft holds: programs tracked as the server does, estimated from the first return on.
@@ -197,6 +199,7 @@ class TreeMachine(RuleBasedStateMachine):
             max_owners=max_owners,
             page_size=page_size,
             split_evictions=split,
+            split_granule_tokens=granule,
         )
         self.page = page_size
         self.pool = SlotPool(pool_size)
@@ -683,6 +686,7 @@ def seeded_machine(
     holds: bool = False,
     page_size: int = 1,
     split: bool = False,
+    granule: int = 1,
 ) -> TreeMachine:
     """A machine set up from ``rng``: hole bound, retained-island bound and pool from the ranges."""
     m = TreeMachine()
@@ -700,6 +704,7 @@ def seeded_machine(
         max_owners=rng.choice([1, 16]) if holds else 16,
         page_size=page_size,
         split=split,
+        granule=granule,
     )
     return m
 
@@ -777,7 +782,7 @@ def test_seeded_walk_with_split_evictions(holds):
     for _ in range(40):
         m = seeded_machine(
             rng, max_holes=[0, 1, 2, 3], min_retained=(1, 4), pool=(48, 160), holds=holds,
-            page_size=rng.choice([1, 2]), split=True,
+            page_size=rng.choice([1, 2]), split=True, granule=rng.choice([1, 4]),
         )  # fmt: skip
         for _ in range(40):
             random_step(m, rng, ["start", "turn", "chunked", "finish", "abort", "evict", "tick"])

@@ -244,15 +244,20 @@ class HoleAwareTree:
         max_owners: int = 16,
         page_size: int = 1,
         split_evictions: bool = True,
+        split_granule_tokens: int = 256,
     ) -> None:
         """``max_holes`` >= 0 (0: leaf-only eviction), ``min_retained_tokens`` >= 1; a node that
         more than ``max_owners`` programs ran through is shared: no release frees it; inserts
         are whole pages of ``page_size`` tokens; ``split_evictions``: an eviction takes no more
-        of a node than it needs (False: whole nodes, as SGLang's tree evicts)."""
+        of a node than it needs, in whole granules of ``split_granule_tokens`` (rounded up to
+        pages) so that decode steps a few slots short do not cut paths into slivers (False:
+        whole nodes, as SGLang's tree evicts)."""
         if max_owners < 1:
             raise ValueError(f"max_owners must be >= 1, got {max_owners}")
-        if page_size < 1:
-            raise ValueError(f"page_size must be >= 1, got {page_size}")
+        if page_size < 1 or split_granule_tokens < 1:
+            raise ValueError(
+                f"need page_size, split_granule_tokens >= 1: {page_size}, {split_granule_tokens}"
+            )
         self.page_size = page_size
         self.cost = cost
         self.reuse = reuse
@@ -262,6 +267,7 @@ class HoleAwareTree:
         self.returns = returns
         self.max_owners = max_owners
         self.split_evictions = split_evictions
+        self.split_granule = -(-split_granule_tokens // page_size) * page_size
         self.reset()
 
     def reset(self) -> None:
@@ -641,10 +647,10 @@ class HoleAwareTree:
         return freed
 
     def _part_to_evict(self, node: CacheNode, need: int) -> CacheNode:
-        """``node``, or where it is longer than the ``need`` left (whole pages) and the rest
+        """``node``, or where it is longer than the ``need`` left (whole granules) and the rest
         would stay long enough to keep, that many of its tokens split off: its head where the
         head costs less to recompute (a hole), else a leaf's tail."""
-        need = -(-need // self.page_size) * self.page_size
+        need = -(-need // self.split_granule) * self.split_granule
         keep = len(node.key) - need
         if not self.split_evictions or keep < self.min_retained_tokens:
             return node
