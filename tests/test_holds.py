@@ -190,3 +190,19 @@ def test_eviction_is_the_same_in_every_process_so_tp_ranks_agree():
         for seed in ("1", "2", "3")
     }
     assert len(outputs) == 1 and len(next(iter(outputs))) > 1000
+
+
+def test_the_switch_to_holding_leaves_no_stale_entry_for_a_later_eviction_to_drain():
+    tree, programs, clock = held_tree(gaps=())
+    prompts = [[5000 + i] + list(range(100 * i, 100 * i + 30)) for i in range(20)]
+    for i, tokens in enumerate(prompts):
+        run(tree, programs, f"p{i}", tokens, list(range(40 * i, 40 * i + 31)), split_at=(10,))
+    clock.now = 2.0
+    for i in range(programs.min_gaps):  # programs come back: the return gaps it needs
+        assert not programs.ready and len(tree._heap) > 0
+        tokens = prompts[i] + [7000 + i]
+        run(tree, programs, f"p{i}", tokens, list(range(40 * i, 40 * i + 32)), split_at=(31,))
+    assert programs.ready and tree._held_entries == 0
+    assert tree.evict(0) == []  # the switch: every owned node moves to its program's heap
+    assert tree._held_entries > 0
+    assert all(tree._live(entry) for entry in tree._heap)

@@ -682,6 +682,8 @@ class HoleAwareTree:
             for nodes in list(self._owned.values()):
                 for node in _in_order(nodes):
                     self._changed(node)
+            # Their old entries are stale now: one pass here, not a drain of them all by one pop.
+            self._compact_heap()
         for program in changed:
             key = self._program_key.get(program)
             if key is not None and -key[0] != self.returns.back_at(program):
