@@ -158,7 +158,7 @@ class TreeStats:
     collected_hole_nodes: int = 0
     fallback_plans: int = 0
     released_tokens: int = 0
-    # Tokens that stayed resident because an eviction took only the head of a longer node.
+    # Tokens that stayed resident because an eviction took only part of a longer node.
     split_kept_tokens: int = 0
 
 
