@@ -363,18 +363,10 @@ class HoleAwareRadixCache(RadixCache):
 
     def stats_snapshot(self) -> dict[str, int]:
         """Plan, chunk and tree counters, as /get_server_info shows them."""
-        s = self.tree.stats
         return {
             **asdict(self.counters),
             **asdict(self.latency.counters),
-            "evicted_tokens": s.evicted_tokens,
-            "interior_evicted_tokens": s.interior_evicted_tokens,
-            "adopted_hole_tokens": s.adopted_hole_tokens,
-            "duplicate_recompute_tokens": s.duplicate_recompute_tokens,
-            "collected_hole_nodes": s.collected_hole_nodes,
-            "fallback_plans": s.fallback_plans,
-            "released_tokens": s.released_tokens,
-            "split_kept_tokens": s.split_kept_tokens,
+            **asdict(self.tree.stats),
             "resident_tokens": self.tree.evictable_size + self.tree.protected_size,
             "hole_tokens": self.tree.hole_tokens(),
             **(self.programs.counts() if self.programs is not None else {}),

@@ -130,7 +130,7 @@ def write_cut(cut: TraceCut, dest: Path, path: Path | None = None) -> int:
 
 
 def load_trace(cut: TraceCut, path: Path | None = None) -> list[TraceRequest]:
-    """The requests ``cut`` takes from the trace at ``path`` (default: the shared copy)."""
+    """The requests ``cut`` takes from the trace at ``path`` (default as ``taken_lines``)."""
     blocks: dict[int, list[int]] = {}
     taken: list[TraceRequest] = []
     first_ms: float | None = None

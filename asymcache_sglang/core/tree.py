@@ -655,14 +655,13 @@ class HoleAwareTree:
         if not self.split_evictions or keep < self.min_retained_tokens:
             return node
         head = self.cost.cost_per_token(node.start, node.start + need)
-        if self.max_holes > 0 and head < self.cost.cost_per_token(node.end - need, node.end):
-            self.stats.split_kept_tokens += keep
-            return self._split(node, need, self._namespace_of(node))
-        if node.children:
+        tail = self.cost.cost_per_token(node.end - need, node.end)
+        head_first = self.max_holes > 0 and head < tail
+        if not head_first and node.children:
             return node
         self.stats.split_kept_tokens += keep
-        self._split(node, keep, self._namespace_of(node))
-        return node
+        upper = self._split(node, need if head_first else keep, self._namespace_of(node))
+        return upper if head_first else node
 
     def _namespace_of(self, node: CacheNode) -> Hashable | None:
         """The namespace ``child_key`` gave ``node`` (SGLang's ``extra_key``), from its key."""
