@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -71,8 +72,32 @@ BIND_FAILURE = "error while attempting to bind on address"
 PORT_ATTEMPTS = 3
 
 
+# What SGLang 0.5.16 logs when it runs prefills eagerly because too little GPU memory is left
+# for their CUDA graphs (cuda_graph_setup.py): servers meant to differ in one flag then don't.
+PREFILL_GRAPH_GATE = "Disabling auto-selected prefill CUDA graph"
+
+
 class PortTaken(RuntimeError):
     """The server could not bind its HTTP port."""
+
+
+# Servers started and not stopped. Each runs in its own session, so a harness that `timeout`
+# terminates would leave them holding GPU memory for the next call's servers.
+_running: set[SGLangServer] = set()
+
+
+def _stop_running_servers_and_exit(signum: int, frame: object) -> None:
+    for server in list(_running):
+        server.stop(grace_s=5.0)
+    os._exit(128 + signum)
+
+
+def _stop_servers_on_sigterm() -> None:
+    """Make SIGTERM stop this process's servers before it exits (unless a handler is set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop_running_servers_and_exit)
 
 
 class SGLangServer:
@@ -96,6 +121,7 @@ class SGLangServer:
         self.env = env
         self.timeout_s = timeout_s
         self.proc: subprocess.Popen | None = None
+        _stop_servers_on_sigterm()
 
     @staticmethod
     def _temp_log_path() -> Path:
@@ -138,6 +164,7 @@ class SGLangServer:
                     env=self.env,
                     start_new_session=True,
                 )
+            _running.add(self)
             try:
                 self.wait_healthy()
                 return self
@@ -200,6 +227,12 @@ class SGLangServer:
             pass
         self.proc.wait()
         self.proc = None
+        _running.discard(self)
+
+    def prefill_graphs_gated(self) -> bool:
+        """Whether SGLang ran this server's prefills without the CUDA graphs it had chosen,
+        for want of free GPU memory."""
+        return PREFILL_GRAPH_GATE in self.log_path.read_text(errors="replace")
 
     def __enter__(self) -> SGLangServer:
         return self.start()
@@ -215,7 +248,8 @@ class SGLangServer:
 
 def start_staggered(servers: Sequence[SGLangServer], stagger_s: float) -> None:
     """Start every server, each ``stagger_s`` after the one before (so their memory profiling
-    does not overlap on one GPU); return when all are healthy, raise if one is not."""
+    does not overlap on one GPU); return when all are healthy, raise if one is not or if one
+    lost its prefill CUDA graphs to the others' memory (the caller stops them)."""
 
     def start(item: tuple[int, SGLangServer]) -> None:
         time.sleep(item[0] * stagger_s)
@@ -223,3 +257,9 @@ def start_staggered(servers: Sequence[SGLangServer], stagger_s: float) -> None:
 
     with ThreadPoolExecutor(max(1, len(servers))) as pool:
         list(pool.map(start, enumerate(servers)))
+    gated = [str(s.log_path) for s in servers if s.prefill_graphs_gated()]
+    if gated:
+        raise RuntimeError(
+            f"SGLang turned prefill CUDA graphs off for want of GPU memory ({', '.join(gated)}): "
+            "the servers would not run alike; start fewer at a time or smaller pools"
+        )
