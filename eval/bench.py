@@ -16,8 +16,9 @@ Workloads, each seeded and recorded with every setting in the result:
 
 ``--set name=value`` overrides a field of the workload's settings (a pair as ``a,b``). The
 result holds the card, commit and date, the server's cache settings from /get_server_info, the
-workload's settings, TTFT / TPOT / hit-rate statistics, and AsymCache's counters when the server
-runs it.
+workload's settings, TTFT / TPOT / hit-rate statistics, every call's (session, turn, prompt
+tokens, cached tokens, TTFT) row (``calls``: ``python -m eval.sim calls`` lines them up with a
+simulated run's), and AsymCache's counters when the server runs it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 import requests
 
 from eval.agent_workload import AgentPrograms, run_agent_programs, summarize_jobs
-from eval.common import asymcache_counters, result_header, summarize_requests
+from eval.common import asymcache_counters, call_rows, result_header, summarize_requests
 from eval.mooncake_trace import TraceCut, load_trace, replay
 from eval.workloads import LongMultiTurn, TurnResult, generate_streaming, run_long_multi_turn
 
@@ -74,11 +75,15 @@ class SharedPrefixGroups:
 
 
 def run_shared_prefix(url: str, workload: SharedPrefixGroups) -> list[TurnResult]:
-    def send(prompt: list[int]) -> TurnResult:
-        return generate_streaming(url, prompt, workload.output_tokens, return_logprob=False)
+    """Every prompt at once (``max_in_flight`` at a time); a result's session is its group."""
+
+    def send(index: int, prompt: list[int]) -> TurnResult:
+        res = generate_streaming(url, prompt, workload.output_tokens, return_logprob=False)
+        res.session, res.turn = divmod(index, workload.prompts_per_group)
+        return res
 
     with ThreadPoolExecutor(workload.max_in_flight) as pool:
-        return list(pool.map(send, workload.prompts()))
+        return list(pool.map(send, *zip(*enumerate(workload.prompts()))))
 
 
 @dataclass(frozen=True)
@@ -87,23 +92,23 @@ class Workload:
     run: Callable[[str, Any], dict[str, Any]]
 
 
+def _summary(results: Sequence[TurnResult]) -> dict[str, Any]:
+    return {**summarize_requests(results), "calls": call_rows(results)}
+
+
 def _agents(url: str, workload: AgentPrograms) -> dict[str, Any]:
     jobs = run_agent_programs(url, workload)
-    return {**summarize_requests([c for job in jobs for c in job.calls]), **summarize_jobs(jobs)}
-
-
-def _mooncake(url: str, cut: TraceCut) -> dict[str, Any]:
-    return summarize_requests(replay(url, load_trace(cut)))
+    return {**_summary([c for job in jobs for c in job.calls]), **summarize_jobs(jobs)}
 
 
 WORKLOADS = {
     "long-multi-turn": Workload(
-        LongMultiTurn, lambda url, w: summarize_requests(run_long_multi_turn(url, w))
+        LongMultiTurn, lambda url, w: _summary(run_long_multi_turn(url, w))
     ),
     "agents": Workload(AgentPrograms, _agents),
-    "mooncake": Workload(TraceCut, _mooncake),
+    "mooncake": Workload(TraceCut, lambda url, cut: _summary(replay(url, load_trace(cut)))),
     "generated-shared-prefix": Workload(
-        SharedPrefixGroups, lambda url, w: summarize_requests(run_shared_prefix(url, w))
+        SharedPrefixGroups, lambda url, w: _summary(run_shared_prefix(url, w))
     ),
 }
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime
+import gzip
 import io
+import json
 import math
 import os
 import statistics
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -53,6 +56,27 @@ def result_header() -> dict[str, str]:
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def read_json(path: Path) -> Any:
+    """A result JSON, gzipped where its name ends in ``.gz``."""
+    return json.loads(
+        gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text()
+    )
+
+
+def write_compact_json(path: Path, body: Any) -> None:
+    """``body`` without spaces (a tracked result), gzipped where ``path`` ends in ``.gz``."""
+    text = json.dumps(body, separators=(",", ":")) + "\n"
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode(), mtime=0))
+    else:
+        path.write_text(text)
+
+
+def result_stem(path: Path) -> str:
+    """``path``'s name less ``.json`` and ``.gz``: what files written beside it start with."""
+    return path.name.removesuffix(".gz").removesuffix(".json")
 
 
 # ----- plots -----
@@ -130,6 +154,18 @@ def summarize_requests(results: Sequence[TurnResult]) -> dict[str, float]:
         **(seconds_fields("itl", gaps) if gaps else {}),
         **({"ttft_stages": summarize_stages(stages)} if len(stages) == len(results) else {}),
     }
+
+
+# A row of ``call_rows``: what a per-call comparison of two runs of one workload lines up.
+CALL_FIELDS = ("session", "turn", "prompt_tokens", "cached_tokens", "ttft_s")
+
+
+def call_rows(results: Sequence[TurnResult]) -> list[list[float]]:
+    """One ``CALL_FIELDS`` row per request, in (session, turn) order."""
+    rows = [
+        [r.session, r.turn, len(r.input_ids), r.cached_tokens, round(r.ttft_s, 6)] for r in results
+    ]
+    return sorted(rows)
 
 
 def summarize_stages(stages: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:

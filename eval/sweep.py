@@ -35,7 +35,14 @@ from tqdm import tqdm
 
 from asymcache_sglang.core.config import LATENCY_TRACE_ENV
 from eval.bench import WORKLOADS, run_bench, server_settings
-from eval.common import STOCK_POLICIES, result_header, save_figure
+from eval.common import (
+    STOCK_POLICIES,
+    read_json,
+    result_header,
+    result_stem,
+    save_figure,
+    write_compact_json,
+)
 from eval.host_cpus import CpuLayout, isolate
 from eval.server import (
     SGLangServer,
@@ -286,8 +293,9 @@ def merge(paths: Sequence[Path], dest: Path) -> dict[str, Any]:
     """Sweeps from one card (runs of ``eval.sweep``, or files this wrote) joined per workload,
     the latest run of each (configuration, pool) kept; with each bounded pool's standing of
     AsymCache against the best stock policy. Writes ``dest`` and, beside it,
-    ``<stem>_<workload>.png`` and ``<stem>_<workload>_cdf.png``. Written compact: it is tracked."""
-    sweeps = [w for p in paths for w in _workload_sweeps(json.loads(p.read_text()))]
+    ``<stem>_<workload>.png`` and ``<stem>_<workload>_cdf.png``. Written compact (gzipped for a
+    ``.gz`` name): it is tracked."""
+    sweeps = [w for p in paths for w in _workload_sweeps(read_json(p))]
     sweeps.sort(key=lambda s: min(p["date"] for p in s["parts"]))
     cards = {s["card"] for s in sweeps}
     if len(cards) != 1:
@@ -323,10 +331,10 @@ def merge(paths: Sequence[Path], dest: Path) -> dict[str, Any]:
         merged["standings"] = standings(merged["runs"])
     result = {"card": next(iter(cards)), "workloads": workloads}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(result, separators=(",", ":")) + "\n")
+    write_compact_json(dest, result)
     for name, merged in workloads.items():
-        plot(merged, dest.with_name(f"{dest.stem}_{name}.png"))
-        plot_cdf(merged, dest.with_name(f"{dest.stem}_{name}_cdf.png"))
+        plot(merged, dest.with_name(f"{result_stem(dest)}_{name}.png"))
+        plot_cdf(merged, dest.with_name(f"{result_stem(dest)}_{name}_cdf.png"))
     return result
 
 
@@ -374,7 +382,9 @@ def main() -> None:
     run.add_argument("--out", type=Path, required=True)
     join = commands.add_parser("merge", help="join sweeps from one card into one file")
     join.add_argument("sweeps", type=Path, nargs="+", help="sweep.json files")
-    join.add_argument("--out", type=Path, required=True, help="e.g. eval/results/h200_sweep.json")
+    join.add_argument(
+        "--out", type=Path, required=True, help="e.g. eval/results/h200_sweep.json.gz"
+    )
     args = parser.parse_args()
     if args.command == "merge":
         try:

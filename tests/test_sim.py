@@ -17,6 +17,7 @@ from asymcache_sglang.core.latency_fit import BatchFeatures
 from asymcache_sglang.core.reuse import ReuseEstimator
 from asymcache_sglang.plugin import register
 from eval.agent_workload import AgentPrograms
+from eval.common import CALL_FIELDS
 from eval.mooncake_trace import TraceCut
 from eval.sim.__main__ import advice, run_sweep, seed_sweep, serving_path
 from eval.sim.engine import (
@@ -41,7 +42,7 @@ from eval.sim.scripts import (
     mooncake_scripts,
 )
 from eval.sim.step_model import StepModel, fit_step_model, host_time_per_step
-from eval.sim.summary import summarize
+from eval.sim.summary import compare_calls, summarize
 from eval.sweep import CONFIGURATIONS, plot, plot_cdf
 from eval.workloads import LongMultiTurn, MultiTurnWorkload
 
@@ -294,6 +295,35 @@ def test_a_simulated_sweep_advises_per_pool(tmp_path, step):
     plot(sweep, tmp_path / "a.png")
     plot_cdf(sweep, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 0
+    # Every call as a measured run lists it: 3 sessions of 3 turns, prompts grow turn by turn.
+    for run in sweep["runs"]:
+        metrics = run["metrics"]
+        calls = metrics["calls"]
+        assert [(c[0], c[1]) for c in calls] == [(s, t) for s in range(3) for t in range(3)]
+        assert all(len(c) == len(CALL_FIELDS) and 0 <= c[3] < c[2] for c in calls)
+        assert sum(c[3] for c in calls) == metrics["cached_tokens"]
+        assert sorted(c[4] for c in calls) == metrics["ttft_samples_s"]
+    same = compare_calls(calls, calls)
+    assert same["calls"] == 9 and same["differ"] == [] and same["unmatched"] == 0
+
+
+def test_calls_of_two_runs_line_up_by_session_and_turn():
+    measured = [[0, 0, 1000, 0, 0.5], [0, 1, 1100, 1000, 0.1], [1, 0, 900, 0, 0.4]]
+    simulated = [[0, 1, 1100, 600, 0.2], [0, 0, 1000, 0, 0.5], [2, 0, 10, 0, 0.1]]
+    out = compare_calls(measured, simulated, min_tokens=256)
+    assert out["calls"] == 2 and out["unmatched"] == 2
+    assert out["cached_tokens"] == [1000, 600]
+    assert out["ttft_sum_s"] == pytest.approx([0.6, 0.7])
+    assert out["differ"] == [
+        {
+            "session": 0,
+            "turn": 1,
+            "prompt_tokens": 1100,
+            "cached": [1000, 600],
+            "ttft_s": [0.1, 0.2],
+        }
+    ]
+    assert compare_calls(measured, simulated, min_tokens=401)["differ"] == []
 
 
 def test_a_trace_replays_open_loop(tmp_path, step):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 
@@ -31,6 +32,8 @@ def test_sweep_two_configurations_two_pools_on_the_cpu(tiny_model, tmp_path):
         assert run["server"]["radix_eviction_policy"] == "lru"
         assert run["metrics"]["requests"] == 6 and run["metrics"]["cached_tokens"] > 0
         assert len(run["metrics"]["ttft_samples_s"]) == 6
+        calls = run["metrics"]["calls"]
+        assert len(calls) == 6 and sum(c[3] for c in calls) == run["metrics"]["cached_tokens"]
         assert (
             run["metrics"]["itl_p99_s"] > 0 and run["metrics"]["computed_prompt_tokens_per_s"] > 0
         )
@@ -110,6 +113,18 @@ def test_a_merged_file_merges_again_with_a_later_sweep(tmp_path):
         ("100", 3.0), ("200", 2.0)
     ]  # fmt: skip
     assert [p["cells"] for p in again["parts"]] == [["lru@100"], ["lru@100", "lru@200"]]
+
+
+def test_a_gzipped_merge_reads_back_and_names_its_plots_without_the_suffixes(tmp_path):
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(_sweep("agents", "2026-12-01", [("lru", "100", 4.0)])))
+    merged = merge([first], tmp_path / "h_policy.json.gz")
+    assert json.loads(gzip.decompress((tmp_path / "h_policy.json.gz").read_bytes())) == merged
+    assert (tmp_path / "h_policy_agents.png").stat().st_size > 0
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps(_sweep("agents", "2026-12-02", [("lru", "100", 3.0)])))
+    again = merge([tmp_path / "h_policy.json.gz", later], tmp_path / "again.json")
+    assert [r["metrics"]["ttft_mean_s"] for r in again["workloads"]["agents"]["runs"]] == [3.0]
 
 
 def test_merge_refuses_two_cards_or_two_flag_sets(tmp_path):

@@ -18,7 +18,11 @@ unlimited pool. ``--trace`` is the AsymCache latency trace of a GPU run on the c
 its workload) and, with ``--path-from`` (a result with ``ttft_stages``), the trips outside the
 scheduler measured on that card, and records TTFT mean and token hit rate beside the measured
 ones. ``seeds`` runs the sweep once per workload seed and records each
-configuration's TTFT over LRU's, seed by seed, as a geometric mean with its range.
+configuration's TTFT over LRU's, seed by seed, as a geometric mean with its range. ``calls``
+lines up one configuration's calls in a measured run (``eval.bench`` or ``eval.sweep`` JSON) and
+a simulated one of the same workload and seed, and prints where their cached tokens part:
+
+    python -m eval.sim calls GPU_DIR/sweep.json DIR/sim_sweep.json --config asymcache --pool 150000
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from tqdm import tqdm
 
 from eval.agent_workload import AgentPrograms
 from eval.bench import parse_overrides
-from eval.common import STOCK_POLICIES, result_header
+from eval.common import STOCK_POLICIES, read_json, result_header
 from eval.mooncake_trace import TraceCut
 from eval.sim.engine import CACHES, ORACLE, SIM_ONLY, EngineConfig, simulate
 from eval.sim.scripts import (
@@ -50,7 +54,7 @@ from eval.sim.scripts import (
     mooncake_scripts,
 )
 from eval.sim.step_model import StepModel, fit_step_model
-from eval.sim.summary import summarize
+from eval.sim.summary import compare_calls, summarize
 from eval.sweep import UNLIMITED, plot, plot_cdf
 from eval.workloads import LongMultiTurn, MultiTurnWorkload
 
@@ -236,7 +240,7 @@ def gpu_points(
     workload_traces = workload_traces or {}
     points = []
     if engage is not None:
-        merged = json.loads(engage.read_text())
+        merged = read_json(engage)
         parts = merged["parts"]
         for part, runs in (
             ("pressure", parts["pressure"]["runs"]),
@@ -255,12 +259,12 @@ def gpu_points(
                 )  # fmt: skip
             )
     for path in sweeps:
-        result = json.loads(path.read_text())
+        result = read_json(path)
         # One eval.sweep run, or eval.sweep merge's file of every workload.
         for sweep in result["workloads"].values() if "workloads" in result else [result]:
             points += sweep_points(path, sweep, workload_traces.get(sweep["workload"], trace))
     if pressure is not None:
-        result = json.loads(pressure.read_text())
+        result = read_json(pressure)
         args = result["server_args"]
         pool = int(args[args.index("--max-total-tokens") + 1])
         points += [
@@ -338,6 +342,19 @@ def validate(
     }
 
 
+def run_calls(result: dict[str, Any], config: str, pool: str) -> list[list[float]]:
+    """The ``calls`` rows of ``result``'s run of ``config`` at ``pool`` (a sweep, or one run)."""
+    runs = result.get("runs", [result])
+    for run in runs:
+        if (
+            run.get("config") == config
+            and str(run.get("pool")) == pool
+            and "calls" in run["metrics"]
+        ):
+            return run["metrics"]["calls"]
+    raise ValueError(f"no run of {config} at pool {pool} with per-call rows")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -380,7 +397,22 @@ def main() -> None:
     )
     check.add_argument("--trace", type=Path, required=True)
     check.add_argument("--out", type=Path, required=True)
+    calls = sub.add_parser("calls", help="a measured and a simulated run, call by call")
+    calls.add_argument("measured", type=Path)
+    calls.add_argument("simulated", type=Path)
+    calls.add_argument("--config", default="asymcache")
+    calls.add_argument("--pool", required=True)
     args = parser.parse_args()
+    if args.command == "calls":
+        try:
+            rows = [
+                run_calls(read_json(p), args.config, args.pool)
+                for p in (args.measured, args.simulated)
+            ]
+        except ValueError as exc:
+            parser.error(str(exc))
+        print(json.dumps(compare_calls(*rows), indent=1))
+        return
     if args.command == "validate":
         pairs = [pair.partition("=") for pair in args.workload_trace]
         if any(not sep or name not in SIM_WORKLOADS for name, sep, _ in pairs):
@@ -393,7 +425,7 @@ def main() -> None:
             {name: Path(path) for name, path in traces.items()},
         )  # fmt: skip
         try:
-            results = [json.loads(p.read_text()) for p in args.path_from]
+            results = [read_json(p) for p in args.path_from]
             paths = {r["card"]: serving_path(r) for r in results}
         except ValueError as exc:
             parser.error(str(exc))

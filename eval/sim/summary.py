@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eval.common import seconds_fields, summarize_stages
+from eval.common import CALL_FIELDS, seconds_fields, summarize_stages
 from eval.sim.engine import SimResult
 
 
@@ -26,6 +26,17 @@ def summarize(result: SimResult, jobs: bool) -> dict[str, Any]:
         "computed_prompt_tokens": computed,
         "token_hit_rate": (prompt - computed) / prompt,
         "ttft_samples_s": sorted(round(r.ttft_s, 6) for r in records),
+        # eval.bench's CALL_FIELDS rows: the calls of a measured run line up with these.
+        "calls": sorted(
+            [
+                r.session,
+                r.call,
+                r.prompt_tokens,
+                r.prompt_tokens - min(r.computed_prompt_tokens, r.prompt_tokens),
+                round(r.ttft_s, 6),
+            ]
+            for r in records
+        ),  # fmt: skip
         **(seconds_fields("tpot", tpots) if tpots else {}),
         **(seconds_fields("itl", gaps) if gaps else {}),
         "duration_s": duration_s,
@@ -51,3 +62,26 @@ def summarize(result: SimResult, jobs: bool) -> dict[str, Any]:
         out["jobs"] = len(sessions)
         out |= seconds_fields("jct", (end - start for start, end in sessions.values()))
     return out
+
+
+def compare_calls(
+    measured: list[list[float]], simulated: list[list[float]], min_tokens: int = 256
+) -> dict[str, Any]:
+    """Two runs' ``CALL_FIELDS`` rows lined up by (session, turn): totals, and the calls whose
+    cached tokens differ by ``min_tokens`` or more, in (session, turn) order."""
+    sim = {(row[0], row[1]): row for row in simulated}
+    cached, ttft = CALL_FIELDS.index("cached_tokens"), CALL_FIELDS.index("ttft_s")
+    pairs = [(row, sim[row[0], row[1]]) for row in measured if (row[0], row[1]) in sim]
+    differ = [
+        {"session": m[0], "turn": m[1], "prompt_tokens": m[2], "cached": [m[cached], s[cached]],
+         "ttft_s": [m[ttft], s[ttft]]}
+        for m, s in pairs
+        if abs(m[cached] - s[cached]) >= min_tokens
+    ]  # fmt: skip
+    return {
+        "calls": len(pairs),
+        "unmatched": len(measured) + len(simulated) - 2 * len(pairs),
+        "cached_tokens": [sum(m[cached] for m, _ in pairs), sum(s[cached] for _, s in pairs)],
+        "ttft_sum_s": [sum(m[ttft] for m, _ in pairs), sum(s[ttft] for _, s in pairs)],
+        "differ": differ,
+    }
