@@ -247,9 +247,7 @@ class HoleAwareRadixCache(RadixCache):
         kv_indices = kv_indices.to(dtype=torch.int64, copy=True)
         retained = self.retained_ranges(req)
         token_ids, kv_indices, partial_page = self._whole_pages(token_ids, kv_indices)
-        outcome = self.tree.insert(
-            token_ids, kv_indices, retained, req.extra_key, count_hit=not chunked
-        )
+        outcome = self.tree.insert(token_ids, kv_indices, retained, req.extra_key)
         self._free(outcome.duplicates)
         self._settle_holes(req, outcome)
         new_indices = torch.cat(outcome.path_values) if outcome.path_values else kv_indices[:0]

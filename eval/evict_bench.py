@@ -76,7 +76,7 @@ def insert(cache: BasePrefixCache, tokens: list[int], slots: torch.Tensor, cache
     if isinstance(cache, HoleAwareRadixCache):
         # Its inserts come from requests; the tree takes the slots it does not hold yet.
         retained = [(0, cached)]
-        return cache.tree.insert(array("q", tokens), slots, retained, count_hit=False).last_node
+        return cache.tree.insert(array("q", tokens), slots, retained).last_node
     cache.insert(InsertParams(key=RadixKey(tokens), value=slots))
     return None
 

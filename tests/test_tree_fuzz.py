@@ -476,9 +476,7 @@ class TreeMachine(RuleBasedStateMachine):
             # Only the last chunk can end inside a page; its partial page is freed.
             aligned = self._aligned(end)
             assert aligned == end or end == len(tokens)
-            out = self.tree.insert(
-                tokens[:aligned], row[:aligned], retained, ns, count_hit=end == len(tokens)
-            )
+            out = self.tree.insert(tokens[:aligned], row[:aligned], retained, ns)
             self._free(row[aligned:])
             self._free(flat(out.duplicates))
             assert out.last_node.end == aligned

@@ -39,7 +39,6 @@ class CacheNode:
         "value",
         "lock_ref",
         "last_access_time",
-        "hit_count",
         "start",
         "version",
         "node_id",
@@ -56,7 +55,6 @@ class CacheNode:
         self.value = value
         self.lock_ref = 0
         self.last_access_time = 0.0
-        self.hit_count = 0
         self.start = start
         self.version = 0
         self.node_id = node_id
@@ -395,7 +393,6 @@ class HoleAwareTree:
         upper_value = None if node.value is None else node.value[:n]
         upper = CacheNode(node.key[:n], upper_value, parent, node.start, next(self._ids))
         upper.lock_ref = node.lock_ref
-        upper.hit_count = node.hit_count
         upper.last_access_time = node.last_access_time
         upper.released = node.released
         if node.owners:
@@ -510,8 +507,6 @@ class HoleAwareTree:
         values: Any,
         retained: Sequence[Range],
         namespace: Hashable | None = None,
-        *,
-        count_hit: bool = True,
     ) -> InsertOutcome:
         """Insert a request's tokens and slots.
 
@@ -536,7 +531,6 @@ class HoleAwareTree:
                 child = CacheNode(tokens[pos:], values[pos:], node, pos, next(self._ids))
                 child.ckey = ck
                 child.last_access_time = now
-                child.hit_count = int(count_hit)
                 node.children[ck] = child
                 self.num_nodes += 1
                 self.evictable_size += len(child.key)
@@ -561,7 +555,6 @@ class HoleAwareTree:
                     duplicates.append(values[s:e])
                     self.stats.duplicate_recompute_tokens += e - s
             child.last_access_time = now
-            child.hit_count += int(count_hit)
             child.released = False
             self._changed(child)
             path_values.append(child.value)
