@@ -191,6 +191,11 @@ def server_health(server: SGLangServer) -> dict[str, Any]:
     }
 
 
+def flush_cache(url: str) -> None:
+    """Empty the server's prefix cache (SGLang's /flush_cache: refused while requests run)."""
+    requests.post(f"{url}/flush_cache?timeout=30", timeout=60).raise_for_status()
+
+
 def asymcache_state(url: str, key: str) -> dict:
     """One AsymCache entry of /get_server_info's scheduler state (empty without AsymCache)."""
     info = requests.get(f"{url}/get_server_info", timeout=60).json()

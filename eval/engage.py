@@ -43,14 +43,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from asymcache_sglang.core.config import LATENCY_TRACE_ENV
 from asymcache_sglang.core.cost import LatencyCostModel, StaticCostModel
 from asymcache_sglang.core.latency_fit import LatencyView
 from eval.common import (
     asymcache_counters,
     asymcache_latency,
+    flush_cache,
     result_header,
     save_figure,
     server_health,
@@ -221,10 +220,6 @@ def summarize_run(server: SGLangServer, results: list[TurnResult], asym: bool) -
     if asym:
         out["counters"] = asymcache_counters(server.url)
     return out
-
-
-def flush_cache(url: str) -> None:
-    requests.post(f"{url}/flush_cache?timeout=30", timeout=60).raise_for_status()
 
 
 Repeat = Callable[[int], tuple[dict[str, list[TurnResult]], dict[str, Any]]]

@@ -11,12 +11,14 @@ start together, ``--stagger-s`` apart, and are measured one at a time, each on i
 the host's cores (``eval.host_cpus``); with ``--gpus N`` (N > 1) server i runs on GPU i mod N and
 the servers on different GPUs are measured at the same time; with ``--cpu`` they run one after
 another. A server whose pool is not the one asked for (the card could not hold it beside the
-others) stops the sweep. Writes ``DIR/<config>_<pool>.json`` per run (an AsymCache server's
-latency trace beside it, ``.trace.jsonl``), ``DIR/sweep.json`` with all of them, and
+others) stops the sweep. ``--seeds 0,1,2`` runs each cell once per workload seed on the same
+servers, flushing their caches before each run (``<config>_<pool>_seed<s>.json``; plots and
+standings use the seeds' means). Writes ``DIR/<config>_<pool>.json`` per run (an AsymCache
+server's latency trace beside it, ``.trace.jsonl``), ``DIR/sweep.json`` with all of them, and
 ``DIR/sweep.png``: TTFT mean (and job time, for agents) against pool size, one line per
 configuration. ``merge`` joins sweeps from one card (several calls, or sessions) into one file
-with every workload, the latest run of each (workload, configuration, pool) kept, and draws each
-workload's plots beside it.
+with every workload, the latest run of each (workload, configuration, pool, seed) kept, and
+draws each workload's plots beside it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -37,6 +40,7 @@ from asymcache_sglang.core.config import LATENCY_TRACE_ENV
 from eval.bench import WORKLOADS, run_bench, server_settings
 from eval.common import (
     STOCK_POLICIES,
+    flush_cache,
     read_json,
     result_header,
     result_stem,
@@ -108,9 +112,11 @@ def run_sweep(
     cpu: bool = False,
     stagger_s: float = 20.0,
     gpus: int = 1,
+    seeds: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Run every configuration at every pool size, then the ``unlimited`` configurations at the
-    pool SGLang sizes from memory."""
+    pool SGLang sizes from memory; with ``seeds``, each run once per workload seed on the same
+    servers, their caches flushed before each."""
     out.mkdir(parents=True, exist_ok=True)
     cells: list[tuple[int | None, Sequence[str]]] = [(pool, configs) for pool in pools]
     if unlimited:
@@ -118,7 +124,9 @@ def run_sweep(
     # Servers measured one at a time on one card each get the host's cores to themselves.
     layout = CpuLayout.for_host() if not cpu and gpus == 1 else None
     runs = []
-    progress = tqdm(total=sum(len(c) for _, c in cells), desc="sweep", unit="run")
+    progress = tqdm(
+        total=sum(len(c) for _, c in cells) * max(1, len(seeds)), desc="sweep", unit="run"
+    )
     for pool, pool_configs in cells:
         label = UNLIMITED if pool is None else str(pool)
         servers = {
@@ -132,17 +140,20 @@ def run_sweep(
             if cpu:
                 for config, server in servers.items():
                     server.start()
-                    runs.append(_measure(server, config, label, workload, overrides, out))
+                    for seed in seeds or [None]:
+                        runs.append(_measure(server, config, label, workload, overrides, out, seed))
+                        progress.update()
                     server.stop()
-                    progress.update()
             else:
                 start_staggered(list(servers.values()), stagger_s)
                 if pool is not None:
                     check_pools(servers, pool)
-                measure = partial(
-                    _measure_tick, servers, label, workload, overrides, out, progress, layout
-                )
-                runs += measure_by_gpu(list(servers), gpus, measure)
+                for seed in seeds or [None]:
+                    measure = partial(
+                        _measure_tick, servers, label, workload, overrides, out, progress, layout,
+                        seed,
+                    )  # fmt: skip
+                    runs += measure_by_gpu(list(servers), gpus, measure)
         finally:
             for server in servers.values():
                 server.stop()
@@ -152,6 +163,7 @@ def run_sweep(
         "model": model,
         "workload": workload,
         "overrides": list(overrides),
+        "seeds": list(seeds),
         "base_args": list(base_args),
         "cpu_layout": None if layout is None else asdict(layout),
         "configurations": {c: CONFIGURATIONS[c] for c in dict.fromkeys([*configs, *unlimited])},
@@ -198,19 +210,33 @@ def _measure_tick(
     out: Path,
     progress: tqdm,
     layout: CpuLayout | None,
+    seed: int | None,
     config: str,
 ) -> dict[str, Any]:
     isolate(layout, servers[config], servers.values())
-    result = _measure(servers[config], config, pool, workload, overrides, out)
+    result = _measure(servers[config], config, pool, workload, overrides, out, seed)
     progress.update()
     return result
 
 
 def _measure(
-    server: SGLangServer, config: str, pool: str, workload: str, overrides: Sequence[str], out: Path
+    server: SGLangServer,
+    config: str,
+    pool: str,
+    workload: str,
+    overrides: Sequence[str],
+    out: Path,
+    seed: int | None = None,
 ) -> dict[str, Any]:
+    """One bench run; with ``seed``, of that workload seed on a flushed cache."""
+    name = f"{config}_{pool}"
+    if seed is not None:
+        flush_cache(server.url)
+        overrides, name = [*overrides, f"seed={seed}"], f"{name}_seed{seed}"
     result = {"config": config, "pool": pool, **run_bench(server.url, workload, overrides)}
-    (out / f"{config}_{pool}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if seed is not None:
+        result["seed"] = seed
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -222,20 +248,19 @@ def plot(sweep: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ["ttft_mean_s"] + (
-        ["jct_mean_s"] if "jct_mean_s" in sweep["runs"][0]["metrics"] else []
-    )
+    runs = per_cell(sweep["runs"])
+    metrics = ["ttft_mean_s"] + (["jct_mean_s"] if "jct_mean_s" in runs[0]["metrics"] else [])
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for config in sweep["configurations"]:
             points = sorted(
                 (int(r["pool"]), r["metrics"][metric])
-                for r in sweep["runs"]
+                for r in runs
                 if r["config"] == config and r["pool"] != UNLIMITED
             )
             if points:
                 ax.plot(*zip(*points), marker="o", label=config)
-            for r in sweep["runs"]:
+            for r in runs:
                 if r["config"] == config and r["pool"] == UNLIMITED:
                     ax.axhline(r["metrics"][metric], linestyle="--", linewidth=0.8)
         ax.set_xlabel("--max-total-tokens")
@@ -261,9 +286,10 @@ def plot_cdf(sweep: dict[str, Any], out: Path, pool: str | None = None) -> None:
     import matplotlib.pyplot as plt
 
     pool = pool or cdf_pool(sweep)
-    unlimited = [r for r in sweep["runs"] if r["pool"] == UNLIMITED][:1]
+    runs = per_cell(sweep["runs"])
+    unlimited = [r for r in runs if r["pool"] == UNLIMITED][:1]
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    for run in [r for r in sweep["runs"] if r["pool"] == pool] + unlimited:
+    for run in [r for r in runs if r["pool"] == pool] + unlimited:
         samples = run["metrics"].get("ttft_samples_s")
         if not samples:
             continue
@@ -318,7 +344,7 @@ def merge(paths: Sequence[Path], dest: Path) -> dict[str, Any]:
         merged["configurations"].update(sweep["configurations"])
         merged["parts"] += [p for p in sweep["parts"] if p not in merged["parts"]]
         for run in sweep["runs"]:
-            key = (run["config"], run["pool"])
+            key = (run["config"], run["pool"], run.get("seed"))
             if key not in merged["runs"] or run["date"] >= merged["runs"][key]["date"]:
                 merged["runs"][key] = run
     for merged in workloads.values():
@@ -326,7 +352,12 @@ def merge(paths: Sequence[Path], dest: Path) -> dict[str, Any]:
         order = list(merged["configurations"])
         merged["runs"] = sorted(
             merged["runs"].values(),
-            key=lambda r: (order.index(r["config"]), r["pool"] == UNLIMITED, _pool_key(r)),
+            key=lambda r: (
+                order.index(r["config"]),
+                r["pool"] == UNLIMITED,
+                _pool_key(r),
+                r.get("seed", -1),
+            ),
         )
         merged["standings"] = standings(merged["runs"])
     result = {"card": next(iter(cards)), "workloads": workloads}
@@ -342,9 +373,30 @@ def _pool_key(run: dict[str, Any]) -> int:
     return 0 if run["pool"] == UNLIMITED else int(run["pool"])
 
 
+def per_cell(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run per (configuration, pool): the runs of several seeds as their mean (each metric
+    both have; TTFT samples pooled), with ``seeds``, how many; in first-seen order."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        cells.setdefault((run["config"], run["pool"]), []).append(run)
+    out = []
+    for (config, pool), group in cells.items():
+        metrics = {
+            k: statistics.fmean(r["metrics"][k] for r in group)
+            for k, v in group[0]["metrics"].items()
+            if isinstance(v, (int, float)) and all(k in r["metrics"] for r in group)
+        }
+        samples = [x for r in group for x in r["metrics"].get("ttft_samples_s", [])]
+        metrics["ttft_samples_s"] = sorted(samples)
+        out.append({"config": config, "pool": pool, "seeds": len(group), "metrics": metrics})
+    return out
+
+
 def standings(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per bounded pool where AsymCache and a stock policy both ran: the stock policy with the
-    lowest mean TTFT and AsymCache's mean and p90 TTFT (and job time) over it."""
+    lowest mean TTFT and AsymCache's mean and p90 TTFT (and job time) over it; runs of several
+    seeds by their means (``per_cell``)."""
+    runs = per_cell(runs)
     out = []
     for pool in sorted({_pool_key(r) for r in runs if r["pool"] != UNLIMITED}):
         here = {r["config"]: r["metrics"] for r in runs if r["pool"] == str(pool)}
@@ -379,6 +431,10 @@ def main() -> None:
     run.add_argument("--cpu", action="store_true", help="CPU servers, one at a time")
     run.add_argument("--stagger-s", type=float, default=20.0)
     run.add_argument("--gpus", type=int, default=1, help="spread the servers over N GPUs")
+    run.add_argument(
+        "--seeds", default="", metavar="S,...",
+        help="comma-separated workload seeds, each run on the same servers, caches flushed",
+    )  # fmt: skip
     run.add_argument("--out", type=Path, required=True)
     join = commands.add_parser("merge", help="join sweeps from one card into one file")
     join.add_argument("sweeps", type=Path, nargs="+", help="sweep.json files")
@@ -404,6 +460,7 @@ def main() -> None:
     run_sweep(
         args.model, args.workload, args.set, configs, pools, args.out, unlimited=unlimited,
         base_args=args.server_arg, cpu=args.cpu, stagger_s=args.stagger_s, gpus=args.gpus,
+        seeds=[int(x) for x in args.seeds.split(",") if x],
     )  # fmt: skip
 
 

@@ -8,7 +8,9 @@ import threading
 
 import pytest
 
-from eval.sweep import CONFIGURATIONS, UNLIMITED, measure_by_gpu, merge, run_sweep
+import eval.sweep
+from eval.common import flush_cache
+from eval.sweep import CONFIGURATIONS, UNLIMITED, measure_by_gpu, merge, per_cell, run_sweep
 
 SETTINGS = ["groups=2", "prompts_per_group=3", "system_prompt_tokens=200", "question_tokens=20",
             "output_tokens=4", "max_in_flight=2", "vocab=10,500"]  # fmt: skip
@@ -20,14 +22,24 @@ def test_every_policy_is_a_stock_flag_or_asymcache():
     assert all(CONFIGURATIONS[c][0].startswith("--") for c in stock)
 
 
-def test_sweep_two_configurations_two_pools_on_the_cpu(tiny_model, tmp_path):
+def test_sweep_two_configurations_two_pools_two_seeds_on_the_cpu(tiny_model, tmp_path, monkeypatch):
+    flushed = []
+
+    def flush(url: str) -> None:
+        flush_cache(url)  # the real endpoint: it raises unless the server flushed
+        flushed.append(url)
+
+    monkeypatch.setattr(eval.sweep, "flush_cache", flush)
     sweep = run_sweep(
         str(tiny_model), "generated-shared-prefix", SETTINGS, ["lru", "asymcache"],
-        [1200, 2400], tmp_path, cpu=True,
+        [1200, 2400], tmp_path, cpu=True, seeds=[0, 1],
     )  # fmt: skip
-    runs = {(r["config"], r["pool"]): r for r in sweep["runs"]}
-    assert set(runs) == {(c, p) for c in ("lru", "asymcache") for p in ("1200", "2400")}
-    for (config, pool), run in runs.items():
+    runs = {(r["config"], r["pool"], r["seed"]): r for r in sweep["runs"]}
+    assert set(runs) == {
+        (c, p, s) for c in ("lru", "asymcache") for p in ("1200", "2400") for s in (0, 1)
+    }
+    for (config, pool, seed), run in runs.items():
+        assert run["workload"]["seed"] == seed
         assert run["server"]["max_total_num_tokens"] == int(pool)
         assert run["server"]["radix_eviction_policy"] == "lru"
         assert run["metrics"]["requests"] == 6 and run["metrics"]["cached_tokens"] > 0
@@ -38,10 +50,12 @@ def test_sweep_two_configurations_two_pools_on_the_cpu(tiny_model, tmp_path):
             run["metrics"]["itl_p99_s"] > 0 and run["metrics"]["computed_prompt_tokens_per_s"] > 0
         )
         assert bool(run["asymcache"]) == (config == "asymcache")
-        assert json.loads((tmp_path / f"{config}_{pool}.json").read_text()) == json.loads(
-            json.dumps(run)
+        assert json.loads((tmp_path / f"{config}_{pool}_seed{seed}.json").read_text()) == (
+            json.loads(json.dumps(run))
         )
-    assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 4
+    # Before every run: each CPU server runs its two seeds in turn.
+    assert len(flushed) == 8 and all(flushed[i] == flushed[i + 1] for i in range(0, 8, 2))
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 8
     assert (tmp_path / "sweep.png").stat().st_size > 0
     assert (tmp_path / "sweep_cdf.png").stat().st_size > 0
     assert UNLIMITED not in {r["pool"] for r in sweep["runs"]}
@@ -113,6 +127,30 @@ def test_a_merged_file_merges_again_with_a_later_sweep(tmp_path):
         ("100", 3.0), ("200", 2.0)
     ]  # fmt: skip
     assert [p["cells"] for p in again["parts"]] == [["lru@100"], ["lru@100", "lru@200"]]
+
+
+def test_runs_of_several_seeds_are_kept_apart_and_ranked_by_their_means(tmp_path):
+    sweep = _sweep(
+        "agents", "2026-12-01",
+        [("lru", "100", 4.0), ("asymcache", "100", 3.0), ("lru", "100", 2.0),
+         ("asymcache", "100", 3.0)],
+    )  # fmt: skip
+    for run, seed in zip(sweep["runs"], (0, 0, 1, 1)):
+        run["seed"] = seed
+        run["metrics"]["ttft_samples_s"] = [run["metrics"]["ttft_mean_s"]]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(sweep))
+    agents = merge([path], tmp_path / "m.json")["workloads"]["agents"]
+    assert [(r["config"], r["seed"]) for r in agents["runs"]] == [
+        ("lru", 0), ("lru", 1), ("asymcache", 0), ("asymcache", 1)
+    ]  # fmt: skip
+    assert agents["standings"] == [
+        {"pool": 100, "best_stock": "lru", "ttft_mean_ratio": 1.0, "ttft_p90_ratio": 1.0}
+    ]
+    cells = per_cell(agents["runs"])
+    assert [(c["config"], c["seeds"], c["metrics"]["ttft_samples_s"]) for c in cells] == [
+        ("lru", 2, [2.0, 4.0]), ("asymcache", 2, [3.0, 3.0])
+    ]  # fmt: skip
 
 
 def test_a_gzipped_merge_reads_back_and_names_its_plots_without_the_suffixes(tmp_path):
