@@ -82,8 +82,9 @@ def run_shared_prefix(url: str, workload: SharedPrefixGroups) -> list[TurnResult
         res.session, res.turn = divmod(index, workload.prompts_per_group)
         return res
 
+    prompts = workload.prompts()
     with ThreadPoolExecutor(workload.max_in_flight) as pool:
-        return list(pool.map(send, *zip(*enumerate(workload.prompts()))))
+        return list(pool.map(send, range(len(prompts)), prompts))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from asymcache_sglang.plugin import register
 from eval.agent_workload import AgentPrograms
 from eval.common import CALL_FIELDS
 from eval.mooncake_trace import TraceCut
-from eval.sim.__main__ import advice, run_sweep, seed_sweep, serving_path
+from eval.sim.__main__ import advice, run_calls, run_sweep, seed_sweep, serving_path
 from eval.sim.engine import (
     CACHES,
     ORACLE,
@@ -324,6 +324,16 @@ def test_calls_of_two_runs_line_up_by_session_and_turn():
         }
     ]
     assert compare_calls(measured, simulated, min_tokens=401)["differ"] == []
+    sweep = {
+        "runs": [
+            {"config": "asymcache", "pool": "100", "seed": s, "metrics": {"calls": [[s]]}}
+            for s in (0, 1)
+        ]
+    }
+    assert run_calls(sweep, "asymcache", "100", seed=1) == [[1]]
+    assert run_calls(sweep, "asymcache", "100") == [[0]]
+    with pytest.raises(ValueError, match="no run of lru"):
+        run_calls(sweep, "lru", "100")
 
 
 def test_a_trace_replays_open_loop(tmp_path, step):

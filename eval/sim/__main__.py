@@ -342,17 +342,20 @@ def validate(
     }
 
 
-def run_calls(result: dict[str, Any], config: str, pool: str) -> list[list[float]]:
-    """The ``calls`` rows of ``result``'s run of ``config`` at ``pool`` (a sweep, or one run)."""
-    runs = result.get("runs", [result])
-    for run in runs:
+def run_calls(
+    result: dict[str, Any], config: str, pool: str, seed: int | None = None
+) -> list[list[float]]:
+    """The ``calls`` rows of ``result``'s run of ``config`` at ``pool`` (a sweep, or one run),
+    of workload ``seed`` where the sweep ran several."""
+    for run in result.get("runs", [result]):
         if (
             run.get("config") == config
             and str(run.get("pool")) == pool
+            and (seed is None or run.get("seed", run.get("workload", {}).get("seed")) == seed)
             and "calls" in run["metrics"]
         ):
             return run["metrics"]["calls"]
-    raise ValueError(f"no run of {config} at pool {pool} with per-call rows")
+    raise ValueError(f"no run of {config} at pool {pool} (seed {seed}) with per-call rows")
 
 
 def main() -> None:
@@ -402,12 +405,15 @@ def main() -> None:
     calls.add_argument("simulated", type=Path)
     calls.add_argument("--config", default="asymcache")
     calls.add_argument("--pool", required=True)
+    calls.add_argument(
+        "--seed", type=int, help="the measured run of this seed (eval.sweep --seeds)"
+    )
     args = parser.parse_args()
     if args.command == "calls":
         try:
             rows = [
-                run_calls(read_json(p), args.config, args.pool)
-                for p in (args.measured, args.simulated)
+                run_calls(read_json(args.measured), args.config, args.pool, args.seed),
+                run_calls(read_json(args.simulated), args.config, args.pool),
             ]
         except ValueError as exc:
             parser.error(str(exc))

@@ -36,7 +36,7 @@ def summarize(result: SimResult, jobs: bool) -> dict[str, Any]:
                 round(r.ttft_s, 6),
             ]
             for r in records
-        ),  # fmt: skip
+        ),
         **(seconds_fields("tpot", tpots) if tpots else {}),
         **(seconds_fields("itl", gaps) if gaps else {}),
         "duration_s": duration_s,
