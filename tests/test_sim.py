@@ -13,6 +13,7 @@ from sglang.srt.managers.schedule_policy import PrefillAdder
 from sglang.srt.plugins.hook_registry import HookRegistry
 
 from asymcache_sglang.core.cost import StaticCostModel
+from asymcache_sglang.core.hit_density import HitDensityConfig
 from asymcache_sglang.core.latency_fit import BatchFeatures
 from asymcache_sglang.core.reuse import ReuseEstimator
 from asymcache_sglang.plugin import register
@@ -31,6 +32,7 @@ from eval.sim.engine import (
     simulate,
     unhooked,
 )
+from eval.sim.learned import ClassHitDensityTree
 from eval.sim.oracle import NextUseHoleAwareTree
 from eval.sim.scripts import (
     Call,
@@ -490,3 +492,24 @@ def test_eviction_frees_the_shortfall_for_asymcache_and_the_whole_ask_for_stock(
     assert engine.allocator.available_size() >= ask
     assert asked == [100 if cache == "asymcache" else ask]
     assert cached - cached_slots(engine) >= 100
+
+
+def test_the_class_hit_density_tree_learns_hits_and_evictions_by_reuse_class(step, monkeypatch):
+    # Learned after a few hundred tokens, so the small workload's evictions go by hit density.
+    monkeypatch.setattr(ClassHitDensityTree, "density_config", HitDensityConfig(warmup_tokens=256))
+    pool = 4000
+
+    def check(engine: Engine) -> None:
+        total = engine.allocator.available_size() + cached_slots(engine) + held_slots(engine)
+        assert total == pool, (engine.now, total)
+
+    engine = Engine(EngineConfig(pool_tokens=pool, cache="asymcache-lhd", chunk_tokens=512), step)
+    result = engine.run(SessionClient(long_multi_turn_scripts(SMALL)), on_step=check)
+    assert len(result.records) == SMALL.sessions * SMALL.turns
+    tree = engine.cache.tree
+    never, once, _ = (d.observed_tokens for d in tree.densities)
+    # Returning sessions found their documents (hits of never-reused KV), the pool, too small
+    # for every session, evicted some, and KV found once was found again on later turns.
+    assert sum(tree.densities[0].hits) > 0 and never > sum(tree.densities[0].hits)
+    assert once > 0 and max(tree.reuses.values()) >= 2
+    assert tree.density_victims > 0

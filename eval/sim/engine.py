@@ -55,7 +55,11 @@ from asymcache_sglang.patches.http_server_wait_and_warmup import calibration_ext
 from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_holes
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.common import STOCK_POLICIES
-from eval.sim.learned import HitDensityRadixCache, LearnedReturnRadixCache
+from eval.sim.learned import (
+    ClassHitDensityRadixCache,
+    HitDensityRadixCache,
+    LearnedReturnRadixCache,
+)
 from eval.sim.oracle import NextUseHoleAwareRadixCache, OracleRadixCache
 from eval.sim.scripts import Client, Script, Send, SessionClient
 from eval.sim.step_model import StepModel
@@ -94,7 +98,10 @@ HOLE_AWARE_NEXT_USE = (ASYMCACHE_HOLDS, ASYMCACHE_ORACLE)
 # from requests alone, ranked by cost over wait afresh at each call
 # (``eval.sim.learned.LearnedReturnRadixCache``); ``asymcache`` keeps the order a heap can.
 ASYMCACHE_LEARNED = "asymcache-learned"
-SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY, *HOLE_AWARE_NEXT_USE, ASYMCACHE_LEARNED)
+# Online, simulation only: AsymCache with its free nodes ranked by cost times hit density per
+# reuse class (``eval.sim.learned.ClassHitDensityRadixCache``).
+ASYMCACHE_LHD = "asymcache-lhd"
+SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY, *HOLE_AWARE_NEXT_USE, ASYMCACHE_LEARNED, ASYMCACHE_LHD)
 
 
 @dataclass(frozen=True)
@@ -259,6 +266,8 @@ class Engine:
         )
         if kind == ASYMCACHE_LEARNED:
             cache = LearnedReturnRadixCache(params, asym, LatencyRuntime(asym))
+        elif kind == ASYMCACHE_LHD:
+            cache = ClassHitDensityRadixCache(params, asym, LatencyRuntime(asym))
         elif kind in HOLE_AWARE_NEXT_USE:
             cache = NextUseHoleAwareRadixCache(params, asym, LatencyRuntime(asym))
             next_use = self.next_use_in_s if kind == ASYMCACHE_ORACLE else self.held_next_use_in_s

@@ -8,14 +8,19 @@ mark reuse: the scheduler matches a waiting request's prefix on every pass, but 
 when the request is admitted; a chunked request keeps its path locked between chunks.
 
 ``LearnedReturnRadixCache`` is the other prototype: AsymCache's holds ranked by the ratio of cost
-to each program's expected wait, which a static heap key cannot keep.
+to each program's expected wait, which a static heap key cannot keep. ``ClassHitDensityRadixCache``
+brings the hit density into AsymCache's hole-aware tree for the nodes no waiting program holds,
+one density per class of how many times requests found the node in the cache (LHD's classes).
 """
 
 from __future__ import annotations
 
+import heapq
+import math
+import random
 import weakref
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
@@ -23,7 +28,8 @@ from sglang.srt.mem_cache.evict_policy import EvictionStrategy
 from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
 
 from asymcache_sglang.core.cost import CostModel
-from asymcache_sglang.core.hit_density import HitDensity
+from asymcache_sglang.core.hit_density import HitDensity, HitDensityConfig
+from asymcache_sglang.core.tree import PROGRAM_CANDIDATES, CacheNode, HoleAwareTree
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.sim.oracle import NextUseHoleAwareTree, node_start
 
@@ -112,3 +118,131 @@ class LearnedReturnRadixCache(HoleAwareRadixCache):
         super().__init__(params, config, latency)
         assert self.programs is not None, "needs --asymcache-holds on"
         self.tree.next_use_in_s = self.programs.next_use_in_s
+
+
+# Classes by how many times requests found a node in the cache: never, once, more.
+REUSE_CLASSES = 3
+# Free nodes drawn per eviction (LHD's sampling: the density changes as nodes age).
+SAMPLES = 32
+
+
+class ClassHitDensityTree(HoleAwareTree):
+    """AsymCache's tree whose free nodes (released ones first, as in the tree) go by the least
+    recompute cost per token times the hit density at their idle age, in their reuse class,
+    drawn from ``SAMPLES`` of them at each eviction; a waiting program's held nodes compete as
+    in the tree, by cost over expected wait. A class not learned yet goes by the never-reused
+    class's density; until that is learned, the tree's own order. Idle periods are fed by
+    ``ClassHitDensityRadixCache``'s locks."""
+
+    density_config = HitDensityConfig()
+
+    def reset(self) -> None:
+        super().reset()
+        self.idle_since: dict[int, float] = {}
+        self.reuses: dict[int, int] = {}
+        self.densities = [HitDensity(self.density_config) for _ in range(REUSE_CLASSES)]
+        self._rng = random.Random(0)
+        # Victims chosen by hit density (the rest: the tree's own order, or a program's node).
+        self.density_victims = 0
+
+    def _class(self, node: CacheNode) -> int:
+        return min(self.reuses.get(node.node_id, 0), REUSE_CLASSES - 1)
+
+    def went_idle(self, node: CacheNode, now: float) -> None:
+        self.idle_since.setdefault(node.node_id, now)
+
+    def was_hit(self, node: CacheNode, now: float) -> None:
+        since = self.idle_since.pop(node.node_id, None)
+        if since is not None:
+            self.densities[self._class(node)].observe_hit(now - since, len(node.key))
+            self.reuses[node.node_id] = self.reuses.get(node.node_id, 0) + 1
+
+    def _split(self, node: CacheNode, n: int, namespace: Hashable | None) -> CacheNode:
+        upper = super()._split(node, n, namespace)
+        for table in (self.idle_since, self.reuses):
+            if node.node_id in table:
+                table[upper.node_id] = table[node.node_id]
+        return upper
+
+    def evict_node(self, node: CacheNode) -> Any:
+        since = self.idle_since.pop(node.node_id, None)
+        if since is not None:
+            density = self.densities[self._class(node)]
+            density.observe_eviction(self.clock() - since, len(node.key))
+        return super().evict_node(node)
+
+    def _rank(self, node: CacheNode, now: float) -> float | None:
+        """Cost per token times hit density at the node's idle age, by the density of its class,
+        or of the never-reused class while its own is still unlearned."""
+        age = now - self.idle_since.get(node.node_id, now)
+        density = self.densities[self._class(node)].density(age)
+        if density is None:
+            density = self.densities[0].density(age)
+        if density is None:
+            return None
+        return self.cost.cost_per_token(node.start, node.end) * density
+
+    def _next_victim(
+        self, now: float, candidates: list[tuple[Hashable, float]]
+    ) -> CacheNode | None:
+        free = self._top(self._heap)
+        if free is None or free[0] == -math.inf or not self.densities[0].ready:
+            return super()._next_victim(now, candidates)
+        best_free, best_rank = free[-1], self._rank(free[-1], now)
+        for _ in range(SAMPLES):
+            entry = self._heap[self._rng.randrange(len(self._heap))]
+            rank = self._rank(entry[-1], now) if self._live(entry) else None
+            if rank is not None and (best_rank is None or rank < best_rank):
+                best_free, best_rank = entry[-1], rank
+        tops = [(self._top(self._program_nodes.get(p, [])), p, back) for p, back in candidates]
+        if not tops or any(top is None for top, _, _ in tops):
+            candidates[:] = self._latest_programs(PROGRAM_CANDIDATES)
+            tops = [(self._top(self._program_nodes[p]), p, back) for p, back in candidates]
+        best, best_program = math.inf, None
+        for top, program, back in tops:
+            ratio = top[0] / max(back - now, 1e-9)
+            if ratio < best:
+                best, best_program = ratio, program
+        if best_program is None or (best_rank is not None and best_rank <= best):
+            self.density_victims += 1
+            return best_free  # left in the heap: its entry goes stale when it is evicted
+        node = heapq.heappop(self._program_nodes[best_program])[-1]
+        self._order_program(best_program)
+        return node
+
+
+class ClassHitDensityRadixCache(HoleAwareRadixCache):
+    """AsymCache's cache on ``ClassHitDensityTree``, feeding it idle periods as
+    ``HitDensityRadixCache`` does: a lock of an idle node ends its period in a hit; the last
+    unlock, or a finished request's insert, starts one; an eviction ends it unused."""
+
+    tree_class = ClassHitDensityTree
+
+    def inc_lock_ref(self, node: Any) -> Any:
+        now = self.tree.clock()
+        walk = node
+        while walk is not None and walk is not self.tree.root:
+            if walk.lock_ref == 0:
+                self.tree.was_hit(walk, now)
+            walk = walk.parent
+        return super().inc_lock_ref(node)
+
+    def dec_lock_ref(self, node: Any, params: Any = None) -> Any:
+        now = self.tree.clock()
+        walk = node
+        while walk is not None and walk is not self.tree.root:
+            if walk.lock_ref == 1:
+                self.tree.idle_since[walk.node_id] = now
+            walk = walk.parent
+        return super().dec_lock_ref(node, params)
+
+    def cache_finished_req(
+        self, req: Any, is_insert: bool = True, *, kv_len_to_handle: int
+    ) -> None:
+        super().cache_finished_req(req, is_insert, kv_len_to_handle=kv_len_to_handle)
+        # What the request added past its locked path was never locked: idle from now on.
+        now = self.tree.clock()
+        ids = array("q", (req.origin_input_ids + req.output_ids)[:kv_len_to_handle])
+        for node in self.tree.match(ids[: len(ids) - len(ids) % self.page_size], req.extra_key):
+            if node.lock_ref == 0 and node.value is not None:
+                self.tree.went_idle(node, now)
