@@ -50,6 +50,7 @@ from eval.common import (
     asymcache_counters,
     asymcache_latency,
     flush_cache,
+    read_json,
     result_header,
     save_figure,
     server_health,
@@ -646,7 +647,7 @@ def merge(parts: Sequence[Path], dest_dir: Path) -> Path:
     """Join part JSONs into ``<dest_dir>/<card>_engage.json`` with the issue's summary first."""
     loaded: dict[str, dict[str, Any]] = {}
     for path in parts:
-        body = json.loads(path.read_text())
+        body = read_json(path)
         for setting in NO_PRESSURE_ENTRIES:
             if setting in body:
                 # An entry merged before keeps its own commit.

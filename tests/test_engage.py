@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from eval import engage
+from eval.common import read_json
 from eval.engage import merge, model_relative_cost, summary
 from eval.server import SGLangServer, cpu_env, cpu_server_args, stock_cpu_env
 from eval.workloads import LongMultiTurn
 
 # Two CPU servers side by side: bounded pools, or the first takes most of the host's memory.
 POOL = ["--max-total-tokens", "8192"]
-RECORDED = Path(__file__).resolve().parents[1] / "eval" / "results" / "h200_engage.json"
+RECORDED = Path(__file__).resolve().parents[1] / "eval" / "results" / "h200_engage.json.gz"
 
 
 def fit(coefficients: list[float], ready: bool = True) -> dict:
@@ -43,12 +44,12 @@ def test_model_relative_cost_is_evictions_cost_at_that_extend_size():
 
 
 def test_recorded_summary_follows_from_its_parts():
-    merged = json.loads(RECORDED.read_text())
+    merged = read_json(RECORDED)
     assert summary(merged["parts"]) == merged["summary"]
 
 
 def test_a_later_no_pressure_file_replaces_only_its_settings(tmp_path):
-    parts = json.loads(RECORDED.read_text())["parts"]
+    parts = read_json(RECORDED)["parts"]
     rerun = {
         **{k: v for k, v in parts["no_pressure"].items() if k != "cuda_graph_default"},
         "commit": "rerun1",

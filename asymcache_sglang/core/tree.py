@@ -691,6 +691,23 @@ class HoleAwareTree:
         free = self._top(self._heap)
         if free is not None and free[0] == -math.inf:
             return heapq.heappop(self._heap)[-1]
+        best, best_program = self._cheapest_program(now, candidates)
+        if best_program is not None and free is not None:
+            node = free[-1]
+            idle = _wait(now - node.last_access_time)
+            if self.cost.cost_per_token(node.start, node.end) / idle <= best:
+                best_program = None  # the other nodes' top goes first, ties included
+        if best_program is None:
+            return None if free is None else heapq.heappop(self._heap)[-1]
+        return self._pop_held(best_program)
+
+    def _cheapest_program(
+        self, now: float, candidates: list[tuple[Hashable, float]]
+    ) -> tuple[float, Hashable | None]:
+        """Of the ``candidates`` programs (program, back at), (re)filled with the programs
+        expected back last when empty or one has none left, the one whose cheapest node saves
+        least recompute cost per token per second of expected wait: (that, program); (inf, None)
+        when no program holds an evictable node."""
         tops = [(self._top(self._program_nodes.get(p, [])), p, back) for p, back in candidates]
         if not tops or any(top is None for top, _, _ in tops):
             candidates[:] = self._latest_programs(PROGRAM_CANDIDATES)
@@ -700,15 +717,12 @@ class HoleAwareTree:
             ratio = top[0] / _wait(back - now)
             if ratio < best:
                 best, best_program = ratio, program
-        if best_program is not None and free is not None:
-            node = free[-1]
-            idle = _wait(now - node.last_access_time)
-            if self.cost.cost_per_token(node.start, node.end) / idle <= best:
-                best_program = None  # the other nodes' top goes first, ties included
-        if best_program is None:
-            return None if free is None else heapq.heappop(self._heap)[-1]
-        node = heapq.heappop(self._program_nodes[best_program])[-1]
-        self._order_program(best_program)  # by its next cheapest node
+        return best, best_program
+
+    def _pop_held(self, program: Hashable) -> CacheNode:
+        """Take ``program``'s cheapest node and re-place the program by its next cheapest."""
+        node = heapq.heappop(self._program_nodes[program])[-1]
+        self._order_program(program)
         return node
 
     def _latest_programs(self, k: int) -> list[tuple[Hashable, float]]:

@@ -2,7 +2,7 @@
 
     python -m eval.sim sweep --workload long-multi-turn --pools 60000,100000,150000 \\
         --unlimited --trace eval/results/traces/h200_b1c14b1_engage_pressure.jsonl.gz --out DIR
-    python -m eval.sim validate --engage eval/results/h200_engage.json \\
+    python -m eval.sim validate --engage eval/results/h200_engage.json.gz \\
         --sweep GPU_DIR/sweep.json --workload-trace agents=AGENTS_TRACE \\
         --path-from STAGES.json --pressure PRESSURE.json --pressure-trace ITS_TRACE \\
         --trace TRACE --out eval/results/sim_validation.json

@@ -15,7 +15,6 @@ one density per class of how many times requests found the node in the cache (LH
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
 import weakref
@@ -29,7 +28,7 @@ from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
 
 from asymcache_sglang.core.cost import CostModel
 from asymcache_sglang.core.hit_density import HitDensity, HitDensityConfig
-from asymcache_sglang.core.tree import PROGRAM_CANDIDATES, CacheNode, HoleAwareTree
+from asymcache_sglang.core.tree import CacheNode, HoleAwareTree
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.sim.oracle import NextUseHoleAwareTree, node_start
 
@@ -194,21 +193,11 @@ class ClassHitDensityTree(HoleAwareTree):
             rank = self._rank(entry[-1], now) if self._live(entry) else None
             if rank is not None and (best_rank is None or rank < best_rank):
                 best_free, best_rank = entry[-1], rank
-        tops = [(self._top(self._program_nodes.get(p, [])), p, back) for p, back in candidates]
-        if not tops or any(top is None for top, _, _ in tops):
-            candidates[:] = self._latest_programs(PROGRAM_CANDIDATES)
-            tops = [(self._top(self._program_nodes[p]), p, back) for p, back in candidates]
-        best, best_program = math.inf, None
-        for top, program, back in tops:
-            ratio = top[0] / max(back - now, 1e-9)
-            if ratio < best:
-                best, best_program = ratio, program
+        best, best_program = self._cheapest_program(now, candidates)
         if best_program is None or (best_rank is not None and best_rank <= best):
             self.density_victims += 1
             return best_free  # left in the heap: its entry goes stale when it is evicted
-        node = heapq.heappop(self._program_nodes[best_program])[-1]
-        self._order_program(best_program)
-        return node
+        return self._pop_held(best_program)
 
 
 class ClassHitDensityRadixCache(HoleAwareRadixCache):
