@@ -13,7 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 from PIL import Image
@@ -58,11 +58,15 @@ def result_header() -> dict[str, str]:
     }
 
 
+def open_text(path: Path, mode: str = "rt") -> IO[str]:
+    """``path`` as text, through gzip where its name ends in ``.gz``."""
+    return gzip.open(path, mode) if path.suffix == ".gz" else path.open(mode)
+
+
 def read_json(path: Path) -> Any:
     """A result JSON, gzipped where its name ends in ``.gz``."""
-    return json.loads(
-        gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text()
-    )
+    with open_text(path) as f:
+        return json.load(f)
 
 
 def write_compact_json(path: Path, body: Any) -> None:
@@ -160,12 +164,18 @@ def summarize_requests(results: Sequence[TurnResult]) -> dict[str, float]:
 CALL_FIELDS = ("session", "turn", "prompt_tokens", "cached_tokens", "ttft_s")
 
 
+def call_row(
+    session: int, turn: int, prompt_tokens: int, cached_tokens: int, ttft_s: float
+) -> list[float]:
+    """A ``CALL_FIELDS`` row, TTFT to the microsecond."""
+    return [session, turn, prompt_tokens, cached_tokens, round(ttft_s, 6)]
+
+
 def call_rows(results: Sequence[TurnResult]) -> list[list[float]]:
     """One ``CALL_FIELDS`` row per request, in (session, turn) order."""
-    rows = [
-        [r.session, r.turn, len(r.input_ids), r.cached_tokens, round(r.ttft_s, 6)] for r in results
-    ]
-    return sorted(rows)
+    return sorted(
+        call_row(r.session, r.turn, len(r.input_ids), r.cached_tokens, r.ttft_s) for r in results
+    )
 
 
 def summarize_stages(stages: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:

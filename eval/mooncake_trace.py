@@ -11,7 +11,6 @@ length caps); every result records it. ``python -m eval.mooncake_trace --set NAM
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import random
 import threading
@@ -20,8 +19,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
+from eval.common import open_text
 from eval.workloads import TurnResult, generate_streaming
 
 BLOCK_TOKENS = 512
@@ -80,13 +79,9 @@ def block_tokens(hash_id: int, vocab: tuple[int, int], seed: int) -> list[int]:
     return [rng.randrange(*vocab) for _ in range(BLOCK_TOKENS)]
 
 
-def _open_text(path: Path, mode: str = "rt") -> IO[str]:
-    return gzip.open(path, mode) if path.suffix == ".gz" else path.open(mode)
-
-
 def trace_lines(path: Path) -> Iterator[dict]:
     """The trace's records; a ``.gz`` file is decompressed."""
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for line in f:
             if line.strip():
                 yield json.loads(line)
@@ -122,7 +117,7 @@ def write_cut(cut: TraceCut, dest: Path, path: Path | None = None) -> int:
     same ``time_scale``, caps, ``vocab`` and ``seed`` and no sampling, it sends the same
     requests. Returns how many lines it wrote."""
     written = 0
-    with _open_text(dest, "wt") as out:
+    with open_text(dest, "wt") as out:
         for _, line in taken_lines(cut, path):
             out.write(json.dumps(line, separators=(",", ":")) + "\n")
             written += 1

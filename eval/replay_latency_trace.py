@@ -13,7 +13,6 @@ would get.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -23,13 +22,12 @@ from asymcache_sglang.core.config import AsymCacheConfig
 from asymcache_sglang.core.latency_fit import BatchFeatures
 from asymcache_sglang.core.latency_score import HeldOutScore
 from asymcache_sglang.latency_runtime import LatencyRuntime
-from eval.common import git_commit
+from eval.common import git_commit, open_text
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
     """The trace's records; ``.gz`` files are decompressed."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as lines:
+    with open_text(path) as lines:
         return [json.loads(line) for line in lines if line.strip()]
 
 

@@ -317,7 +317,7 @@ def _workload_sweeps(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def merge(paths: Sequence[Path], dest: Path) -> dict[str, Any]:
     """Sweeps from one card (runs of ``eval.sweep``, or files this wrote) joined per workload,
-    the latest run of each (configuration, pool) kept; with each bounded pool's standing of
+    the latest run of each (configuration, pool, seed) kept; with each bounded pool's standing of
     AsymCache against the best stock policy. Writes ``dest`` and, beside it,
     ``<stem>_<workload>.png`` and ``<stem>_<workload>_cdf.png``. Written compact (gzipped for a
     ``.gz`` name): it is tracked."""

@@ -28,7 +28,7 @@ from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
 
 from asymcache_sglang.core.cost import CostModel
 from asymcache_sglang.core.hit_density import HitDensity, HitDensityConfig
-from asymcache_sglang.core.tree import CacheNode, HoleAwareTree
+from asymcache_sglang.core.tree import CacheNode, HoleAwareTree, InsertOutcome
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from eval.sim.oracle import NextUseHoleAwareTree, node_start
 
@@ -137,6 +137,8 @@ class ClassHitDensityTree(HoleAwareTree):
 
     def reset(self) -> None:
         super().reset()
+        # The last node of the latest insert: where a finished request's path ends.
+        self.last_inserted: CacheNode | None = None
         self.idle_since: dict[int, float] = {}
         self.reuses: dict[int, int] = {}
         self.densities = [HitDensity(self.density_config) for _ in range(REUSE_CLASSES)]
@@ -155,6 +157,11 @@ class ClassHitDensityTree(HoleAwareTree):
         if since is not None:
             self.densities[self._class(node)].observe_hit(now - since, len(node.key))
             self.reuses[node.node_id] = self.reuses.get(node.node_id, 0) + 1
+
+    def insert(self, *args: Any, **kwargs: Any) -> InsertOutcome:
+        outcome = super().insert(*args, **kwargs)
+        self.last_inserted = outcome.last_node
+        return outcome
 
     def _split(self, node: CacheNode, n: int, namespace: Hashable | None) -> CacheNode:
         upper = super()._split(node, n, namespace)
@@ -228,10 +235,11 @@ class ClassHitDensityRadixCache(HoleAwareRadixCache):
     def cache_finished_req(
         self, req: Any, is_insert: bool = True, *, kv_len_to_handle: int
     ) -> None:
+        self.tree.last_inserted = None
         super().cache_finished_req(req, is_insert, kv_len_to_handle=kv_len_to_handle)
         # What the request added past its locked path was never locked: idle from now on.
-        now = self.tree.clock()
-        ids = array("q", (req.origin_input_ids + req.output_ids)[:kv_len_to_handle])
-        for node in self.tree.match(ids[: len(ids) - len(ids) % self.page_size], req.extra_key):
+        now, node = self.tree.clock(), self.tree.last_inserted
+        while node is not None and node is not self.tree.root:
             if node.lock_ref == 0 and node.value is not None:
                 self.tree.went_idle(node, now)
+            node = node.parent

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from asymcache_sglang.core.latency_fit import BatchFeatures
+from eval.common import open_text
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,7 @@ class StepModel:
 
 def trace_rows(path: Path) -> Iterator[dict[str, float]]:
     """The rows of an AsymCache latency trace (``.jsonl[.gz]``)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
+    with open_text(path) as f:
         yield from map(json.loads, f)
 
 

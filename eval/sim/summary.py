@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eval.common import CALL_FIELDS, seconds_fields, summarize_stages
+from eval.common import CALL_FIELDS, call_row, seconds_fields, summarize_stages
 from eval.sim.engine import SimResult
 
 
@@ -28,13 +28,13 @@ def summarize(result: SimResult, jobs: bool) -> dict[str, Any]:
         "ttft_samples_s": sorted(round(r.ttft_s, 6) for r in records),
         # eval.bench's CALL_FIELDS rows: the calls of a measured run line up with these.
         "calls": sorted(
-            [
+            call_row(
                 r.session,
                 r.call,
                 r.prompt_tokens,
                 r.prompt_tokens - min(r.computed_prompt_tokens, r.prompt_tokens),
-                round(r.ttft_s, 6),
-            ]
+                r.ttft_s,
+            )
             for r in records
         ),
         **(seconds_fields("tpot", tpots) if tpots else {}),
