@@ -14,7 +14,7 @@ import pytest
 
 from asymcache_sglang.core.cost import StaticCostModel, eviction_key
 from asymcache_sglang.core.reuse import ReuseEstimator
-from asymcache_sglang.core.tree import HoleAwareTree, covered_tokens
+from asymcache_sglang.core.tree import HoleAwareTree, _common_prefix_len, covered_tokens
 
 
 class FakeClock:
@@ -936,3 +936,16 @@ def test_covered_tokens_counts_the_overlap_of_two_range_sets():
     assert covered_tokens([(0, 10)], [(0, 10)]) == 10
     assert covered_tokens([(0, 10), (20, 30)], [(5, 25)]) == 10
     assert covered_tokens([(0, 4)], [(4, 8)]) == 0
+
+
+def test_common_prefix_len_matches_a_token_by_token_scan() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        a = toks(rng.randrange(3) for _ in range(rng.randint(0, 40)))
+        b = toks(rng.randrange(3) for _ in range(rng.randint(0, 8))) + a[: rng.randint(0, len(a))]
+        b += toks(rng.randrange(3) for _ in range(rng.randint(0, 8)))
+        start = rng.randint(0, len(b))
+        n = min(len(a), len(b) - start)
+        same = next((i for i in range(n) if a[i] != b[start + i]), n)
+        for page_size in (1, 4, 16):
+            assert _common_prefix_len(a, b, start, page_size) == same - same % page_size

@@ -165,10 +165,16 @@ def _common_prefix_len(a: array, b: array, b_start: int, page_size: int) -> int:
     n = min(len(a), len(b) - b_start)
     if a[:n] == b[b_start : b_start + n]:
         return n - n % page_size
-    i = 0
-    while i < n and a[i] == b[b_start + i]:
-        i += 1
-    return i - i % page_size
+    # Bisect on slice compares (C loops): a long match ending inside a node costs O(log n)
+    # Python steps, not one per token. Invariant: a[:lo] matches, a[:hi] does not.
+    lo, hi = 0, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[b_start + lo : b_start + mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo - lo % page_size
 
 
 def _runs(spans: Iterable[tuple[bool, int, int, list[CacheNode]]]) -> list[list[Any]]:
