@@ -37,7 +37,13 @@ from typing import Any
 import requests
 
 from eval.agent_workload import AgentPrograms, run_agent_programs, summarize_jobs
-from eval.common import asymcache_counters, call_rows, result_header, summarize_requests
+from eval.common import (
+    asymcache_counters,
+    call_rows,
+    counters_since,
+    result_header,
+    summarize_requests,
+)
 from eval.mooncake_trace import TraceCut, load_trace, replay
 from eval.workloads import LongMultiTurn, TurnResult, generate_streaming, run_long_multi_turn
 
@@ -150,6 +156,7 @@ def run_bench(url: str, name: str, overrides: Sequence[str] = ()) -> dict[str, A
     workload = WORKLOADS[name]
     settings = workload.settings(**parse_overrides(workload.settings, overrides))
     server = server_settings(url)
+    counters_before = asymcache_counters(url)
     start = time.perf_counter()
     metrics = workload.run(url, settings)
     duration_s = time.perf_counter() - start
@@ -164,7 +171,7 @@ def run_bench(url: str, name: str, overrides: Sequence[str] = ()) -> dict[str, A
             # Prefill throughput: the prompt tokens the server computed, over the run.
             "computed_prompt_tokens_per_s": metrics["computed_prompt_tokens"] / duration_s,
         },
-        "asymcache": asymcache_counters(url),
+        "asymcache": counters_since(counters_before, asymcache_counters(url)),
     }
 
 

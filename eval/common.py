@@ -217,6 +217,22 @@ def asymcache_counters(url: str) -> dict:
     return asymcache_state(url, "asymcache")
 
 
+# Counters that are a state, not a running total: a run reports them as at its end.
+GAUGE_COUNTERS = frozenset(
+    {"resident_tokens", "hole_tokens", "programs_in", "programs_waiting", "return_gaps",
+     "longest_plan_chunks"}
+)  # fmt: skip
+
+
+def counters_since(before: dict, after: dict) -> dict:
+    """AsymCache's counters over a run: totals as the difference, gauges as at the end.
+
+    A flush replaces the tree (its counters restart) but not the plan and chunk totals, so runs
+    on one server (``eval.sweep --seeds``) each take ``before`` after their flush.
+    """
+    return {k: v if k in GAUGE_COUNTERS else v - before.get(k, 0) for k, v in after.items()}
+
+
 def asymcache_latency(url: str) -> dict:
     """The latency model's state and last chunk decision (empty without AsymCache)."""
     return asymcache_state(url, "asymcache_latency")

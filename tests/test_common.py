@@ -7,6 +7,7 @@ import statistics
 import pytest
 
 from eval.common import (
+    counters_since,
     percentile,
     result_header,
     seconds_fields,
@@ -88,3 +89,14 @@ def test_stage_summary_needs_every_request_to_carry_stages():
     assert summary["queued"]["mean"] == pytest.approx(0.02)
     assert summary["to_server"]["p90"] == 0.003
     assert "ttft_stages" not in summarize_requests([turn(one), turn(None)])
+
+
+def test_counters_since_subtracts_totals_and_keeps_gauges():
+    before = {"plans": 3, "evicted_tokens": 10, "resident_tokens": 500, "programs_waiting": 2}
+    after = {"plans": 5, "evicted_tokens": 14, "resident_tokens": 120, "programs_waiting": 1,
+             "fallback_plans": 1}  # fmt: skip
+    assert counters_since({}, after) == after
+    assert counters_since(before, after) == {
+        "plans": 2, "evicted_tokens": 4, "resident_tokens": 120, "programs_waiting": 1,
+        "fallback_plans": 1,
+    }  # fmt: skip

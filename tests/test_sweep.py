@@ -50,6 +50,8 @@ def test_sweep_two_configurations_two_pools_two_seeds_on_the_cpu(tiny_model, tmp
             run["metrics"]["itl_p99_s"] > 0 and run["metrics"]["computed_prompt_tokens_per_s"] > 0
         )
         assert bool(run["asymcache"]) == (config == "asymcache")
+        if config == "asymcache":  # this run's counters, not the server's totals since start
+            assert run["asymcache"]["cached_tokens"] == run["metrics"]["cached_tokens"]
         assert json.loads((tmp_path / f"{config}_{pool}_seed{seed}.json").read_text()) == (
             json.loads(json.dumps(run))
         )
