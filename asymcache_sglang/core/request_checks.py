@@ -11,13 +11,16 @@ import operator
 from array import array
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def token_ids_error(input_ids: Sequence[object], vocab_size: int) -> str | None:
     """Why ``input_ids`` cannot be served by a model of ``vocab_size`` tokens, or None."""
     try:
-        # C speed for the usual case: all ints, checked by their smallest and largest.
-        ids = array("q", input_ids)
-        if not ids or (min(ids) >= 0 and max(ids) < vocab_size):
+        # C speed for the usual case: all ints, checked by their smallest and largest (numpy's
+        # min and max: the builtins would box every element, 3x the conversion itself).
+        ids = np.frombuffer(array("q", input_ids), dtype=np.int64)
+        if not len(ids) or (ids.min() >= 0 and ids.max() < vocab_size):
             return None
     except TypeError:
         index, bad = next((i, t) for i, t in enumerate(input_ids) if not _is_integer(t))
