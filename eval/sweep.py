@@ -66,6 +66,9 @@ CONFIGURATIONS = {
     "asymcache-no-holes": ["--enable-asymcache", "--asymcache-max-holes", "0"],
     # The cost key without the programs' holds.
     "asymcache-no-holds": ["--enable-asymcache", "--asymcache-holds", "off"],
+    # SGLang's cache-aware admission (longest prefix match first), a stock user's other lever.
+    "lru+lpm": ["--radix-eviction-policy", "lru", "--schedule-policy", "lpm"],
+    "asymcache+lpm": ["--enable-asymcache", "--schedule-policy", "lpm"],
 }
 UNLIMITED = "unlimited"
 

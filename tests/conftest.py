@@ -90,6 +90,13 @@ def mixed_chunk_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLang
         yield server
 
 
+@pytest.fixture(scope="module")
+def lpm_server(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangServer]:
+    log_path = artifacts_dir / "asymcache-lpm-server.log"
+    with cpu_asymcache_server(tiny_model, log_path, "--schedule-policy", "lpm") as server:
+        yield server
+
+
 # Smaller than most hole plans of the e2e workload, so plans are carried over several chunks.
 SMALL_CHUNK_TOKENS = 64
 # Holds about four of the longer sessions of that test: a returning session finds its path

@@ -135,3 +135,23 @@ def test_hole_plans_carried_over_chunks_are_exact(small_chunk_server, no_cache_s
         assert dlogprobs and summary["max_dlogprob"] <= LOGPROB_TOL
     assert not mismatched, f"outputs differ for (session, turn) {mismatched}"
     assert server_health(server) == HEALTHY
+
+
+def test_holes_under_lpm_admission_are_exact(lpm_server, no_cache_server):
+    """--schedule-policy lpm: SGLang matches every waiting request each pass and sorts the queue
+    by its contiguous match; plans still run and stay exact."""
+    before = asymcache_counters(lpm_server.url)
+    workload = mixed_chunk_workload(0)
+    ours = run_concurrent_sessions(lpm_server.url, workload)
+    time.sleep(3)
+    after = asymcache_counters(lpm_server.url)
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    ref = [
+        generate_streaming(no_cache_server.url, r.input_ids, workload.max_new_tokens) for r in ours
+    ]
+    mismatched = [(a.session, a.turn) for a, b in zip(ours, ref) if a.output_ids != b.output_ids]
+    print(json.dumps({"counters": delta, "mismatched": mismatched}, indent=2))
+    assert len(ours) == workload.num_sessions * workload.turns
+    assert delta["plans"] > 0 and delta["planned_holes_adopted"] > 0, delta
+    assert not mismatched, f"outputs differ for (session, turn) {mismatched}"
+    assert server_health(lpm_server) == HEALTHY

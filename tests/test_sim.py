@@ -29,6 +29,7 @@ from eval.sim.engine import (
     EngineConfig,
     cached_slots,
     held_slots,
+    is_configuration,
     simulate,
     unhooked,
 )
@@ -66,7 +67,9 @@ def step() -> StepModel:
 
 
 def test_the_simulator_runs_what_the_gpu_sweep_runs():
-    assert set(CACHES) == set(CONFIGURATIONS)
+    assert set(CACHES) <= set(CONFIGURATIONS)
+    assert all(is_configuration(c) for c in CONFIGURATIONS)
+    assert not is_configuration("lru+dfs-weight") and not is_configuration("fifo")
 
 
 @pytest.mark.parametrize("cache", [*CACHES, *SIM_ONLY])
@@ -513,3 +516,28 @@ def test_the_class_hit_density_tree_learns_hits_and_evictions_by_reuse_class(ste
     assert sum(tree.densities[0].hits) > 0 and never > sum(tree.densities[0].hits)
     assert once > 0 and max(tree.reuses.values()) >= 2
     assert tree.density_victims > 0
+
+
+@pytest.mark.parametrize("cache", ["lru", "asymcache"])
+def test_lpm_admits_the_request_with_the_longer_cached_prefix_first(step, cache):
+    """SGLang's own SchedulePolicy orders the queue: under lpm a later request whose prompt is
+    cached goes before an earlier one that is not; under FCFS the earlier one goes first."""
+    cached = list(range(1000, 4000))
+    scripts = [
+        Script(0, 0.0, cached, [Call(1, [], None)]),
+        # Both wait behind session 0's step; each alone fills the 3,000-token chunk or nearly.
+        Script(1, 0.001, list(range(5000, 8000)), [Call(1, [], None)]),
+        Script(2, 0.002, [*cached, *range(9000, 9100)], [Call(1, [], None)]),
+    ]
+    first_token = {}
+    for policy in ("fcfs", "lpm"):
+        config = EngineConfig(
+            pool_tokens=20_000, cache=cache, chunk_tokens=3000, schedule_policy=policy
+        )
+        records = simulate(scripts, config, step).records
+        first_token[policy] = [r.first_token_s for r in records]
+        assert [r.computed_prompt_tokens for r in records] == [3000, 3000, 100]
+    assert first_token["fcfs"][1] < first_token["fcfs"][2]
+    assert first_token["lpm"][2] < first_token["lpm"][1]
+    with pytest.raises(ValueError, match="schedule_policy"):
+        EngineConfig(pool_tokens=1000, schedule_policy="dfs-weight")

@@ -44,7 +44,15 @@ from eval.agent_workload import AgentPrograms
 from eval.bench import parse_overrides
 from eval.common import STOCK_POLICIES, read_json, result_header
 from eval.mooncake_trace import TraceCut
-from eval.sim.engine import CACHES, ORACLE, SIM_ONLY, EngineConfig, simulate
+from eval.sim.engine import (
+    CACHES,
+    ORACLE,
+    SIM_ONLY,
+    EngineConfig,
+    is_configuration,
+    simulate,
+    split_configuration,
+)
 from eval.sim.scripts import (
     Client,
     RoundRobinClient,
@@ -103,8 +111,12 @@ def simulate_run(
     step: StepModel,
     path: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    cache, schedule_policy = split_configuration(config)
     engine_config = EngineConfig(
-        pool_tokens=UNLIMITED_POOL_TOKENS if pool is None else pool, cache=config, **(path or {})
+        pool_tokens=UNLIMITED_POOL_TOKENS if pool is None else pool,
+        cache=cache,
+        schedule_policy=schedule_policy,
+        **(path or {}),
     )
     client = SIM_WORKLOADS[workload][1](settings)
     result = simulate(client, engine_config, step)
@@ -125,7 +137,9 @@ def run_sweep(
     pools: Sequence[int | None],
     trace: Path,
 ) -> dict[str, Any]:
-    if workload not in ORACLE_WORKLOADS and ORACLE in configs:
+    if workload not in ORACLE_WORKLOADS and any(
+        split_configuration(c)[0] == ORACLE for c in configs
+    ):
         raise ValueError(f"the oracle needs sessions whose next call is scheduled: {workload}")
     settings_type = SIM_WORKLOADS[workload][0]
     settings = settings_type(**parse_overrides(settings_type, overrides))
@@ -440,9 +454,12 @@ def main() -> None:
         print(json.dumps(result["points"], indent=2), f"\nmax_rel_err {result['max_rel_err']:.3f}")
         return
     configs = args.configs.split(",")
-    unknown = [c for c in configs if c not in (*CACHES, *SIM_ONLY)]
+    unknown = [c for c in configs if not is_configuration(c)]
     if unknown:
-        parser.error(f"unknown configurations {unknown}; known: {[*CACHES, *SIM_ONLY]}")
+        parser.error(
+            f"unknown configurations {unknown}; known: {[*CACHES, *SIM_ONLY]}, each also as "
+            "<configuration>+lpm (SGLang's --schedule-policy lpm)"
+        )
     if args.command == "seeds":
         try:
             result = seed_sweep(

@@ -4,7 +4,8 @@ Per iteration, as ``Scheduler.event_loop_overlap`` with mixed chunks off: the ar
 scheduler had received when the previous step started join the waiting queue (it forms a batch
 while the one before runs on the GPU; with ``overlap_schedule`` off, every arrival so far);
 SGLang's ``PrefillAdder`` (through AsymCache's admission hooks, which pass through for a stock
-cache) builds a prefill batch from the chunked request and then the queue in FCFS order; if it
+cache) builds a prefill batch from the chunked request and then the queue in the order SGLang's
+``SchedulePolicy`` gives it (FCFS, or longest prefix match first with lpm); if it
 built one, that batch runs, else the running batch decodes one token, retracting requests as
 ``ScheduleBatch.retract_decode`` does when the pool cannot hold the next tokens. Slots come from
 SGLang's own allocator through ``alloc_token_slots``, which evicts from the cache; requests enter
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
-from sglang.srt.managers.schedule_policy import AddReqResult, PrefillAdder
+from sglang.srt.managers.schedule_policy import AddReqResult, PrefillAdder, SchedulePolicy
 from sglang.srt.managers.scheduler_components.new_token_ratio_tracker import (
     NewTokenRatioTracker,
 )
@@ -102,6 +103,21 @@ ASYMCACHE_LEARNED = "asymcache-learned"
 # reuse class (``eval.sim.learned.ClassHitDensityRadixCache``).
 ASYMCACHE_LHD = "asymcache-lhd"
 SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY, *HOLE_AWARE_NEXT_USE, ASYMCACHE_LEARNED, ASYMCACHE_LHD)
+# SGLang's --schedule-policy values the simulator runs (its own SchedulePolicy orders the queue);
+# a configuration ``<cache>+lpm`` is that cache under longest-prefix-match admission.
+SCHEDULE_POLICIES = ("fcfs", "lpm")
+
+
+def split_configuration(name: str) -> tuple[str, str]:
+    """``<cache>[+<schedule policy>]`` as (cache, schedule policy)."""
+    cache, _, policy = name.partition("+")
+    return cache, policy or "fcfs"
+
+
+def is_configuration(name: str) -> bool:
+    """Whether the simulator runs configuration ``name``."""
+    cache, policy = split_configuration(name)
+    return cache in (*CACHES, *SIM_ONLY) and policy in SCHEDULE_POLICIES
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,8 @@ class EngineConfig:
 
     pool_tokens: int
     cache: str = "lru"
+    # SGLang's --schedule-policy: fcfs (its default) or lpm.
+    schedule_policy: str = "fcfs"
     chunk_tokens: int = 8192
     max_prefill_tokens: int = 16384
     max_running_requests: int = 256
@@ -126,6 +144,10 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.cache not in (*CACHES, *SIM_ONLY):
             raise ValueError(f"cache must be one of {(*CACHES, *SIM_ONLY)}, got {self.cache!r}")
+        if self.schedule_policy not in SCHEDULE_POLICIES:
+            raise ValueError(
+                f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}"
+            )
         if self.pool_tokens < 1 or self.chunk_tokens < 1:
             raise ValueError(f"need pool_tokens and chunk_tokens >= 1: {self}")
 
@@ -210,6 +232,8 @@ class Engine:
             config.max_running_requests + 1, config.max_context_tokens, "cpu", False
         )
         self.cache = self._make_cache()
+        # SGLang's own: with lpm it matches every waiting request and sorts the queue each pass.
+        self.policy = SchedulePolicy(config.schedule_policy, self.cache, False, False, False)
         self.ratio = NewTokenRatioTracker.from_server_args(self.server_args)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
@@ -388,9 +412,10 @@ class Engine:
         return SimResult(records, dict(self.steps), counters)
 
     def _prefill_batch(self) -> list[Req]:
-        """``Scheduler._get_new_batch_prefill_raw`` for FCFS, without LoRA, grammars or HiCache."""
+        """``Scheduler._get_new_batch_prefill_raw`` without LoRA, grammars or HiCache."""
         if (self.batch_full or not self.waiting) and self.chunked is None:
             return []
+        self.policy.calc_priority(self.waiting)
         adder = PrefillAdder(
             1,
             self.cache,
