@@ -2,7 +2,8 @@
 
 One per scheduler, built by the plugin's cache factory. ``observe_forward`` takes every timed
 forward; decisions (the eviction cost and ``choose_chunk``) read a published ``LatencyView``:
-with TP 1 every update publishes one, with TP > 1 ``sync`` publishes TP rank 0's on every rank.
+with TP 1 every update publishes one, with TP > 1 ``TpAgreement`` publishes TP rank 0's on every
+rank.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,8 +31,6 @@ from asymcache_sglang.metrics import LatencyMetrics
 logger = logging.getLogger(__name__)
 # How often the latency model's coefficients and fit quality go to the log.
 LOG_EVERY_FORWARDS = 500
-# With TP > 1, scheduling passes between broadcasts of rank 0's latency fit.
-LATENCY_SYNC_EVERY = 16
 # Gauges are cheap to set, the fit's state a little less so: refresh them every few forwards.
 METRICS_EVERY_FORWARDS = 20
 
@@ -78,7 +77,6 @@ class LatencyRuntime:
         self.counters = ChunkCounters()
         self.last_chunk: int | None = None
         self.metrics = LatencyMetrics() if config.enable_metrics else None
-        self._syncs = 0
         self._trace = None
         if config.latency_trace_path:
             self._trace = open(config.latency_trace_path, "a", buffering=1)  # noqa: SIM115
@@ -110,19 +108,13 @@ class LatencyRuntime:
         if self.metrics is not None and n % METRICS_EVERY_FORWARDS == 0:
             self.metrics.observe_model(self.model.state())
         if self.config.tp_size == 1:
-            self.cost.view = self._local_view()
+            self.cost.view = self.local_view()
         if n % LOG_EVERY_FORWARDS == 0:
             logger.info("AsymCache latency model: %s", self.snapshot().as_json())
 
-    def sync(self, broadcast: Callable[[LatencyView], LatencyView]) -> None:
-        """TP > 1, at a scheduling point every rank reaches in the same order: publish rank 0's fit.
-
-        ``broadcast`` sends its argument from rank 0 and returns rank 0's on every rank. Runs once
-        per ``LATENCY_SYNC_EVERY`` calls, a count every rank shares.
-        """
-        if self._syncs % LATENCY_SYNC_EVERY == 0:
-            self.cost.view = broadcast(self._local_view())
-        self._syncs += 1
+    def publish(self, view: LatencyView) -> None:
+        """With TP > 1: the view decisions read from now on (TP rank 0's, ``TpAgreement``)."""
+        self.cost.view = view
 
     def choose_chunk(
         self, *, prefix_len: int, decode_seq_lens: Sequence[int], max_chunk: int, page_size: int
@@ -165,5 +157,6 @@ class LatencyRuntime:
             last_chunk=self.last_chunk,
         )
 
-    def _local_view(self) -> LatencyView:
+    def local_view(self) -> LatencyView:
+        """This rank's own fit, as a view."""
         return LatencyView.of(self.model, self.decode_steps, self.extend_model)

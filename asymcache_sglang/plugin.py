@@ -42,9 +42,11 @@ def make_asymcache_tree(ctx: Any) -> Any:
     state the model-side hooks read (``handoff`` step 0)."""
     from asymcache_sglang import handoff
     from asymcache_sglang.core.config import AsymCacheConfig
+    from asymcache_sglang.core.pass_clock import PassClock
     from asymcache_sglang.forward_timer import ForwardTimer
     from asymcache_sglang.latency_runtime import LatencyRuntime
     from asymcache_sglang.radix_cache import HoleAwareRadixCache
+    from asymcache_sglang.tp_agreement import TpAgreement
 
     if not getattr(ctx.server_args, "enable_asymcache", False):
         raise ValueError("--radix-cache-backend asymcache needs --enable-asymcache")
@@ -57,7 +59,8 @@ def make_asymcache_tree(ctx: Any) -> Any:
     handoff.attach_forward_timer(model_runner, ForwardTimer(latency.observe_forward, use_cuda))
     msa_impl = msa_impl_for(config.msa_impl, model_runner.model_config.hf_config)
     handoff.attach_forward_plan(model_runner.attn_backend, handoff.ForwardPlan(msa_impl))
-    return HoleAwareRadixCache(ctx.params, config, latency)
+    agreement = TpAgreement(latency, PassClock()) if config.tp_size > 1 else None
+    return HoleAwareRadixCache(ctx.params, config, latency, agreement)
 
 
 def msa_impl_for(configured: str | None, hf_config: Any) -> str | None:

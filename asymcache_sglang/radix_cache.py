@@ -43,6 +43,7 @@ from asymcache_sglang.core.tree import (
     owned_ranges,
 )
 from asymcache_sglang.latency_runtime import LatencyRuntime
+from asymcache_sglang.tp_agreement import TpAgreement
 
 
 @dataclass
@@ -86,12 +87,19 @@ class HoleAwareRadixCache(RadixCache):
     tree_class: type[HoleAwareTree] = HoleAwareTree
 
     def __init__(
-        self, params: CacheInitParams, config: AsymCacheConfig, latency: LatencyRuntime
+        self,
+        params: CacheInitParams,
+        config: AsymCacheConfig,
+        latency: LatencyRuntime,
+        tp_agreement: TpAgreement | None = None,
     ) -> None:
         self.config = config
         self.counters = PlanCounters()
         # Outlives reset(): it models the kernels, not what is cached. Its cost keys eviction.
         self.latency = latency
+        # TP > 1: the latency view and clock every rank agrees on; the tree reads that clock.
+        self.tp_agreement = tp_agreement
+        self.clock = time.monotonic if tp_agreement is None else tp_agreement.clock.now
         # Outlives reset() too: it learns the clients. None: no holds (--asymcache-holds off).
         self.programs = ProgramTracker(lambda: self.tree.clock()) if config.holds == "on" else None
         super().__init__(params)
@@ -104,6 +112,7 @@ class HoleAwareRadixCache(RadixCache):
             self.config.reuse_estimator(),
             max_holes=self.config.max_holes,
             min_retained_tokens=self.config.min_retained_tokens,
+            clock=self.clock,
             returns=self.programs,
             page_size=self.page_size,
         )

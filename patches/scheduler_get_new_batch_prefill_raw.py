@@ -3,8 +3,8 @@
 With ``--asymcache-chunking adaptive`` each scheduling pass sets the prefill chunk size from the
 online latency model (within the TPOT budget when running decodes share the forward, else the
 throughput knee), then restores the launch-time ``chunked_prefill_size``, the upper bound.
-With TP > 1 it first publishes TP rank 0's latency fit on every rank (``LatencyRuntime.sync``), so
-eviction costs and chunks agree across ranks.
+With TP > 1 it first counts the pass and, every few passes, publishes TP rank 0's latency fit and
+clock on every rank (``TpAgreement.on_pass``), so eviction and chunks agree across ranks.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ def hook(
     if cache is None:
         return original(scheduler, prefill_delayer_single_pass, running_batch)
     latency = cache.latency
-    if cache.config.tp_size > 1:
+    if cache.tp_agreement is not None:
         # Every rank calls this in the same order (SGLang keeps their scheduling identical).
-        latency.sync(lambda view: broadcast_from_tp_rank0(scheduler, view))
+        cache.tp_agreement.on_pass(lambda state: broadcast_from_tp_rank0(scheduler, state))
     launch_chunk = scheduler.chunked_prefill_size
     if (
         cache.config.chunking != "adaptive"

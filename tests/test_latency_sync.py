@@ -12,9 +12,11 @@ from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 
 from asymcache_sglang.core.config import AsymCacheConfig
 from asymcache_sglang.core.latency_fit import BatchFeatures, LatencyView
+from asymcache_sglang.core.pass_clock import PassClock
 from asymcache_sglang.forward_timer import ForwardTimer
-from asymcache_sglang.latency_runtime import LATENCY_SYNC_EVERY, LatencyRuntime
+from asymcache_sglang.latency_runtime import LatencyRuntime
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
+from asymcache_sglang.tp_agreement import LATENCY_SYNC_EVERY, RankZeroState, TpAgreement
 
 TRUTH = (5e-3, 6e-5, 1e-9, 2e-5, 4e-8, 3e-3)
 
@@ -78,16 +80,17 @@ def test_tp_ranks_decide_from_rank0_fit_between_syncs():
     # Before any sync nothing is published: both fall back to the launch chunk and static costs.
     assert not rank0.view.ready and chunk(rank0) == chunk(rank1) == 8192
 
-    sent: list[LatencyView] = []
+    agreements = [TpAgreement(rank, PassClock()) for rank in (rank0, rank1)]
+    sent: list[RankZeroState] = []
 
-    def from_rank0(local: LatencyView) -> LatencyView:
+    def from_rank0(local: RankZeroState) -> RankZeroState:
         sent.append(local)
         return sent[0]
 
     for _ in range(LATENCY_SYNC_EVERY):
-        rank0.sync(from_rank0)
-        rank1.sync(from_rank0)
-        assert rank0.view == rank1.view == sent[0]
+        for agreement in agreements:
+            agreement.on_pass(from_rank0)
+        assert rank0.view == rank1.view == sent[0].view
         assert chunk(rank0) == chunk(rank1) < 8192
         for start, end in ((0, 64), (4000, 4064)):
             cost0 = rank0.cost.cost_per_token(start, end)
@@ -98,9 +101,9 @@ def test_tp_ranks_decide_from_rank0_fit_between_syncs():
     assert len(sent) == 2  # one broadcast per LATENCY_SYNC_EVERY passes, on each rank
     before = sent[0]
     sent.clear()
-    rank0.sync(from_rank0)
-    rank1.sync(from_rank0)
-    assert rank1.view == sent[0] != before
+    for agreement in agreements:
+        agreement.on_pass(from_rank0)
+    assert rank1.view == sent[0].view != before.view
     assert rank0.snapshot().published_ready is True
     assert rank0.snapshot().as_json()["published_ready"] is True
 
