@@ -18,6 +18,7 @@ from typing import Any
 from asymcache_sglang.core.chunk_policy import ChunkDecision, pick_chunk
 from asymcache_sglang.core.config import AsymCacheConfig
 from asymcache_sglang.core.cost import LatencyCostModel
+from asymcache_sglang.core.digest import digest_of
 from asymcache_sglang.core.latency_fit import (
     BatchFeatures,
     LatencyState,
@@ -45,6 +46,8 @@ class ChunkCounters:
     # The subset taken beside running decodes, under the TPOT budget.
     budget_chunk_decisions: int = 0
     budget_chunk_below_launch_size: int = 0
+    # The chunks chosen, in order: TP ranks must have the same.
+    chunks_digest: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ class LatencyRuntime:
         )
         below = decision.chunk < max_chunk
         self.counters.chunk_decisions += 1
+        self.counters.chunks_digest = digest_of(self.counters.chunks_digest, decision.chunk)
         self.counters.chunk_below_launch_size += below
         if decode_seq_lens and budget_s is not None:
             self.counters.budget_chunk_decisions += 1

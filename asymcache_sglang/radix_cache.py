@@ -9,6 +9,7 @@ partial last page is never inserted; it stays the request's until its last chunk
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Hashable, Sequence
@@ -45,6 +46,10 @@ from asymcache_sglang.core.tree import (
 from asymcache_sglang.latency_runtime import LatencyRuntime
 from asymcache_sglang.tp_agreement import TpAgreement
 
+logger = logging.getLogger(__name__)
+# How often the decision digests go to the log (TP ranks compare them there).
+DIGEST_LOG_EVERY_EVICTIONS = 1024
+
 
 @dataclass
 class PlanCounters:
@@ -78,6 +83,8 @@ class PlanCounters:
     planned_holes_adopted: int = 0
     planned_holes_refilled_first: int = 0
     planned_holes_discarded: int = 0
+    # The hole ranges of every plan run, in order: TP ranks must have the same.
+    plans_digest: int = 0
 
 
 class HoleAwareRadixCache(RadixCache):
@@ -100,6 +107,7 @@ class HoleAwareRadixCache(RadixCache):
         # TP > 1: the latency view and clock every rank agrees on; the tree reads that clock.
         self.tp_agreement = tp_agreement
         self.clock = time.monotonic if tp_agreement is None else tp_agreement.clock.now
+        self._evict_calls = 0
         # Outlives reset() too: it learns the clients. None: no holds (--asymcache-holds off).
         self.programs = ProgramTracker(lambda: self.tree.clock()) if config.holds == "on" else None
         super().__init__(params)
@@ -326,6 +334,17 @@ class HoleAwareRadixCache(RadixCache):
         self._free(freed)
         num = before - self.tree.evictable_size  # a tensor's len() per node costs more
         self.update_eviction_metrics(num, start)
+        self._evict_calls += 1
+        if self._evict_calls % DIGEST_LOG_EVERY_EVICTIONS == 0:
+            # Each TP rank logs its own: the lines of one count must match across ranks.
+            logger.info(
+                "AsymCache decisions after %d eviction calls: evicted nodes %08x, plans %08x, "
+                "chunks %08x",
+                self._evict_calls,
+                self.tree.stats.evicted_nodes_digest,
+                self.counters.plans_digest,
+                self.latency.counters.chunks_digest,
+            )
         return EvictResult(num_tokens_evicted=num)
 
     def inc_lock_ref(self, node: CacheNode) -> IncLockRefResult:

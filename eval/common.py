@@ -220,7 +220,7 @@ def asymcache_counters(url: str) -> dict:
 # Counters that are a state, not a running total: a run reports them as at its end.
 GAUGE_COUNTERS = frozenset(
     {"resident_tokens", "hole_tokens", "programs_in", "programs_waiting", "return_gaps",
-     "longest_plan_chunks"}
+     "longest_plan_chunks", "evicted_nodes_digest", "plans_digest", "chunks_digest"}
 )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from sglang.srt.plugins.hook_registry import HookType
 from sglang.srt.utils.common import flatten_arrays_to_pinned_cpu, is_pin_memory_available
 
 from asymcache_sglang import handoff
+from asymcache_sglang.core.digest import digest_of
 from asymcache_sglang.core.segments import check_segments
 from asymcache_sglang.msa import segment_positions
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
@@ -40,6 +41,9 @@ def fill_holes(cache: HoleAwareRadixCache, planned: list[tuple[Any, Any]]) -> No
             offset += e - s
     cache.counters.plans += len(planned)
     cache.counters.planned_hole_tokens += total
+    for _, plan in planned:
+        for s, e in plan.recompute:
+            cache.counters.plans_digest = digest_of(cache.counters.plans_digest, s, e)
     # A later chunk's plan starts with what the request's earlier chunks wrote: not reuse.
     cache.counters.retained_tokens += sum(
         plan.retained_tokens - req.already_computed for req, plan in planned

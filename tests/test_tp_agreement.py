@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from asymcache_sglang.core.config import AsymCacheConfig
 from asymcache_sglang.core.cost import StaticCostModel
+from asymcache_sglang.core.digest import digest_of
 from asymcache_sglang.core.pass_clock import ClockReading, PassClock
 from asymcache_sglang.core.programs import ProgramTracker
 from asymcache_sglang.core.reuse import ReuseEstimator
@@ -88,9 +89,9 @@ def rank_tree(clock: Callable[[], float]) -> tuple[HoleAwareTree, ProgramTracker
     return tree, programs
 
 
-def run_ranks(agreed: bool, seed: int = 3) -> list[list[tuple[int, ...]]]:
+def run_ranks(agreed: bool, seed: int = 3) -> tuple[list[list[tuple[int, ...]]], list[int]]:
     """Two ranks fed the same multi-turn sessions pass by pass, their walls apart by up to 30 ms
-    of jitter; what each rank evicted, call by call (freed slots)."""
+    of jitter; what each rank evicted, call by call (freed slots), and its evicted-node digest."""
     walls = [Wall(10, 0.0), Wall(11, 0.03)]
     pass_clocks = [PassClock(w) for w in walls]
     ranks = [rank_tree(c.now if agreed else w) for c, w in zip(pass_clocks, walls)]
@@ -123,19 +124,26 @@ def run_ranks(agreed: bool, seed: int = 3) -> list[list[tuple[int, ...]]]:
         step = rng.choice([0.01, 0.02, 0.3])
         for wall in walls:
             wall.true_s += step
-    return evicted
+    return evicted, [tree.stats.evicted_nodes_digest for tree, _ in ranks]
 
 
 def test_two_ranks_on_the_agreed_clock_evict_the_same_slots():
-    rank0, rank1 = run_ranks(agreed=True)
+    (rank0, rank1), digests = run_ranks(agreed=True)
     assert sum(map(len, rank0)) > 10_000  # pressure: much was evicted
     assert rank0 == rank1
+    assert digests[0] == digests[1] != 0
 
 
 def test_on_their_own_wall_clocks_the_same_ranks_part():
     """The case the agreement exists for: the same inputs, read at jittered wall times."""
-    rank0, rank1 = run_ranks(agreed=False)
+    (rank0, rank1), digests = run_ranks(agreed=False)
     assert rank0 != rank1
+    assert digests[0] != digests[1]
+
+
+def test_a_digest_follows_the_order_of_what_it_saw():
+    assert digest_of(0, 1, 2) == digest_of(digest_of(0, 1), 2) != digest_of(0, 2, 1)
+    assert digest_of(0, -1) != digest_of(0, 1)
 
 
 def test_on_pass_broadcasts_rank0s_view_and_clock_every_sync_period():

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from asymcache_sglang.core.cost import CostModel, eviction_key
+from asymcache_sglang.core.digest import digest_of
 from asymcache_sglang.core.reuse import ReuseEstimator
 
 Range = tuple[int, int]
@@ -158,6 +159,8 @@ class TreeStats:
     released_tokens: int = 0
     # Tokens that stayed resident because an eviction took only part of a longer node.
     split_kept_tokens: int = 0
+    # The nodes evicted, in order (ids and lengths): TP ranks must have the same.
+    evicted_nodes_digest: int = 0
 
 
 def _common_prefix_len(a: array, b: array, b_start: int, page_size: int) -> int:
@@ -764,6 +767,9 @@ class HoleAwareTree:
         value, n = node.value, len(node.key)
         self.evictable_size -= n
         self.stats.evicted_tokens += n
+        self.stats.evicted_nodes_digest = digest_of(
+            self.stats.evicted_nodes_digest, node.node_id, n
+        )
         if node.children:
             self.stats.interior_evicted_tokens += n
         node.value = None
