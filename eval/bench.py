@@ -18,7 +18,10 @@ Workloads, each seeded and recorded with every setting in the result:
 result holds the card, commit and date, the server's cache settings from /get_server_info, the
 workload's settings, TTFT / TPOT / hit-rate statistics, every call's (session, turn, prompt
 tokens, cached tokens, TTFT) row (``calls``: ``python -m eval.sim calls`` lines them up with a
-simulated run's), and AsymCache's counters when the server runs it.
+simulated run's), and AsymCache's counters when the server runs it. Pointed at an sglang-router
+(``eval.server.SGLangRouter``), it runs the workload through the router and adds each replica's
+share (``replicas``: its prompt and cached tokens from its /metrics, hit rate, AsymCache
+counters); the replicas need ``--enable-metrics``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from eval.common import (
     asymcache_counters,
     call_rows,
     counters_since,
+    prometheus_total,
     result_header,
     summarize_requests,
 )
@@ -151,16 +155,57 @@ def server_settings(url: str) -> dict[str, Any]:
     return {key: info.json().get(key) for key in SERVER_FIELDS}
 
 
+def router_workers(url: str) -> list[str] | None:
+    """The replicas behind ``url`` when it is an sglang-router (its /workers), else None."""
+    info = requests.get(f"{url}/get_server_info", timeout=60)
+    info.raise_for_status()
+    if not info.json().get("router_manager"):
+        return None
+    workers = requests.get(f"{url}/workers", timeout=60)
+    workers.raise_for_status()
+    return [worker["url"] for worker in workers.json()["workers"]]
+
+
+def replica_state(url: str) -> dict[str, Any]:
+    """What a replica has served so far: SGLang's prompt and cached token totals (its /metrics,
+    with --enable-metrics) and AsymCache's counters."""
+    return {
+        "prompt_tokens": prometheus_total(url, "sglang:prompt_tokens_total"),
+        "cached_tokens": prometheus_total(url, "sglang:cached_tokens_total"),
+        "asymcache": asymcache_counters(url),
+    }
+
+
+def replica_run(url: str, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One replica's part of a run behind a router: its tokens, hit rate and counters."""
+    prompt = after["prompt_tokens"] - before["prompt_tokens"]
+    cached = after["cached_tokens"] - before["cached_tokens"]
+    return {
+        "url": url,
+        "server": server_settings(url),
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "token_hit_rate": cached / prompt if prompt else None,
+        "asymcache": counters_since(before["asymcache"], after["asymcache"]),
+    }
+
+
 def run_bench(url: str, name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """One run of workload ``name`` against the server at ``url``: the result JSON's content."""
+    """One run of workload ``name`` against the server or sglang-router at ``url``: the result
+    JSON's content (behind a router, each replica's share under ``replicas``)."""
     workload = WORKLOADS[name]
     settings = workload.settings(**parse_overrides(workload.settings, overrides))
-    server = server_settings(url)
-    counters_before = asymcache_counters(url)
+    workers = router_workers(url)
+    if workers is None:
+        server = server_settings(url)
+        counters_before = asymcache_counters(url)
+    else:
+        server = {"router": url, "replicas": len(workers)}
+        replicas_before = {worker: replica_state(worker) for worker in workers}
     start = time.perf_counter()
     metrics = workload.run(url, settings)
     duration_s = time.perf_counter() - start
-    return {
+    result = {
         **result_header(),
         "url": url,
         "server": server,
@@ -171,8 +216,11 @@ def run_bench(url: str, name: str, overrides: Sequence[str] = ()) -> dict[str, A
             # Prefill throughput: the prompt tokens the server computed, over the run.
             "computed_prompt_tokens_per_s": metrics["computed_prompt_tokens"] / duration_s,
         },
-        "asymcache": counters_since(counters_before, asymcache_counters(url)),
     }
+    if workers is None:
+        return {**result, "asymcache": counters_since(counters_before, asymcache_counters(url))}
+    replicas = [replica_run(w, replicas_before[w], replica_state(w)) for w in workers]
+    return {**result, "replicas": replicas}
 
 
 def main() -> None:

@@ -233,6 +233,20 @@ def counters_since(before: dict, after: dict) -> dict:
     return {k: v if k in GAUGE_COUNTERS else v - before.get(k, 0) for k, v in after.items()}
 
 
+def prometheus_total(url: str, name: str) -> float:
+    """The sum of metric ``name``'s samples on the server's /metrics (over its labels)."""
+    text = requests.get(f"{url}/metrics", timeout=60)
+    text.raise_for_status()
+    samples = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.text.splitlines()
+        if line.startswith((f"{name}{{", f"{name} "))
+    ]
+    if not samples:
+        raise ValueError(f"{url}/metrics has no {name}: start the server with --enable-metrics")
+    return sum(samples)
+
+
 def asymcache_latency(url: str) -> dict:
     """The latency model's state and last chunk decision (empty without AsymCache)."""
     return asymcache_state(url, "asymcache_latency")

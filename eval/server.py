@@ -246,6 +246,46 @@ class SGLangServer:
         self.stop()
 
 
+class SGLangRouter(SGLangServer):
+    """`python -m sglang_router.launch_router` (sglang-router on PyPI) in front of ``workers``,
+    with its ``policy`` (cache-aware by default); healthy once every worker is registered."""
+
+    def __init__(
+        self,
+        workers: Sequence[str],
+        *,
+        policy: str = "cache_aware",
+        log_path: Path | None = None,
+        timeout_s: float = 120,
+    ) -> None:
+        # No model of its own: the workers serve theirs.
+        super().__init__(
+            "", extra_args=["--policy", policy], log_path=log_path, timeout_s=timeout_s
+        )
+        self.workers = list(workers)
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "sglang_router.launch_router",
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--worker-urls", *self.workers,
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def wait_healthy(self) -> None:
+        """The router answers /health_generate with one healthy worker; wait for them all."""
+        super().wait_healthy()
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            workers = requests.get(f"{self.url}/workers", timeout=30).json()["workers"]
+            if sum(w["is_healthy"] for w in workers) == len(self.workers):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"router at {self.url} registered {len(workers)} workers")
+
+
 def start_staggered(servers: Sequence[SGLangServer], stagger_s: float) -> None:
     """Start every server, each ``stagger_s`` after the one before (so their memory profiling
     does not overlap on one GPU); return when all are healthy, raise if one is not or if one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,7 +17,14 @@ if not torch.cuda.is_available():
     # precedes every import of the kernels (test modules and plugin alike).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from eval.server import REPO_ROOT, SGLangServer, cpu_env, cpu_server_args, stock_cpu_env
+from eval.server import (
+    REPO_ROOT,
+    SGLangRouter,
+    SGLangServer,
+    cpu_env,
+    cpu_server_args,
+    stock_cpu_env,
+)
 from eval.tiny_model import make_tiny_llama
 from eval.workloads import MultiTurnWorkload
 
@@ -149,3 +157,19 @@ def llama3_8b_geometry(tmp_path_factory: pytest.TempPathFactory) -> str:
         [sys.executable, str(make_model), str(dest), "--preset", "llama3-8b"], check=True
     )
     return str(dest)
+
+
+@pytest.fixture(scope="module")
+def routed_replicas(tiny_model: Path, artifacts_dir: Path) -> Iterator[SGLangRouter]:
+    """Two AsymCache CPU replicas behind sglang-router's cache-aware policy."""
+    with contextlib.ExitStack() as stack:
+        workers = [
+            stack.enter_context(
+                cpu_asymcache_server(
+                    tiny_model, artifacts_dir / f"replica-{i}.log", "--enable-metrics"
+                )
+            )
+            for i in range(2)
+        ]
+        router = SGLangRouter([w.url for w in workers], log_path=artifacts_dir / "router.log")
+        yield stack.enter_context(router)

@@ -15,6 +15,12 @@ from eval.mooncake_trace import TraceCut
 from eval.server import REPO_ROOT
 from eval.workloads import LongMultiTurn
 
+# Two groups of three prompts under a 200-token system prompt, for the tiny model's vocabulary.
+SHARED_PREFIX = [
+    "groups=2", "prompts_per_group=3", "system_prompt_tokens=200", "question_tokens=20",
+    "output_tokens=4", "max_in_flight=2", "vocab=10,500",
+]  # fmt: skip
+
 
 def test_overrides_are_typed_by_the_settings_defaults():
     got = parse_overrides(LongMultiTurn, ["sessions=3", "doc_tokens=100,200", "think_s=0.5,1"])
@@ -38,12 +44,7 @@ def test_shared_prefix_groups_share_within_a_group_only():
 
 def test_bench_runs_against_a_cpu_server(asymcache_server):
     requests.post(f"{asymcache_server.url}/flush_cache?timeout=30", timeout=60).raise_for_status()
-    result = run_bench(
-        asymcache_server.url,
-        "generated-shared-prefix",
-        ["groups=2", "prompts_per_group=3", "system_prompt_tokens=200", "question_tokens=20",
-         "output_tokens=4", "max_in_flight=2", "vocab=10,500"],
-    )  # fmt: skip
+    result = run_bench(asymcache_server.url, "generated-shared-prefix", SHARED_PREFIX)
     assert result["workload"]["name"] == "generated-shared-prefix"
     assert result["workload"]["groups"] == 2 and result["server"]["enable_asymcache"] is True
     metrics = result["metrics"]
@@ -77,3 +78,19 @@ def test_bench_cli_writes_the_agents_result(asymcache_server, tmp_path):
     result = json.loads(path.read_text())
     assert result["metrics"]["jobs"] == 2 and result["metrics"]["requests"] == 4
     assert result["metrics"]["jct_mean_s"] >= 0.05
+
+
+@pytest.mark.e2e
+def test_a_run_through_sglang_router_reports_each_replicas_share(routed_replicas):
+    result = run_bench(routed_replicas.url, "generated-shared-prefix", SHARED_PREFIX)
+    replicas = result["replicas"]
+    assert result["server"] == {"router": routed_replicas.url, "replicas": 2}
+    assert {r["url"] for r in replicas} == set(routed_replicas.workers)
+    metrics = result["metrics"]
+    assert metrics["requests"] == 6
+    # Every prompt token went to one replica or the other, cached ones included.
+    assert sum(r["prompt_tokens"] for r in replicas) == metrics["prompt_tokens"]
+    assert sum(r["cached_tokens"] for r in replicas) == metrics["cached_tokens"] > 0
+    for replica in replicas:
+        assert replica["server"]["enable_asymcache"] is True
+        assert "plans" in replica["asymcache"]
