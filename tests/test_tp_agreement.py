@@ -6,6 +6,9 @@ from __future__ import annotations
 import random
 from array import array
 from collections.abc import Callable
+from types import SimpleNamespace
+
+from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 
 from asymcache_sglang.core.config import AsymCacheConfig
 from asymcache_sglang.core.cost import StaticCostModel
@@ -15,6 +18,7 @@ from asymcache_sglang.core.programs import ProgramTracker
 from asymcache_sglang.core.reuse import ReuseEstimator
 from asymcache_sglang.core.tree import HoleAwareTree
 from asymcache_sglang.latency_runtime import LatencyRuntime
+from asymcache_sglang.radix_cache import HoleAwareRadixCache
 from asymcache_sglang.tp_agreement import LATENCY_SYNC_EVERY, RankZeroState, TpAgreement
 
 
@@ -164,3 +168,18 @@ def test_on_pass_broadcasts_rank0s_view_and_clock_every_sync_period():
             wall.true_s += 0.05
     assert len(sent) == 2 * 3  # one broadcast per rank per period
     assert agreements[1].latency.view == sent[-2].view
+
+
+def test_with_tp_the_cache_builds_its_tree_on_the_agreed_clock():
+    allocator = SimpleNamespace(device="cpu", page_size=1)
+    params = CacheInitParams(
+        disable=False, req_to_token_pool=None, token_to_kv_pool_allocator=allocator, page_size=1
+    )
+    config = AsymCacheConfig(tp_size=2)
+    latency = LatencyRuntime(config)
+    agreement = TpAgreement(latency, PassClock(Wall(0, 0.0)))
+    cache = HoleAwareRadixCache(params, config, latency, agreement)
+    agreement.clock.adopt(ClockReading(at_s=123.0, pass_s=0.5))
+    agreement.clock.tick()
+    cache.reset()  # a flush builds the tree again, on the same clock
+    assert cache.tree.clock() == agreement.clock.now() == 123.5
