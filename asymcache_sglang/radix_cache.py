@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -99,17 +99,22 @@ class HoleAwareRadixCache(RadixCache):
         config: AsymCacheConfig,
         latency: LatencyRuntime,
         tp_agreement: TpAgreement | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.counters = PlanCounters()
         # Outlives reset(): it models the kernels, not what is cached. Its cost keys eviction.
         self.latency = latency
-        # TP > 1: the latency view and clock every rank agrees on; the tree reads that clock.
+        # TP > 1: the latency view and clock every rank agrees on.
         self.tp_agreement = tp_agreement
-        self.clock = time.monotonic if tp_agreement is None else tp_agreement.clock.now
+        # What eviction keys and returns read: the agreed clock, a given one (the simulator's),
+        # else the host's.
+        if clock is None:
+            clock = time.monotonic if tp_agreement is None else tp_agreement.clock.now
+        self.clock = clock
         self._evict_calls = 0
         # Outlives reset() too: it learns the clients. None: no holds (--asymcache-holds off).
-        self.programs = ProgramTracker(lambda: self.tree.clock()) if config.holds == "on" else None
+        self.programs = ProgramTracker(clock) if config.holds == "on" else None
         super().__init__(params)
 
     # ----- lifecycle -----

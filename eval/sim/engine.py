@@ -288,17 +288,17 @@ class Engine:
             holds="off" if kind in ("asymcache-no-holds", *HOLE_AWARE_NEXT_USE) else "on",
             recompute_chunk_tokens=self.config.chunk_tokens,
         )
+        latency = LatencyRuntime(asym)
         if kind == ASYMCACHE_LEARNED:
-            cache = LearnedReturnRadixCache(params, asym, LatencyRuntime(asym))
+            cache = LearnedReturnRadixCache(params, asym, latency, self.clock)
         elif kind == ASYMCACHE_LHD:
-            cache = ClassHitDensityRadixCache(params, asym, LatencyRuntime(asym))
+            cache = ClassHitDensityRadixCache(params, asym, latency, clock=self.clock)
         elif kind in HOLE_AWARE_NEXT_USE:
-            cache = NextUseHoleAwareRadixCache(params, asym, LatencyRuntime(asym))
+            cache = NextUseHoleAwareRadixCache(params, asym, latency, clock=self.clock)
             next_use = self.next_use_in_s if kind == ASYMCACHE_ORACLE else self.held_next_use_in_s
             cache.tree.next_use_in_s = lambda program: next_use(self.program_sessions[program])
         else:
-            cache = HoleAwareRadixCache(params, asym, LatencyRuntime(asym))
-        cache.tree.clock = self.clock
+            cache = HoleAwareRadixCache(params, asym, latency, clock=self.clock)
         self._calibrate(cache.latency)
         return cache
 

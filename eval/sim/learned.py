@@ -113,8 +113,10 @@ class LearnedReturnRadixCache(HoleAwareRadixCache):
 
     tree_class = NextUseHoleAwareTree
 
-    def __init__(self, params: CacheInitParams, config: Any, latency: Any) -> None:
-        super().__init__(params, config, latency)
+    def __init__(
+        self, params: CacheInitParams, config: Any, latency: Any, clock: Callable[[], float]
+    ) -> None:
+        super().__init__(params, config, latency, clock=clock)
         assert self.programs is not None, "needs --asymcache-holds on"
         self.tree.next_use_in_s = self.programs.next_use_in_s
 
