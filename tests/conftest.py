@@ -68,6 +68,14 @@ def cpu_asymcache_server(
     return SGLangServer(model, extra_args=args, env=env, log_path=log_path, timeout_s=420)
 
 
+# eval.bench's generated-shared-prefix on the tiny model: two groups of three prompts under a
+# 200-token system prompt, in its vocabulary.
+SHARED_PREFIX_SETTINGS = [
+    "groups=2", "prompts_per_group=3", "system_prompt_tokens=200", "question_tokens=20",
+    "output_tokens=4", "max_in_flight=2", "vocab=10,500",
+]  # fmt: skip
+
+
 def mixed_chunk_workload(seed: int) -> MultiTurnWorkload:
     """Concurrent sessions whose answers are long enough that their decodes run beside the
     next sessions' prefills (``--enable-mixed-chunk``)."""

@@ -7,19 +7,14 @@ import subprocess
 import sys
 
 import pytest
-import requests
+from conftest import SHARED_PREFIX_SETTINGS
 
 from eval.agent_workload import AgentPrograms
 from eval.bench import SharedPrefixGroups, parse_overrides, run_bench
+from eval.common import flush_cache
 from eval.mooncake_trace import TraceCut
 from eval.server import REPO_ROOT
 from eval.workloads import LongMultiTurn
-
-# Two groups of three prompts under a 200-token system prompt, for the tiny model's vocabulary.
-SHARED_PREFIX = [
-    "groups=2", "prompts_per_group=3", "system_prompt_tokens=200", "question_tokens=20",
-    "output_tokens=4", "max_in_flight=2", "vocab=10,500",
-]  # fmt: skip
 
 
 def test_overrides_are_typed_by_the_settings_defaults():
@@ -43,8 +38,8 @@ def test_shared_prefix_groups_share_within_a_group_only():
 
 
 def test_bench_runs_against_a_cpu_server(asymcache_server):
-    requests.post(f"{asymcache_server.url}/flush_cache?timeout=30", timeout=60).raise_for_status()
-    result = run_bench(asymcache_server.url, "generated-shared-prefix", SHARED_PREFIX)
+    flush_cache(asymcache_server.url)
+    result = run_bench(asymcache_server.url, "generated-shared-prefix", SHARED_PREFIX_SETTINGS)
     assert result["workload"]["name"] == "generated-shared-prefix"
     assert result["workload"]["groups"] == 2 and result["server"]["enable_asymcache"] is True
     metrics = result["metrics"]
@@ -65,7 +60,7 @@ def test_bench_cli_refuses_an_unknown_setting(asymcache_server, tmp_path):
 
 
 def test_bench_cli_writes_the_agents_result(asymcache_server, tmp_path):
-    requests.post(f"{asymcache_server.url}/flush_cache?timeout=30", timeout=60).raise_for_status()
+    flush_cache(asymcache_server.url)
     path = tmp_path / "agents.json"
     settings = ["sessions=2", "arrival_rate_per_s=20", "system_prompt_tokens=64",
                 "task_tokens=10,20", "steps=2,2", "action_tokens=3", "tool_result_tokens=10,20",
@@ -82,7 +77,7 @@ def test_bench_cli_writes_the_agents_result(asymcache_server, tmp_path):
 
 @pytest.mark.e2e
 def test_a_run_through_sglang_router_reports_each_replicas_share(routed_replicas):
-    result = run_bench(routed_replicas.url, "generated-shared-prefix", SHARED_PREFIX)
+    result = run_bench(routed_replicas.url, "generated-shared-prefix", SHARED_PREFIX_SETTINGS)
     replicas = result["replicas"]
     assert result["server"] == {"router": routed_replicas.url, "replicas": 2}
     assert {r["url"] for r in replicas} == set(routed_replicas.workers)

@@ -7,13 +7,11 @@ import json
 import threading
 
 import pytest
+from conftest import SHARED_PREFIX_SETTINGS
 
 import eval.sweep
 from eval.common import flush_cache
 from eval.sweep import CONFIGURATIONS, UNLIMITED, measure_by_gpu, merge, per_cell, run_sweep
-
-SETTINGS = ["groups=2", "prompts_per_group=3", "system_prompt_tokens=200", "question_tokens=20",
-            "output_tokens=4", "max_in_flight=2", "vocab=10,500"]  # fmt: skip
 
 
 def test_every_policy_is_a_stock_flag_or_asymcache():
@@ -31,7 +29,7 @@ def test_sweep_two_configurations_two_pools_two_seeds_on_the_cpu(tiny_model, tmp
 
     monkeypatch.setattr(eval.sweep, "flush_cache", flush)
     sweep = run_sweep(
-        str(tiny_model), "generated-shared-prefix", SETTINGS, ["lru", "asymcache"],
+        str(tiny_model), "generated-shared-prefix", SHARED_PREFIX_SETTINGS, ["lru", "asymcache"],
         [1200, 2400], tmp_path, cpu=True, seeds=[0, 1],
     )  # fmt: skip
     runs = {(r["config"], r["pool"], r["seed"]): r for r in sweep["runs"]}
