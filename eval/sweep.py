@@ -9,9 +9,10 @@ configuration's flags and ``--max-total-tokens`` (``--unlimited C,...``: those c
 once more at the pool SGLang sizes from memory, the limit). On a GPU the servers of one pool size
 start together, ``--stagger-s`` apart, and are measured one at a time, each on its own share of
 the host's cores (``eval.host_cpus``); with ``--gpus N`` (N > 1) server i runs on GPU i mod N and
-the servers on different GPUs are measured at the same time; with ``--cpu`` they run one after
-another. A server whose pool is not the one asked for (the card could not hold it beside the
-others) stops the sweep. ``--seeds 0,1,2`` runs each cell once per workload seed on the same
+the servers on different GPUs are measured at the same time; with ``--cpu`` or
+``--one-at-a-time`` (a pool too large for two servers on the card) they run one after another.
+A server whose pool is not the one asked for (the card could not hold it beside the others)
+stops the sweep. ``--seeds 0,1,2`` runs each cell once per workload seed on the same
 servers, flushing their caches before each run (``<config>_<pool>_seed<s>.json``; plots and
 standings use the seeds' means). Writes ``DIR/<config>_<pool>.json`` per run (an AsymCache
 server's latency trace beside it, ``.trace.jsonl``), ``DIR/sweep.json`` with all of them, and
@@ -116,16 +117,18 @@ def run_sweep(
     stagger_s: float = 20.0,
     gpus: int = 1,
     seeds: Sequence[int] = (),
+    one_at_a_time: bool = False,
 ) -> dict[str, Any]:
     """Run every configuration at every pool size, then the ``unlimited`` configurations at the
     pool SGLang sizes from memory; with ``seeds``, each run once per workload seed on the same
-    servers, their caches flushed before each."""
+    servers, their caches flushed before each. On the CPU, or with ``one_at_a_time`` (pools too
+    large for two servers on one card), each server runs alone: started, measured, stopped."""
     out.mkdir(parents=True, exist_ok=True)
     cells: list[tuple[int | None, Sequence[str]]] = [(pool, configs) for pool in pools]
     if unlimited:
         cells.append((None, unlimited))
     # Servers measured one at a time on one card each get the host's cores to themselves.
-    layout = CpuLayout.for_host() if not cpu and gpus == 1 else None
+    layout = CpuLayout.for_host() if not (cpu or one_at_a_time) and gpus == 1 else None
     runs = []
     progress = tqdm(
         total=sum(len(c) for _, c in cells) * max(1, len(seeds)), desc="sweep", unit="run"
@@ -140,9 +143,11 @@ def run_sweep(
             for i, c in enumerate(pool_configs)
         }  # fmt: skip
         try:
-            if cpu:
+            if cpu or one_at_a_time:
                 for config, server in servers.items():
                     server.start()
+                    if pool is not None and not cpu:
+                        check_pools({config: server}, pool)
                     for seed in seeds or [None]:
                         runs.append(_measure(server, config, label, workload, overrides, out, seed))
                         progress.update()
@@ -169,6 +174,7 @@ def run_sweep(
         "seeds": list(seeds),
         "base_args": list(base_args),
         "cpu_layout": None if layout is None else asdict(layout),
+        "one_at_a_time": one_at_a_time,
         "configurations": {c: CONFIGURATIONS[c] for c in dict.fromkeys([*configs, *unlimited])},
         "runs": runs,
     }
@@ -435,6 +441,10 @@ def main() -> None:
     run.add_argument("--stagger-s", type=float, default=20.0)
     run.add_argument("--gpus", type=int, default=1, help="spread the servers over N GPUs")
     run.add_argument(
+        "--one-at-a-time", action="store_true",
+        help="each server alone on the card: started, measured, stopped (pools too large to share)",
+    )  # fmt: skip
+    run.add_argument(
         "--seeds", default="", metavar="S,...",
         help="comma-separated workload seeds, each run on the same servers, caches flushed",
     )  # fmt: skip
@@ -463,7 +473,7 @@ def main() -> None:
     run_sweep(
         args.model, args.workload, args.set, configs, pools, args.out, unlimited=unlimited,
         base_args=args.server_arg, cpu=args.cpu, stagger_s=args.stagger_s, gpus=args.gpus,
-        seeds=[int(x) for x in args.seeds.split(",") if x],
+        seeds=[int(x) for x in args.seeds.split(",") if x], one_at_a_time=args.one_at_a_time,
     )  # fmt: skip
 
 
