@@ -375,8 +375,11 @@ def ratios(stock: dict[str, Any], asym: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def part_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> dict[str, Any]:
-    servers = make_servers(model, out, server_args(pool))
+def part_pressure(
+    model: str, out: Path, workload: LongMultiTurn, pool: int, base_args: Sequence[str] = ()
+) -> dict[str, Any]:
+    flags = server_args(pool, *base_args)
+    servers = make_servers(model, out, flags)
     try:
         start_staggered(list(servers.values()), STAGGER_S)
         asym = servers["asymcache"]
@@ -396,7 +399,7 @@ def part_pressure(model: str, out: Path, workload: LongMultiTurn, pool: int) -> 
     return {
         "pool_tokens": pool,
         "max_live_tokens": workload.max_live_tokens(),
-        "server_args": server_args(pool),
+        "server_args": flags,
         "cpu_layout": None if layout is None else asdict(layout),
         "runs": runs,
         "ratios": ratios(runs["stock"], runs["asymcache"]),
@@ -418,6 +421,7 @@ def part_no_pressure(
     settings: Sequence[str] = tuple(CUDA_GRAPH_SETTINGS),
     repeats: int = 1,
     method: str = "interleaved",
+    base_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The workload with CUDA graphs at SGLang's defaults, then eager, ``repeats`` times per
     server, measured by ``method`` (``run_interleaved``, ``run_paired``, ``run_rounds``). The
@@ -429,7 +433,7 @@ def part_no_pressure(
     }  # fmt: skip
     for setting in settings:
         extra = CUDA_GRAPH_SETTINGS[setting]
-        flags = server_args(pool, *extra)
+        flags = server_args(pool, *extra, *base_args)
         log_dir = out / setting
         log_dir.mkdir(parents=True, exist_ok=True)
         servers = make_servers(model, log_dir, flags)
@@ -530,8 +534,10 @@ def decode_probe(url: str, batch_size: int, output_tokens: int = 256) -> dict[st
     return {"tpot_mean_s": tpot["mean"], "tpot_p50_s": tpot["p50"], "tpot_max_s": tpot["max"]}
 
 
-def part_overhead(model: str, out: Path, pool: int) -> dict[str, Any]:
-    flags = server_args(pool, "--disable-cuda-graph")
+def part_overhead(
+    model: str, out: Path, pool: int, base_args: Sequence[str] = ()
+) -> dict[str, Any]:
+    flags = server_args(pool, "--disable-cuda-graph", *base_args)
     sampler_dirs = {name: out / f"samples_{name}" for name in ("stock", "asymcache")}
     servers = make_servers(model, out, flags, sampler_dirs=sampler_dirs)
     runs: dict[str, Any] = {}
@@ -700,6 +706,10 @@ def main() -> None:
         "--sessions", type=int, default=LongMultiTurn.sessions,
         help="the workload's sessions (fewer: two no-pressure servers fit an 80 GB card)",
     )  # fmt: skip
+    run.add_argument(
+        "--server-arg", action="append", default=[],
+        help="for both servers (e.g. --server-arg=--enable-metrics: each TTFT split into stages)",
+    )  # fmt: skip
     join = sub.add_parser("merge")
     join.add_argument("parts", type=Path, nargs="+")
     join.add_argument("--dest", type=Path, default=Path("eval/results"))
@@ -711,14 +721,15 @@ def main() -> None:
     workload = LongMultiTurn(sessions=args.sessions)
     if args.part == "pressure":
         pool = args.pool_tokens or 100_000
-        body = part_pressure(args.model, args.out, workload, pool)
+        body = part_pressure(args.model, args.out, workload, pool, args.server_arg)
     elif args.part == "no_pressure":
         pool = args.pool_tokens or workload.max_live_tokens() + 16_000
         body = part_no_pressure(
-            args.model, args.out, workload, pool, args.settings, args.repeats, args.method
-        )
+            args.model, args.out, workload, pool, args.settings, args.repeats, args.method,
+            args.server_arg,
+        )  # fmt: skip
     else:
-        body = part_overhead(args.model, args.out, args.pool_tokens or 100_000)
+        body = part_overhead(args.model, args.out, args.pool_tokens or 100_000, args.server_arg)
     result = {
         **result_header(),
         "part": args.part,
