@@ -366,13 +366,22 @@ def paired_decode_probes(servers: dict[str, SGLangServer], repeats: int) -> dict
     return probe_ratios(probes, repeats)
 
 
-def ratios(stock: dict[str, Any], asym: dict[str, Any]) -> dict[str, float]:
-    return {
+def ratios(stock: dict[str, Any], asym: dict[str, Any]) -> dict[str, Any]:
+    """AsymCache over stock; with both servers' TTFT stages (``--enable-metrics``), each stage's
+    mean too, which says where a TTFT ratio comes from."""
+    out: dict[str, Any] = {
         "ttft_ratio": asym["ttft_mean_s"] / stock["ttft_mean_s"],
         "ttft_p50_ratio": asym["ttft_p50_s"] / stock["ttft_p50_s"],
         "tpot_ratio": asym["tpot_mean_s"] / stock["tpot_mean_s"],
         "tpot_p50_ratio": asym["tpot_p50_s"] / stock["tpot_p50_s"],
     }
+    if "ttft_stages" in stock and "ttft_stages" in asym:
+        out["ttft_stage_ratios"] = {
+            stage: asym["ttft_stages"][stage]["mean"] / stats["mean"]
+            for stage, stats in stock["ttft_stages"].items()
+            if stats["mean"] > 0
+        }
+    return out
 
 
 def part_pressure(

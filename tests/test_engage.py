@@ -86,7 +86,8 @@ def test_paired_and_round_runs_measure_both_servers_on_the_cpu(tiny_model, tmp_p
         sessions=2, turns=2, doc_tokens=(60, 80), question_tokens=(5, 10), answer_tokens=4,
         think_s=(0.1, 0.2), arrival_gap_s=0.1, vocab=(10, 500),
     )  # fmt: skip
-    stock_args = [*cpu_server_args(), *POOL]
+    # With the scheduler's timestamps, each ratio comes with its TTFT stages'.
+    stock_args = [*cpu_server_args(), *POOL, "--enable-metrics", "--skip-tokenizer-init"]
     servers = {
         "stock": SGLangServer(
             tiny_model, extra_args=stock_args, env=stock_cpu_env(),
@@ -110,6 +111,9 @@ def test_paired_and_round_runs_measure_both_servers_on_the_cpu(tiny_model, tmp_p
         ("rounds", rounds, per_repeat_rounds),
     ):
         assert len(ratios) == 2 and all(r["tpot_ratio"] > 0 for r in ratios), method
+        stage_ratios = [r["ttft_stage_ratios"] for r in ratios]
+        assert all({"to_server", "queued", "prefill"} <= set(r) for r in stage_ratios), method
+        assert all(v > 0 for r in stage_ratios for v in r.values()), method
         for name, run in method_runs.items():
             assert run["requests"] == 2 * 2 * 2, (method, name)
             assert run["cached_tokens"] > 0, (method, name)
