@@ -124,11 +124,12 @@ def run_sweep(
     servers, their caches flushed before each. On the CPU, or with ``one_at_a_time`` (pools too
     large for two servers on one card), each server runs alone: started, measured, stopped."""
     out.mkdir(parents=True, exist_ok=True)
+    one_at_a_time = one_at_a_time or cpu
     cells: list[tuple[int | None, Sequence[str]]] = [(pool, configs) for pool in pools]
     if unlimited:
         cells.append((None, unlimited))
     # Servers measured one at a time on one card each get the host's cores to themselves.
-    layout = CpuLayout.for_host() if not (cpu or one_at_a_time) and gpus == 1 else None
+    layout = CpuLayout.for_host() if not one_at_a_time and gpus == 1 else None
     runs = []
     progress = tqdm(
         total=sum(len(c) for _, c in cells) * max(1, len(seeds)), desc="sweep", unit="run"
@@ -143,7 +144,7 @@ def run_sweep(
             for i, c in enumerate(pool_configs)
         }  # fmt: skip
         try:
-            if cpu or one_at_a_time:
+            if one_at_a_time:
                 for config, server in servers.items():
                     server.start()
                     if pool is not None and not cpu:

@@ -55,7 +55,8 @@ def test_sweep_two_configurations_two_pools_two_seeds_on_the_cpu(tiny_model, tmp
         )
     # Before every run: each CPU server runs its two seeds in turn.
     assert len(flushed) == 8 and all(flushed[i] == flushed[i + 1] for i in range(0, 8, 2))
-    assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 8
+    recorded = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(recorded["runs"]) == 8 and recorded["one_at_a_time"] is True
     assert (tmp_path / "sweep.png").stat().st_size > 0
     assert (tmp_path / "sweep_cdf.png").stat().st_size > 0
     assert UNLIMITED not in {r["pool"] for r in sweep["runs"]}
