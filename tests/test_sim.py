@@ -416,15 +416,23 @@ def test_a_seed_sweep_ranks_against_lru_seed_by_seed():
     result = seed_sweep(
         "long-multi-turn",
         ["sessions=3", "turns=3", "doc_tokens=1500,2500", "answer_tokens=8"],
-        ["lru", "hit-density"], [3000], TRACE, seeds=2,
+        ["lru", "lfu", "hit-density"], [3000], TRACE, seeds=2,
     )  # fmt: skip
     cells = {(c["config"], c["pool"]): c for c in result["cells"]}
-    assert set(cells) == {("lru", "3000"), ("hit-density", "3000")}
+    assert set(cells) == {("lru", "3000"), ("lfu", "3000"), ("hit-density", "3000")}
     lru = cells[("lru", "3000")]
     assert lru["ttft_mean_ratio_geomean"] == pytest.approx(1.0) and lru["seeds"] == 2
     assert lru["ttft_mean_ratio_range"] == [pytest.approx(1.0), pytest.approx(1.0)]
-    low, high = cells[("hit-density", "3000")]["ttft_mean_ratio_range"]
-    assert 0 < low <= cells[("hit-density", "3000")]["ttft_mean_ratio_geomean"] <= high
+    learned = cells[("hit-density", "3000")]
+    low, high = learned["ttft_mean_ratio_range"]
+    assert 0 < low <= learned["ttft_mean_ratio_geomean"] <= high
+    assert len(learned["ttft_mean_ratios"]) == 2
+    assert min(learned["ttft_mean_ratios"]) == low and max(learned["ttft_mean_ratios"]) == high
+    # Seed by seed, over the better of LRU and LFU in that seed; stock ones are not compared.
+    best = [min(1.0, r) for r in cells[("lfu", "3000")]["ttft_mean_ratios"]]
+    over = [r / b for r, b in zip(learned["ttft_mean_ratios"], best)]
+    assert learned["ttft_mean_over_best_stock"] == pytest.approx(over)
+    assert "ttft_mean_over_best_stock" not in lru
     with pytest.raises(ValueError, match="lru"):
         seed_sweep("long-multi-turn", [], ["asymcache"], [3000], TRACE, seeds=1)
 

@@ -172,16 +172,23 @@ def seed_sweep(
 ) -> dict[str, Any]:
     """``run_sweep`` once per workload seed (0 .. seeds - 1): per (configuration, pool) the
     geometric mean over seeds of its mean TTFT (and job time, where measured) over LRU's in the
-    same seed, with the range, and the means of TTFT and hit rate. One seed's realisation of a
-    few sessions moves a policy's ratio by tens of percent; a design choice needs several."""
+    same seed, with the range and each seed's ratio, and the means of TTFT and hit rate; for a
+    configuration that is not a stock policy, each seed's mean TTFT over the best stock
+    configuration's in that seed (``configs`` with SGLang's policies under either schedule
+    policy). One seed's realisation of a few sessions moves a policy's ratio by tens of
+    percent; a design choice needs several."""
     if "lru" not in configs:
         raise ValueError("seed_sweep compares against lru: include it in configs")
-    by_cell: dict[tuple[str, str], list[dict[str, float]]] = {}
+    stock = [c for c in configs if split_configuration(c)[0] in STOCK_POLICIES]
+    by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for seed in range(seeds):
         sweep = run_sweep(workload, [*overrides, f"seed={seed}"], configs, pools, trace)
         metrics = {(r["config"], r["pool"]): r["metrics"] for r in sweep["runs"]}
         for (config, pool), m in metrics.items():
-            by_cell.setdefault((config, pool), []).append(m | {"lru": metrics[("lru", pool)]})
+            best_stock = min(metrics[(c, pool)]["ttft_mean_s"] for c in stock)
+            by_cell.setdefault((config, pool), []).append(
+                m | {"lru": metrics[("lru", pool)], "best_stock_ttft_mean_s": best_stock}
+            )
     cells = []
     for (config, pool), runs in by_cell.items():
         cell: dict[str, Any] = {"config": config, "pool": pool, "seeds": len(runs)}
@@ -189,11 +196,15 @@ def seed_sweep(
             if metric not in runs[0]:
                 continue
             ratios = [r[metric] / r["lru"][metric] for r in runs]
-            cell[f"{metric.removesuffix('_s')}_ratio_geomean"] = math.exp(
-                statistics.fmean(map(math.log, ratios))
-            )
-            cell[f"{metric.removesuffix('_s')}_ratio_range"] = [min(ratios), max(ratios)]
+            name = metric.removesuffix("_s")
+            cell[f"{name}_ratio_geomean"] = math.exp(statistics.fmean(map(math.log, ratios)))
+            cell[f"{name}_ratio_range"] = [min(ratios), max(ratios)]
+            cell[f"{name}_ratios"] = ratios
             cell[metric] = statistics.fmean(r[metric] for r in runs)
+        if config not in stock:
+            cell["ttft_mean_over_best_stock"] = [
+                r["ttft_mean_s"] / r["best_stock_ttft_mean_s"] for r in runs
+            ]
         cell["token_hit_rate"] = statistics.fmean(r["token_hit_rate"] for r in runs)
         cells.append(cell)
     return {
@@ -473,11 +484,17 @@ def main() -> None:
         for cell in result["cells"]:
             low, high = cell["ttft_mean_ratio_range"]
             ratio = cell["ttft_mean_ratio_geomean"]
-            print(
+            line = (
                 f"{cell['pool']:>8} {cell['config']:<20} TTFT x{ratio:.3f}"
                 f" LRU's ({low:.2f}-{high:.2f}), {cell['ttft_mean_s']:.3f} s,"
                 f" hit rate {cell['token_hit_rate']:.1%}"
             )
+            over = cell.get("ttft_mean_over_best_stock")
+            if over:
+                behind = sum(x > 1 for x in over)
+                line += f"; behind the best stock on {behind} of {len(over)} seeds"
+                line += f" (worst x{max(over):.3f})" if behind else ""
+            print(line)
         return
     pools: list[int | None] = [int(p) for p in args.pools.split(",")]
     if args.unlimited:
