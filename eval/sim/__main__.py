@@ -18,7 +18,8 @@ unlimited pool. ``--trace`` is the AsymCache latency trace of a GPU run on the c
 its workload) and, with ``--path-from`` (a result with ``ttft_stages``), the trips outside the
 scheduler measured on that card, and records TTFT mean and token hit rate beside the measured
 ones. ``seeds`` runs the sweep once per workload seed and records each
-configuration's TTFT over LRU's, seed by seed, as a geometric mean with its range. ``calls``
+configuration's TTFT over LRU's, seed by seed, as a geometric mean with its range, and how many
+seeds each configuration that is not a stock policy is behind the best stock one. ``calls``
 lines up one configuration's calls in a measured run (``eval.bench`` or ``eval.sweep`` JSON) and
 a simulated one of the same workload and seed, and prints where their cached tokens part:
 
