@@ -28,6 +28,18 @@ SUMMARY_QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 STOCK_POLICIES = ("lru", "lfu", "slru", "priority")
 
 
+def split_configuration(name: str) -> tuple[str, str]:
+    """A configuration ``<cache>[+<schedule policy>]`` (``lru+lpm``: LRU under SGLang's
+    ``--schedule-policy lpm``) as (cache, schedule policy)."""
+    cache, _, policy = name.partition("+")
+    return cache, policy or "fcfs"
+
+
+def is_stock_configuration(name: str) -> bool:
+    """Whether ``name`` is SGLang's own cache: a stock eviction policy, any schedule policy."""
+    return split_configuration(name)[0] in STOCK_POLICIES
+
+
 # ----- where the numbers come from -----
 
 

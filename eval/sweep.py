@@ -42,6 +42,7 @@ from eval.bench import WORKLOADS, run_bench, server_settings
 from eval.common import (
     STOCK_POLICIES,
     flush_cache,
+    is_stock_configuration,
     read_json,
     result_header,
     result_stem,
@@ -404,13 +405,13 @@ def per_cell(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def standings(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per bounded pool where AsymCache and a stock policy both ran: the stock policy with the
-    lowest mean TTFT and AsymCache's mean and p90 TTFT (and job time) over it; runs of several
-    seeds by their means (``per_cell``)."""
+    lowest mean TTFT (any schedule policy: ``lru+lpm`` counts) and AsymCache's mean and p90 TTFT
+    (and job time) over it; runs of several seeds by their means (``per_cell``)."""
     runs = per_cell(runs)
     out = []
     for pool in sorted({_pool_key(r) for r in runs if r["pool"] != UNLIMITED}):
         here = {r["config"]: r["metrics"] for r in runs if r["pool"] == str(pool)}
-        stock = [c for c in STOCK_POLICIES if c in here]
+        stock = [c for c in here if is_stock_configuration(c)]
         if "asymcache" not in here or not stock:
             continue
         best = min(stock, key=lambda c: here[c]["ttft_mean_s"])

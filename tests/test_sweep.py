@@ -11,7 +11,15 @@ from conftest import SHARED_PREFIX_SETTINGS
 
 import eval.sweep
 from eval.common import flush_cache
-from eval.sweep import CONFIGURATIONS, UNLIMITED, measure_by_gpu, merge, per_cell, run_sweep
+from eval.sweep import (
+    CONFIGURATIONS,
+    UNLIMITED,
+    measure_by_gpu,
+    merge,
+    per_cell,
+    run_sweep,
+    standings,
+)
 
 
 def test_every_policy_is_a_stock_flag_or_asymcache():
@@ -113,6 +121,17 @@ def test_merge_keeps_the_latest_run_per_cell_and_ranks_against_the_best_stock_po
     assert json.loads((tmp_path / "out" / "h_sweep.json").read_text()) == json.loads(
         json.dumps(merged)
     )
+
+
+def test_lru_under_lpm_admission_counts_as_a_stock_policy_in_the_standings():
+    runs = _sweep(
+        "agents", "2026-12-01",
+        [("lru", "100", 4.0), ("lru+lpm", "100", 2.0), ("asymcache+lpm", "100", 1.0),
+         ("asymcache", "100", 3.0)],
+    )["runs"]  # fmt: skip
+    assert standings(runs) == [
+        {"pool": 100, "best_stock": "lru+lpm", "ttft_mean_ratio": 1.5, "ttft_p90_ratio": 1.5}
+    ]
 
 
 def test_a_merged_file_merges_again_with_a_later_sweep(tmp_path):

@@ -43,7 +43,13 @@ from tqdm import tqdm
 
 from eval.agent_workload import AgentPrograms
 from eval.bench import parse_overrides
-from eval.common import STOCK_POLICIES, read_json, result_header
+from eval.common import (
+    STOCK_POLICIES,
+    is_stock_configuration,
+    read_json,
+    result_header,
+    split_configuration,
+)
 from eval.mooncake_trace import TraceCut
 from eval.sim.engine import (
     CACHES,
@@ -52,7 +58,6 @@ from eval.sim.engine import (
     EngineConfig,
     is_configuration,
     simulate,
-    split_configuration,
 )
 from eval.sim.scripts import (
     Client,
@@ -180,15 +185,18 @@ def seed_sweep(
     percent; a design choice needs several."""
     if "lru" not in configs:
         raise ValueError("seed_sweep compares against lru: include it in configs")
-    stock = [c for c in configs if split_configuration(c)[0] in STOCK_POLICIES]
+    stock = [c for c in configs if is_stock_configuration(c)]
     by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for seed in range(seeds):
         sweep = run_sweep(workload, [*overrides, f"seed={seed}"], configs, pools, trace)
         metrics = {(r["config"], r["pool"]): r["metrics"] for r in sweep["runs"]}
+        best_stock = {
+            pool: min(metrics[(c, pool)]["ttft_mean_s"] for c in stock)
+            for pool in {pool for _, pool in metrics}
+        }
         for (config, pool), m in metrics.items():
-            best_stock = min(metrics[(c, pool)]["ttft_mean_s"] for c in stock)
             by_cell.setdefault((config, pool), []).append(
-                m | {"lru": metrics[("lru", pool)], "best_stock_ttft_mean_s": best_stock}
+                m | {"lru": metrics[("lru", pool)], "best_stock_ttft_mean_s": best_stock[pool]}
             )
     cells = []
     for (config, pool), runs in by_cell.items():

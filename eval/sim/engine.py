@@ -55,7 +55,7 @@ from asymcache_sglang.patches import prefill_adder_add_chunked_req, prefill_adde
 from asymcache_sglang.patches.http_server_wait_and_warmup import calibration_extends
 from asymcache_sglang.patches.schedule_batch_prepare_for_extend import fill_holes
 from asymcache_sglang.radix_cache import HoleAwareRadixCache
-from eval.common import STOCK_POLICIES
+from eval.common import STOCK_POLICIES, split_configuration
 from eval.sim.learned import (
     ClassHitDensityRadixCache,
     HitDensityRadixCache,
@@ -106,12 +106,6 @@ SIM_ONLY = (*NEXT_USE_RANKED, HIT_DENSITY, *HOLE_AWARE_NEXT_USE, ASYMCACHE_LEARN
 # SGLang's --schedule-policy values the simulator runs (its own SchedulePolicy orders the queue);
 # a configuration ``<cache>+lpm`` is that cache under longest-prefix-match admission.
 SCHEDULE_POLICIES = ("fcfs", "lpm")
-
-
-def split_configuration(name: str) -> tuple[str, str]:
-    """``<cache>[+<schedule policy>]`` as (cache, schedule policy)."""
-    cache, _, policy = name.partition("+")
-    return cache, policy or "fcfs"
 
 
 def is_configuration(name: str) -> bool:
